@@ -19,13 +19,14 @@ from safetensors.torch import save_file, load_file
 
 import smt_nb
 from .blocks import BlockGrid, STATISTICS, BUDGETS
-from .layers import SMTLinear, is_float_linear, logical_weight
+from .layers import SMTLinear, keep_4bit_differentiable, is_float_linear, is_supported, logical_shape, logical_weight, dequantized_weight, write_blocks
 from .selection import Selection, SCORERS, make_selection, selection_to_dict, selection_from_dict
 
 # %% auto #0
 __all__ = ['DEFAULT_TARGETS', 'MODEL_METHODS', 'ADAPTER_WEIGHTS', 'ADAPTER_CONFIG', 'SMTConfig', 'default_targets',
            'find_targets', 'make_grids', 'model_method', 'smt_layers', 'check_selection_fits', 'prepare_smt',
-           'trainable_report', 'print_trainable_parameters', 'save_smt', 'load_smt', 'merge_and_unload']
+           'trainable_report', 'print_trainable_parameters', 'save_smt', 'load_smt', 'merged_float_linear',
+           'merge_and_unload']
 
 # %% ../nbs/05_core.ipynb #c96047a2
 @dataclass
@@ -87,18 +88,18 @@ def find_targets(model: nn.Module, target_modules: list[str] | str | None = None
     found = {n: m for n, m in model.named_modules() if n and _matches(n, targets) and not isinstance(m, SMTLinear)}
     found = {n: m for n, m in found.items() if not any(n.startswith(o + ".") for o in found)}  # outermost match only
     if not found:
-        linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if is_float_linear(m)})
+        linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if is_supported(m)})
         raise ValueError(f"target_modules={targets!r} matched no module. Linear layers in this model: {linear}.")
     for n, m in found.items():
-        if not is_float_linear(m):
-            raise TypeError(f"{n} is a {type(m).__name__}; SMT can wrap float nn.Linear and GPT-2 Conv1D layers. "
-                            "Choose other target_modules.")
+        if not is_supported(m):
+            raise TypeError(f"{n} is a {type(m).__name__}; SMT can wrap float nn.Linear, GPT-2 Conv1D and bitsandbytes "
+                            "Linear4bit/Linear8bitLt layers. Choose other target_modules.")
     return found
 
 # %% ../nbs/05_core.ipynb #b7cd1768
 def make_grids(targets: dict[str, nn.Module], block_size: int) -> dict[str, BlockGrid]:
     "Block grids of the target matrices, refusing a block size that covers every matrix whole."
-    grids = {n: BlockGrid(*logical_weight(m).shape, block_size) for n, m in targets.items()}
+    grids = {n: BlockGrid(*logical_shape(m), block_size) for n, m in targets.items()}
     if all(block_size > g.out_features and block_size > g.in_features for g in grids.values()):
         largest = max(max(g.out_features, g.in_features) for g in grids.values())
         raise ValueError(f"block_size={block_size} is larger than every target matrix (largest dimension {largest}): each matrix would be "
@@ -126,7 +127,7 @@ def check_selection_fits(model: nn.Module, sel: Selection):
     mods = dict(model.named_modules())
     for n, g in sel.grids.items():
         if n not in mods: raise ValueError(f"The selection names {n}, which this model does not have: was it made for another model?")
-        shape = tuple(logical_weight(mods[n]).shape) if is_float_linear(mods[n]) else None
+        shape = logical_shape(mods[n]) if is_supported(mods[n]) else None
         if shape != (g.out_features, g.in_features):
             raise ValueError(f"The selection expects {n} to be {g.out_features}×{g.in_features}, the model has {shape}: "
                              "was it made for another model?")
@@ -135,6 +136,7 @@ def prepare_smt(model: nn.Module, config: SMTConfig | None = None, dataloader=No
     "Choose blocks (or use `selection`), freeze `model`, and wrap its target layers in `SMTLinear`; returns `model`, changed in place."
     config = config or SMTConfig(**kwargs)
     if smt_layers(model): raise ValueError("This model already has SMT layers; merge_and_unload() it or start from a fresh model.")
+    keep_4bit_differentiable(model)
     if selection is None:
         targets = find_targets(model, config.target_modules)
         selection = make_selection(model, targets, make_grids(targets, config.block_size), config.method, config.sparsity,
@@ -220,12 +222,27 @@ def load_smt(model: nn.Module, load_directory: str | Path, check_base: bool = Tr
         with torch.no_grad(): layer.smt_delta.copy_(tensors[f"{n}.smt_delta"])
     return model
 
-# %% ../nbs/05_core.ipynb #29732125
+# %% ../nbs/05_core.ipynb #cfc2612d
+def merged_float_linear(layer: SMTLinear) -> nn.Linear:
+    "A float nn.Linear with the dequantized base weight plus the trained blocks (for bases that cannot merge in place)."
+    base = layer.base_layer
+    w = dequantized_weight(base).detach().clone()                                  # (out, in)
+    write_blocks(w, layer.grid, layer.blocks, layer.base_blocks.to(w.dtype) + layer.smt_delta.detach().to(w.dtype))
+    merged = nn.Linear(layer.grid.in_features, layer.grid.out_features, bias=base.bias is not None, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        merged.weight.copy_(w)
+        if base.bias is not None: merged.bias.copy_(base.bias)
+    return merged
+
 @model_method
 def merge_and_unload(model: nn.Module) -> nn.Module:
-    "Merge every SMT layer into its base weight and put the base layer back; returns the plain model."
+    "Merge every SMT layer into its base weight and put the base layer back; returns the plain model (dequantized if it was quantized)."
+    quantized = False
     for name, layer in smt_layers(model).items():
-        layer.merge()
-        _set_module(model, name, layer.base_layer)
+        if layer.quantized:
+            _set_module(model, name, merged_float_linear(layer)); quantized = True
+        else:
+            layer.merge(); _set_module(model, name, layer.base_layer)
     for attr in ("smt_config", "smt_selection", *MODEL_METHODS): model.__dict__.pop(attr, None)
+    if quantized and getattr(model, "hf_quantizer", None) is not None: model = model.dequantize()
     return model

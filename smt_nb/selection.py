@@ -20,7 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .blocks import BlockGrid, block_reduce, block_sizes, select_top_blocks, n_trainable_values, lora_rank_for
-from .layers import logical_weight, column_strips
+from .layers import logical_weight, dequantized_weight, column_strips, keep_4bit_differentiable
 
 # %% auto #0
 __all__ = ['SCORERS', 'score_mw', 'score_random', 'Selection', 'make_selection', 'selection_to_dict', 'selection_from_dict',
@@ -29,8 +29,8 @@ __all__ = ['SCORERS', 'score_mw', 'score_random', 'Selection', 'make_selection',
 
 # %% ../nbs/01_selection.ipynb #b7cf94aa
 def score_mw(model: nn.Module, modules: dict[str, nn.Module], grids: dict[str, BlockGrid], dataloader=None, config=None) -> dict[str, Tensor]:
-    "Weight magnitude: mean |W| of each block (no data needed)."
-    return {n: block_reduce(logical_weight(m).detach().float(), grids[n], "abs_mean").cpu() for n, m in modules.items()}
+    "Weight magnitude: mean |W| of each block (no data needed; quantized weights are dequantized one matrix at a time)."
+    return {n: block_reduce(dequantized_weight(m).detach().float(), grids[n], "abs_mean").cpu() for n, m in modules.items()}
 
 def score_random(model: nn.Module, modules: dict[str, nn.Module], grids: dict[str, BlockGrid], dataloader=None, config=None) -> dict[str, Tensor]:
     "Uniform random scores from `config.seed`: the baseline that tells whether selection matters."
@@ -154,6 +154,7 @@ def gradients_to_inputs_only(model: nn.Module):
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if emb is None: raise ValueError("Warm-up needs model.get_input_embeddings() to start the backward pass; "
                                      "for a custom model, define get_input_embeddings().")
+    keep_4bit_differentiable(model)  # a 4-bit layer repacked for CPU inference would pass no gradient
     flags = [(p, p.requires_grad) for p in model.parameters()]
     model.requires_grad_(False)
     handle = emb.register_forward_hook(lambda m, args, out: out.requires_grad_(True))
@@ -234,7 +235,7 @@ def score_aw(model: nn.Module, modules: dict[str, nn.Module], grids: dict[str, B
     scores = {}
     for n, m in modules.items():
         norms = _sum_over_ranks(collectors[n].sumsq).sqrt()                        # (in,)
-        w = logical_weight(m).detach().float()                                      # (out, in)
+        w = dequantized_weight(m).detach().float()                                  # (out, in), temporary for 4/8-bit
         scores[n] = block_reduce(w.abs() * norms[None, :], grids[n], "abs_mean").cpu()
     return scores
 

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .blocks import BlockGrid, STATISTICS, block_reduce, select_top_blocks
 from .core import find_targets
-from .layers import logical_weight
+from .layers import dequantized_weight, logical_shape
 from .selection import Selection, GradientStatistics, InputNorms, gradients_to_inputs_only, run_warmup
 from .viz import plot_block_scores, plot_selection_overview
 
@@ -22,9 +22,9 @@ __all__ = ['METHODS', 'collect_score_sources', 'scores_from_sources', 'Selection
 def collect_score_sources(model: nn.Module, targets: dict[str, nn.Module], dataloader=None, warmup_steps: int = 8,
                           progress: bool = True) -> dict[str, dict[str, Tensor]]:
     "Full-resolution sources of every scorer: {'weight', 'grad_sum' and 'input_norm' (with data)} -> {matrix name: tensor}."
-    sources = {"weight": {n: logical_weight(m).detach().float().cpu() for n, m in targets.items()}}
+    sources = {"weight": {n: dequantized_weight(m).detach().float().cpu() for n, m in targets.items()}}
     if dataloader is None: return sources
-    unit = {n: BlockGrid(*logical_weight(m).shape, 1) for n, m in targets.items()}  # 1×1 "blocks": the statistic object keeps S whole
+    unit = {n: BlockGrid(*logical_shape(m), 1) for n, m in targets.items()}  # 1×1 "blocks": the statistic object keeps S whole
     grads = {n: GradientStatistics(m, unit[n], "l1") for n, m in targets.items()}
     norms = {n: InputNorms(m, unit[n]) for n, m in targets.items()}
     try:
@@ -57,7 +57,7 @@ class SelectionExplorer:
                  block_sizes: tuple[int, ...] = (16, 32, 64, 128, 256), progress: bool = True):
         self.targets = find_targets(model, target_modules)
         self.sources = collect_score_sources(model, self.targets, dataloader, warmup_steps, progress)
-        largest = max(max(logical_weight(m).shape) for m in self.targets.values())
+        largest = max(max(logical_shape(m)) for m in self.targets.values())
         self.block_sizes = [b for b in block_sizes if b < largest] or [max(1, largest // 4)]
         self.methods = [m for m in METHODS if m in ("mw", "random") or "grad_sum" in self.sources]
         self._cache = {}
@@ -66,7 +66,7 @@ class SelectionExplorer:
         "The selection for these settings (block scores cached per method, statistic and block size)."
         method = method or self.methods[0]
         b = block_size or self.block_sizes[0]
-        grids = {n: BlockGrid(*logical_weight(m).shape, b) for n, m in self.targets.items()}
+        grids = {n: BlockGrid(*logical_shape(m), b) for n, m in self.targets.items()}
         key = (method, statistic if method == "gw" else None, b)
         if key not in self._cache: self._cache[key] = scores_from_sources(self.sources, grids, method, statistic)
         scores = self._cache[key]

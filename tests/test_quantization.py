@@ -1,0 +1,82 @@
+"""SMT on bitsandbytes 4-bit and 8-bit models (CPU): no dense float copies, training, round trips, merging to float."""
+import warnings
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
+
+from smt_nb.core import SMTConfig, prepare_smt, smt_layers, save_smt, load_smt, merge_and_unload
+from smt_nb.layers import is_bnb_quantized
+from smt_nb.train import counting_batches, evaluate_loss, train_smt
+from conftest import ALL_LINEAR, VOCAB, batches
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    # sizes that are multiples of 32: bitsandbytes' CPU inference repacking (the trap tested below) asserts on others
+    d = tmp_path_factory.mktemp("tiny_llama")
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2)).save_pretrained(d)
+    return d
+
+
+def load(model_dir, bits):
+    q = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32) if bits == 4
+         else BitsAndBytesConfig(load_in_8bit=True))
+    return AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=q, dtype=torch.float32)
+
+
+def config(**kw):
+    return SMTConfig(block_size=16, sparsity=0.1, warmup_steps=3, target_modules=ALL_LINEAR["llama"], **kw)
+
+
+def test_no_float_copy_of_quantized_weights(model_dir):
+    model = prepare_smt(load(model_dir, 4), config(), dataloader=batches(3))
+    quantized = [m for m in model.modules() if is_bnb_quantized(m)]
+    assert len(quantized) == 14 and len(smt_layers(model)) > 0
+    shapes = {(m.out_features, m.in_features) for m in quantized} | {(m.in_features, m.out_features) for m in quantized}
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point():
+            assert tuple(t.shape) not in shapes, f"{name} {tuple(t.shape)} is a dense float copy of a quantized weight"
+    for m in quantized: assert not m.weight.is_floating_point()
+
+
+def test_training_4bit_reduces_loss_even_after_an_eval_pass(model_dir):
+    model = load(model_dir, 4)
+    train, held_out = counting_batches(8, VOCAB, seed=1), counting_batches(2, VOCAB, seed=9)
+    evaluate_loss(model, held_out)  # an eval forward without gradients (bitsandbytes may repack weights here)
+    model = prepare_smt(model, config(), dataloader=train)
+    before = evaluate_loss(model, held_out)
+    train_smt(model, train, steps=30, lr=1e-2, progress=False)
+    assert evaluate_loss(model, held_out) < before - 0.2
+    assert all(l.smt_delta.abs().sum() > 0 for l in smt_layers(model).values())
+
+
+def test_save_load_identical_logits_4bit(model_dir, tmp_path):
+    model = prepare_smt(load(model_dir, 4), config(init_std=0.05), dataloader=batches(3))
+    ids = batches(1)[0]["input_ids"]
+    save_smt(model, tmp_path)
+    reloaded = load_smt(load(model_dir, 4), tmp_path)
+    assert torch.equal(reloaded(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_merge_and_unload_gives_float_model(model_dir, bits):
+    model = prepare_smt(load(model_dir, bits), config(init_std=0.05), dataloader=batches(3))
+    ids = batches(1)[0]["input_ids"]
+    expected = model(ids).logits.detach()
+    merged = merge_and_unload(model)
+    assert not any(is_bnb_quantized(m) for m in merged.modules())
+    rel = ((merged(ids).logits - expected).norm() / expected.norm()).item()
+    # 4-bit: the bnb kernel and a float matmul with the dequantized weight agree closely; 8-bit: bnb also quantizes the inputs
+    assert rel < (1e-4 if bits == 4 else 5e-2)
+
+
+def test_8bit_trains(model_dir):
+    model = prepare_smt(load(model_dir, 8), config(), dataloader=batches(3))
+    loss = model(**batches(1)[0]).loss
+    loss.backward()
+    assert all(l.smt_delta.grad is not None and l.smt_delta.grad.abs().sum() > 0 for l in smt_layers(model).values())
