@@ -194,8 +194,9 @@ class SMTLinear(nn.Module):
         if self.quantized and not self.additive: raise ValueError("A quantized base needs the additive path.")
         self.grid = BlockGrid(*logical_shape(base_layer), block_size)
         w = dequantized_weight(base_layer).detach()                       # a view, or a temporary float copy for bitsandbytes
-        blocks = check_blocks(blocks, self.grid).to(w.device)
-        strips, block_strip = strip_plan(blocks[:, 1])
+        blocks = check_blocks(blocks, self.grid).cpu()
+        strips, block_strip = strip_plan(blocks[:, 1])                   # index planning on the CPU, then moved to the weight
+        blocks, strips, block_strip = blocks.to(w.device), strips.to(w.device), block_strip.to(w.device)
         for name, t in dict(blocks=blocks, strips=strips, block_strip=block_strip,
                             base_blocks=gather_blocks(w, self.grid, blocks).clone()).items():
             self.register_buffer(name, t, persistent=False)  # the adapter file stores what matters
@@ -224,7 +225,17 @@ class SMTLinear(nn.Module):
 from fastcore.basics import patch
 
 @patch
+def _check_input(self: SMTLinear, x: Tensor):
+    "Fail with a fix, not deep inside a matmul, when the input does not match the layer."
+    if x.device != self.smt_delta.device:
+        raise RuntimeError(f"Input on {x.device} but this SMT layer's blocks are on {self.smt_delta.device}: move the batch (or the model) to one device.")
+    if not self.quantized and x.dtype != self.weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"Input is {x.dtype} but the base weight is {self.weight.dtype}: cast the model and inputs to one dtype "
+                        "(model.to(dtype)) or run under torch.autocast.")
+
+@patch
 def forward(self: SMTLinear, x: Tensor) -> Tensor:
+    self._check_input(x)
     if self.merged: return self.base_layer(x)
     if self.additive:
         delta_out = BlockDeltaFunction.apply(x, self.smt_delta, self.blocks, self.strips, self.block_strip, self.grid, self.keep_x)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import math
 from itertools import cycle, islice
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -13,7 +14,8 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['default_lr', 'smt_parameters', 'make_optimizer', 'counting_batches', 'evaluate_loss', 'train_smt']
+__all__ = ['TRAINING_STATE', 'default_lr', 'smt_parameters', 'make_optimizer', 'counting_batches', 'evaluate_loss', 'train_smt',
+           'save_checkpoint', 'resume_smt']
 
 # %% ../nbs/07_training.ipynb #34eb5140
 def default_lr(sparsity: float) -> float:
@@ -65,14 +67,15 @@ def evaluate_loss(model: nn.Module, batches: Iterable[dict]) -> float:
     return sum(losses) / len(losses)
 
 def train_smt(model: nn.Module, batches: Iterable[dict], steps: int, lr: float | None = None, optimizer: str | torch.optim.Optimizer = "adamw",
-              grad_accum: int = 1, max_grad_norm: float | None = None, progress: bool = True) -> list[float]:
-    "Train the SMT deltas for `steps` optimizer steps over `batches` (cycled); returns the loss of each step."
+              grad_accum: int = 1, max_grad_norm: float | None = None, progress: bool = True, start_step: int = 0,
+              checkpoint_dir=None, save_every: int | None = None) -> list[float]:
+    "Train the SMT deltas up to step `steps` over `batches` (cycled), from `start_step`; returns the loss of each step run."
     opt = make_optimizer(model, lr, optimizer) if isinstance(optimizer, str) else optimizer
     params, device = smt_parameters(model), next(model.parameters()).device
-    stream = cycle(batches)
+    stream = islice(cycle(batches), start_step * grad_accum, None)  # a resumed run sees the data where the first one stopped
     model.train()
-    losses, bar = [], tqdm(range(steps), desc="SMT training", disable=not progress)
-    for _ in bar:
+    losses, bar = [], tqdm(range(start_step, steps), desc="SMT training", disable=not progress)
+    for step in bar:
         total = 0.0
         for batch in islice(stream, grad_accum):
             loss = model(**_to(batch, device)).loss / grad_accum
@@ -82,4 +85,27 @@ def train_smt(model: nn.Module, batches: Iterable[dict], steps: int, lr: float |
         opt.step(); opt.zero_grad(set_to_none=True)
         losses.append(total)
         bar.set_postfix(loss=f"{total:.4f}")
+        if checkpoint_dir and save_every and (step + 1) % save_every == 0:
+            save_checkpoint(model, opt, step + 1, Path(checkpoint_dir) / f"step-{step + 1}")
     return losses
+
+# %% ../nbs/07_training.ipynb #0b978e59
+TRAINING_STATE = "training_state.pt"
+
+def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, step: int, directory) -> Path:
+    "Adapter + optimizer state + step: everything needed to resume exactly."
+    from smt_nb.core import save_smt
+    directory = Path(directory); save_smt(model, directory)
+    torch.save({"optimizer": optimizer.state_dict(), "step": step}, directory / TRAINING_STATE)
+    return directory
+
+def resume_smt(base_model: nn.Module, directory, lr: float | None = None, optimizer: str = "adamw") -> tuple[nn.Module, torch.optim.Optimizer, int]:
+    "Load the adapter onto `base_model`, rebuild the optimizer with its saved state; returns (model, optimizer, step)."
+    from smt_nb.core import load_smt
+    directory = Path(directory)
+    if not (directory / TRAINING_STATE).exists(): raise FileNotFoundError(f"No {TRAINING_STATE} in {directory}: not a checkpoint written by train_smt/save_checkpoint.")
+    model = load_smt(base_model, directory)
+    opt = make_optimizer(model, lr, optimizer)
+    state = torch.load(directory / TRAINING_STATE, weights_only=True)
+    opt.load_state_dict(state["optimizer"])
+    return model, opt, state["step"]
