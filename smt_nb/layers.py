@@ -12,12 +12,14 @@ import warnings
 from transformers.pytorch_utils import Conv1D
 
 from .blocks import BlockGrid, gather_blocks, scatter_blocks
+from .kernels import kernel_applies, sddmm_blocks_triton
 
 # %% auto #0
-__all__ = ['SUPPORTED_LAYERS', 'is_float_linear', 'logical_weight', 'is_bnb_quantized', 'is_supported', 'logical_shape',
-           'dequantized_weight', 'strip_plan', 'column_strips', 'sampled_block_grad', 'effective_weight',
-           'SMTLinearFunction', 'block_sparse_matmul', 'block_sparse_matmul_t', 'BlockDeltaFunction', 'check_blocks',
-           'padding_mask', 'SMTLinear', 'write_blocks', 'keep_4bit_differentiable']
+__all__ = ['SUPPORTED_LAYERS', 'PATHS', 'is_float_linear', 'logical_weight', 'is_bnb_quantized', 'is_supported', 'logical_shape',
+           'dequantized_weight', 'strip_plan', 'column_strips', 'sampled_block_grad', 'block_gradients',
+           'effective_weight', 'SMTLinearFunction', 'block_sparse_matmul', 'block_sparse_matmul_t',
+           'BlockDeltaFunction', 'SMTInplaceFunction', 'default_path', 'check_blocks', 'padding_mask', 'SMTLinear',
+           'write_blocks', 'keep_4bit_differentiable']
 
 # %% ../nbs/04_layers.ipynb #b0187c0f
 SUPPORTED_LAYERS = (nn.Linear, Conv1D)
@@ -65,7 +67,8 @@ def strip_plan(block_cols: Tensor) -> tuple[Tensor, Tensor]:
 def column_strips(x2: Tensor, grid: BlockGrid, strips: Tensor | None = None) -> Tensor:
     "(T, in) -> (T, S, b): the chosen column strips of `x2` (all of them when `strips` is None), zero-padded."
     T, b = x2.shape[0], grid.block_size
-    xs = F.pad(x2, (0, grid.n_cols * b - grid.in_features)).view(T, grid.n_cols, b)
+    pad = grid.n_cols * b - grid.in_features
+    xs = (F.pad(x2, (0, pad)) if pad else x2).view(T, grid.n_cols, b)  # no copy when b divides the width
     return xs if strips is None else xs[:, strips]
 
 # %% ../nbs/04_layers.ipynb #95e88a34
@@ -83,7 +86,18 @@ def sampled_block_grad(g2: Tensor, strips: Tensor, rows: Tensor, strip_idx: Tens
         out[s:s + chunk] = torch.bmm(gr, xc)                     # (k, b, b)
     return out
 
-# %% ../nbs/04_layers.ipynb #bbda3804
+# %% ../nbs/04_layers.ipynb #7f04f354
+def block_gradients(g2: Tensor, saved: Tensor, blocks: Tensor, block_strip: Tensor, grid: BlockGrid, keep_x: bool) -> Tensor:
+    "(n, b, b) gradients of the blocks from the output gradient `g2` (T, out) and the saved input (x, or its strips)."
+    b = grid.block_size
+    if kernel_applies(g2, b):
+        x = saved if keep_x else saved.reshape(saved.shape[0], -1)            # (T, in) or (T, S·b), read in place
+        offsets = (blocks[:, 1] if keep_x else block_strip) * b
+        return sddmm_blocks_triton(g2, x, blocks[:, 0], offsets, grid.in_features if keep_x else x.shape[1], grid)
+    strips = column_strips(saved, grid) if keep_x else saved                  # (T, S, b)
+    return sampled_block_grad(g2, strips, blocks[:, 0], blocks[:, 1] if keep_x else block_strip, grid)
+
+# %% ../nbs/04_layers.ipynb #d37ea323
 def effective_weight(weight: Tensor, delta: Tensor, grid: BlockGrid, blocks: Tensor) -> Tensor:
     "(out, in) weight with the (n, b, b) block deltas added; a new tensor, `weight` is untouched."
     return weight + scatter_blocks(delta.to(weight.dtype), grid, blocks)
@@ -107,12 +121,10 @@ class SMTLinearFunction(torch.autograd.Function):
             gx = gy @ effective_weight(weight, delta, grid, blocks)            # (..., in)
         if ctx.needs_input_grad[3]:
             g2 = gy.reshape(-1, grid.out_features)                              # (T, out)
-            strips = column_strips(saved, grid) if ctx.keep_x else saved        # (T, S, b)
-            strip_idx = blocks[:, 1] if ctx.keep_x else block_strip
-            gdelta = sampled_block_grad(g2, strips, blocks[:, 0], strip_idx, grid).to(delta.dtype)
+            gdelta = block_gradients(g2, saved, blocks, block_strip, grid, ctx.keep_x).to(delta.dtype)
         return gx, None, None, gdelta, None, None, None, None, None
 
-# %% ../nbs/04_layers.ipynb #7f0278db
+# %% ../nbs/04_layers.ipynb #5bd05d32
 def block_sparse_matmul(x2: Tensor, delta: Tensor, blocks: Tensor, grid: BlockGrid) -> Tensor:
     "(T, in) @ ΔWᵀ for the block-sparse ΔW given as (n, b, b) deltas -> (T, out)."
     T, b = x2.shape[0], grid.block_size
@@ -155,12 +167,38 @@ class BlockDeltaFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = block_sparse_matmul_t(g2, delta.to(gy.dtype), blocks, grid).view(ctx.x_shape)
         if ctx.needs_input_grad[1]:
-            strips = column_strips(saved, grid) if ctx.keep_x else saved       # (T, S, b)
-            strip_idx = blocks[:, 1] if ctx.keep_x else block_strip
-            gdelta = sampled_block_grad(g2, strips, blocks[:, 0], strip_idx, grid).to(delta.dtype)
+            gdelta = block_gradients(g2, saved, blocks, block_strip, grid, ctx.keep_x).to(delta.dtype)
         return gx, gdelta, None, None, None, None, None
 
-# %% ../nbs/04_layers.ipynb #8feca13c
+# %% ../nbs/04_layers.ipynb #7947d219
+class SMTInplaceFunction(torch.autograd.Function):
+    "y = x Wᵀ + bias where W already holds base + Δ in its blocks; gradients for x and the block deltas only."
+    @staticmethod
+    def forward(ctx, x, weight, bias, delta, blocks, strips, block_strip, grid, keep_x):
+        y = F.linear(x, weight, bias)                                          # (..., out): the frozen layer's matmul
+        x2 = x.reshape(-1, grid.in_features)                                   # (T, in)
+        ctx.save_for_backward(x2 if keep_x else column_strips(x2, grid, strips), weight, delta, blocks, block_strip)
+        ctx.grid, ctx.keep_x = grid, keep_x
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        saved, weight, delta, blocks, block_strip = ctx.saved_tensors
+        gx = gy @ weight if ctx.needs_input_grad[0] else None                  # (..., in)
+        gdelta = None
+        if ctx.needs_input_grad[3]:
+            g2 = gy.reshape(-1, ctx.grid.out_features)
+            gdelta = block_gradients(g2, saved, blocks, block_strip, ctx.grid, ctx.keep_x).to(delta.dtype)
+        return gx, None, None, gdelta, None, None, None, None, None
+
+# %% ../nbs/04_layers.ipynb #b57b1d27
+PATHS = ("reference", "inplace", "additive")
+
+def default_path(base_layer: nn.Module) -> str:
+    "additive for quantized bases, in-place for float layers on CUDA, reference (a fresh W + ΔW each step) otherwise."
+    if is_bnb_quantized(base_layer): return "additive"
+    return "inplace" if base_layer.weight.is_cuda else "reference"
+
 def check_blocks(blocks: Tensor, grid: BlockGrid) -> Tensor:
     "Validate (n, 2) block coordinates against `grid`; return them as a sorted long tensor."
     blocks = torch.as_tensor(blocks, dtype=torch.long).reshape(-1, 2)
@@ -179,19 +217,19 @@ def padding_mask(grid: BlockGrid, blocks: Tensor) -> Tensor:
     ones = torch.ones(grid.out_features, grid.in_features, dtype=torch.bool, device=blocks.device)
     return gather_blocks(ones, grid, blocks)
 
-# %% ../nbs/04_layers.ipynb #650f6988
+# %% ../nbs/04_layers.ipynb #f9a79cfc
 class SMTLinear(nn.Module):
     "A frozen `nn.Linear` or `Conv1D` plus trainable b×b blocks, stored as deltas in one (n, b, b) parameter."
-    def __init__(self, base_layer: nn.Module, blocks: Tensor, block_size: int, init_std: float = 0.0, additive: bool | None = None):
+    def __init__(self, base_layer: nn.Module, blocks: Tensor, block_size: int, init_std: float = 0.0, path: str | None = None):
         super().__init__()
         if not is_supported(base_layer):
             raise TypeError(f"SMTLinear wraps float nn.Linear or GPT-2 Conv1D layers and bitsandbytes Linear4bit/Linear8bitLt, "
                             f"not {type(base_layer).__name__}.")
         self.base_layer = base_layer.requires_grad_(False)
         self.quantized = is_bnb_quantized(base_layer)
-        # additive: base(x) + x ΔWᵀ (required for quantized bases); otherwise one matmul with the blocks written into the weight
-        self.additive = self.quantized if additive is None else additive
-        if self.quantized and not self.additive: raise ValueError("A quantized base needs the additive path.")
+        self.path = path or default_path(base_layer)
+        if self.path not in PATHS: raise ValueError(f"Unknown path {self.path!r}; choose one of {PATHS}.")
+        if self.quantized and self.path != "additive": raise ValueError("A quantized base needs the additive path.")
         self.grid = BlockGrid(*logical_shape(base_layer), block_size)
         w = dequantized_weight(base_layer).detach()                       # a view, or a temporary float copy for bitsandbytes
         blocks = check_blocks(blocks, self.grid).cpu()
@@ -208,6 +246,7 @@ class SMTLinear(nn.Module):
         if init_std: delta = torch.randn_like(delta) * init_std * padding_mask(self.grid, blocks)
         self.smt_delta = nn.Parameter(delta)  # fp32 whatever the base dtype, like PEFT's adapters
         self.merged = False
+        self._written_version = None  # the delta version last written into the weight (in-place path)
 
     @property
     def weight(self) -> Tensor: return self.base_layer.weight  # as stored, so code that inspects `.weight` keeps working
@@ -215,14 +254,36 @@ class SMTLinear(nn.Module):
     def bias(self) -> Tensor | None: return self.base_layer.bias
     @property
     def n_blocks(self) -> int: return len(self.blocks)
+    @property
+    def additive(self) -> bool: return self.path == "additive"
 
     def extra_repr(self) -> str:
         g = self.grid
         return (f"blocks={self.n_blocks}, block_size={g.block_size}, grid={g.n_rows}x{g.n_cols}, "
-                f"path={'additive' if self.additive else 'merged-weight'}, merged={self.merged}")
+                f"path={self.path}, merged={self.merged}")
 
-# %% ../nbs/04_layers.ipynb #2dc83c1b
+# %% ../nbs/04_layers.ipynb #0d35d0eb
 from fastcore.basics import patch
+
+def write_blocks(w: Tensor, grid: BlockGrid, blocks: Tensor, values: Tensor):
+    "Write (n, b, b) `values` into the selected blocks of `w` (out, in) in place; other entries are not touched."
+    b = grid.block_size
+    ar = torch.arange(b, device=w.device)
+    rows = (blocks[:, 0, None] * b + ar).clamp(max=grid.out_features - 1)  # (n, b): padding rows fold onto the block's last real row
+    cols = (blocks[:, 1, None] * b + ar).clamp(max=grid.in_features - 1)   # (n, b)
+    if grid.out_features % b or grid.in_features % b:                      # ragged: padding entries repeat their real neighbour's value,
+        k = torch.arange(len(blocks), device=w.device)[:, None, None]       # so the duplicate writes all agree
+        values = values[k, (rows - blocks[:, :1] * b)[:, :, None], (cols - blocks[:, 1:] * b)[:, None, :]]
+    w[rows[:, :, None], cols[:, None, :]] = values.to(w.dtype)           # one scatter, no host sync (no boolean masks)
+
+@patch
+@torch.no_grad()
+def _write_blocks_if_changed(self: SMTLinear):
+    "Write base + Δ into the weight's blocks unless the weight already holds this version of Δ."
+    if self._written_version == self.smt_delta._version: return
+    merged = self.base_blocks + self.smt_delta.to(self.base_blocks.dtype)
+    write_blocks(logical_weight(self.base_layer), self.grid, self.blocks, merged)
+    self._written_version = self.smt_delta._version
 
 @patch
 def _check_input(self: SMTLinear, x: Tensor):
@@ -237,22 +298,17 @@ def _check_input(self: SMTLinear, x: Tensor):
 def forward(self: SMTLinear, x: Tensor) -> Tensor:
     self._check_input(x)
     if self.merged: return self.base_layer(x)
-    if self.additive:
+    if self.path == "additive":
         delta_out = BlockDeltaFunction.apply(x, self.smt_delta, self.blocks, self.strips, self.block_strip, self.grid, self.keep_x)
         return self.base_layer(x) + delta_out.to(x.dtype)
-    return SMTLinearFunction.apply(x, logical_weight(self.base_layer), self.bias, self.smt_delta,
-                                   self.blocks, self.strips, self.block_strip, self.grid, self.keep_x)
+    fn = SMTLinearFunction
+    if self.path == "inplace":
+        self._write_blocks_if_changed()
+        fn = SMTInplaceFunction
+    return fn.apply(x, logical_weight(self.base_layer), self.bias, self.smt_delta,
+                    self.blocks, self.strips, self.block_strip, self.grid, self.keep_x)
 
-# %% ../nbs/04_layers.ipynb #a0236f9d
-def write_blocks(w: Tensor, grid: BlockGrid, blocks: Tensor, values: Tensor):
-    "Write (n, b, b) `values` into the selected blocks of `w` (out, in) in place; other entries are not touched."
-    b = grid.block_size
-    ar = torch.arange(b, device=w.device)
-    rows = (blocks[:, 0, None] * b + ar)[:, :, None].expand(-1, b, b)  # (n, b, b) row index of each entry
-    cols = (blocks[:, 1, None] * b + ar)[:, None, :].expand(-1, b, b)  # (n, b, b) column index
-    real = (rows < grid.out_features) & (cols < grid.in_features)      # drop the padding of edge blocks
-    w[rows[real], cols[real]] = values[real].to(w.dtype)
-
+# %% ../nbs/04_layers.ipynb #c44039d1
 @patch
 def delta_weight(self: SMTLinear) -> Tensor:
     "Dense (out, in) ΔW: the trained deltas, zero outside the blocks."
@@ -264,19 +320,18 @@ def merge(self: SMTLinear):
     "Write base + Δ into the base weight; forward then runs the base layer alone."
     if self.merged: return
     if self.quantized: raise TypeError("A 4/8-bit weight cannot take float blocks in place; merge_and_unload(model) returns a dequantized float layer instead.")
-    merged = self.base_blocks + self.smt_delta.to(self.base_blocks.dtype)
-    write_blocks(logical_weight(self.base_layer), self.grid, self.blocks, merged)
+    self._write_blocks_if_changed()
     self.merged = True
 
 @patch
 @torch.no_grad()
 def unmerge(self: SMTLinear):
     "Restore the original block values exactly."
-    if not self.merged: return
+    if not self.merged and self._written_version is None: return
     write_blocks(logical_weight(self.base_layer), self.grid, self.blocks, self.base_blocks)
-    self.merged = False
+    self.merged, self._written_version = False, None
 
-# %% ../nbs/04_layers.ipynb #05f297b7
+# %% ../nbs/04_layers.ipynb #b26169ca
 def keep_4bit_differentiable(model: nn.Module) -> int:
     "Stop bitsandbytes repacking 4-bit weights for CPU inference (repacked layers pass no gradient); undo it where done. Returns layers unpacked."
     unpacked = 0

@@ -28,22 +28,24 @@ CASES = [  # (out, in, block size, number of blocks)
     (33, 17, 8, 15),      # many ragged blocks
 ]
 
+@pytest.mark.parametrize("path", ["reference", "inplace", "additive"])
 @pytest.mark.parametrize("kind", ["linear", "linear_nobias", "conv1d"])
 @pytest.mark.parametrize("out_f,in_f,b,n", CASES)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_matches_dense_reference(kind, out_f, in_f, b, n, seed):
+def test_matches_dense_reference(path, kind, out_f, in_f, b, n, seed):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     base = make_base(kind, out_f, in_f)
     grid = BlockGrid(out_f, in_f, b)
     blocks = random_blocks(grid, min(n, grid.n_blocks), gen)
-    layer = SMTLinear(base, blocks, b, init_std=0.05)
+    w_orig = logical_weight(base).detach().clone()
+    layer = SMTLinear(base, blocks, b, init_std=0.05, path=path)
     x = torch.randn(3, 4, in_f, requires_grad=True)
     y = layer(x)
     gy = torch.randn_like(y)
     y.backward(gy)
 
-    w = (logical_weight(base).detach() + scatter_blocks(layer.smt_delta.detach(), grid, layer.blocks)).requires_grad_()
+    w = (w_orig + scatter_blocks(layer.smt_delta.detach(), grid, layer.blocks)).requires_grad_()
     xr = x.detach().clone().requires_grad_()
     yr = F.linear(xr, w, base.bias)
     yr.backward(gy)
@@ -85,3 +87,55 @@ def test_no_loop_over_blocks_scales():
     w = (base.weight.detach() + layer.delta_weight()).requires_grad_()
     F.linear(x, w, base.bias).sum().backward()
     assert rel_err(layer.smt_delta.grad, gather_blocks(w.grad, grid, layer.blocks)) < 1e-5
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adamw"])
+def test_inplace_path_tracks_optimizer_steps(opt_name):
+    "The in-place path rewrites the weight's blocks after every optimizer step and matches the reference path step for step."
+    torch.manual_seed(0)
+    blocks = torch.tensor([[0, 1], [2, 3], [1, 0]])
+    ref_base, in_base = nn.Linear(70, 45), nn.Linear(70, 45)
+    in_base.load_state_dict(ref_base.state_dict())
+    w0 = ref_base.weight.detach().clone()
+    ref, fast = SMTLinear(ref_base, blocks, 16, path="reference"), SMTLinear(in_base, blocks, 16, path="inplace")
+    make = (lambda p: torch.optim.SGD(p, lr=0.1)) if opt_name == "sgd" else (lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0))
+    o_ref, o_fast = make([ref.smt_delta]), make([fast.smt_delta])
+    for _ in range(4):
+        x = torch.randn(6, 70)
+        for layer, opt in ((ref, o_ref), (fast, o_fast)):
+            layer(x).square().sum().backward(); opt.step(); opt.zero_grad()
+    x = torch.randn(6, 70)
+    torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast.smt_delta, ref.smt_delta, rtol=1e-5, atol=1e-7)
+    assert torch.equal(ref_base.weight, w0)                 # reference path: the base weight is never written
+    mask = block_mask(fast.grid, fast.blocks)
+    assert torch.equal(in_base.weight.detach()[~mask], w0[~mask])  # in-place path: only the blocks are
+    fast.unmerge()
+    assert torch.equal(in_base.weight, w0)
+
+
+@pytest.mark.parametrize("b", [16, 32])
+def test_triton_kernel_matches_reference_in_interpreter(b):
+    "The Triton SDDMM kernel (run by Triton's CPU interpreter in a subprocess) equals the PyTorch block gradients."
+    pytest.importorskip("triton")
+    import subprocess, sys, textwrap
+    code = textwrap.dedent(f"""
+        import os; os.environ['TRITON_INTERPRET'] = '1'
+        import torch
+        from smt_nb.blocks import BlockGrid
+        from smt_nb.kernels import sddmm_blocks_triton
+        from smt_nb.layers import sampled_block_grad, column_strips, strip_plan
+        torch.manual_seed(0)
+        grid = BlockGrid(45, 70, {b})
+        blocks = torch.tensor([[0, 0], [1, 1], [2 % grid.n_rows, grid.n_cols - 1]])
+        for T, target in ((37, 1), (300, 64)):
+            g2, x2 = torch.randn(T, 45), torch.randn(T, 70)
+            ref = sampled_block_grad(g2, column_strips(x2, grid), blocks[:, 0], blocks[:, 1], grid)
+            out = sddmm_blocks_triton(g2, x2, blocks[:, 0], blocks[:, 1] * {b}, 70, grid, n_programs_target=target)
+            strips, pos = strip_plan(blocks[:, 1]); xs = column_strips(x2, grid, strips).reshape(T, -1)
+            out2 = sddmm_blocks_triton(g2, xs, blocks[:, 0], pos * {b}, xs.shape[1], grid, n_programs_target=target)
+            for o in (out, out2): assert ((o - ref).norm() / ref.norm()).item() < 1e-5
+        print('ok')
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
