@@ -13,7 +13,7 @@ from torch import Tensor
 from .blocks import BlockGrid
 
 # %% auto #0
-__all__ = ['triton_available', 'kernel_applies', 'sddmm_blocks_triton']
+__all__ = ['triton_available', 'kernel_applies', 'sddmm_blocks_triton', 'kernel_error']
 
 # %% ../nbs/04a_kernels.ipynb #9299f46a
 import os
@@ -100,3 +100,19 @@ def sddmm_blocks_triton(g2: Tensor, x: Tensor, rows: Tensor, x_offsets: Tensor, 
                                g2.stride(0), x.stride(0), B=b, BM=tile, BN=tile, BK=bk, IEEE=g2.dtype == torch.float32,
                                ATOMIC=splits > 1, EVEN=even, num_warps=4 if tile <= 64 else 8, num_stages=3)
     return out
+
+# %% ../nbs/04a_kernels.ipynb #94143f61
+def kernel_error(T=40, out_f=45, in_f=70, b=16, n=5, splits_target=1, seed=0, device="cpu") -> float:
+    "Max norm-relative error of `sddmm_blocks_triton` against the PyTorch reference (whole input and saved strips)."
+    from smt_nb.layers import sampled_block_grad, column_strips, strip_plan
+    gen = torch.Generator().manual_seed(seed)
+    grid = BlockGrid(out_f, in_f, b)
+    flat = torch.randperm(grid.n_blocks, generator=gen)[:n]
+    blocks = torch.stack([flat // grid.n_cols, flat % grid.n_cols], 1).to(device)
+    g2, x2 = torch.randn(T, out_f, generator=gen).to(device), torch.randn(T, in_f, generator=gen).to(device)
+    ref = sampled_block_grad(g2, column_strips(x2, grid), blocks[:, 0], blocks[:, 1], grid)
+    whole = sddmm_blocks_triton(g2, x2, blocks[:, 0], blocks[:, 1] * b, in_f, grid, n_programs_target=splits_target)
+    strips, pos = strip_plan(blocks[:, 1])
+    xs = column_strips(x2, grid, strips).reshape(T, -1)
+    from_strips = sddmm_blocks_triton(g2, xs, blocks[:, 0], pos * b, xs.shape[1], grid, n_programs_target=splits_target)
+    return max(((o - ref).norm() / ref.norm()).item() for o in (whole, from_strips))
