@@ -53,8 +53,24 @@ def run(name, model, params):
     return r
 
 
-def free(*objs):
-    for o in objs: del o
+def gpu_busy(model, params):
+    "Wall time vs summed GPU kernel time per training step (2 profiled steps): tells host-bound from GPU-bound."
+    from torch.profiler import profile, ProfilerActivity
+    opt, b = (torch.optim.AdamW(params, lr=1e-5) if params else None), batch()
+    def step():
+        model(**b).loss.backward()
+        if opt: opt.step(); opt.zero_grad(set_to_none=True)
+    for _ in range(2): step()
+    torch.cuda.synchronize(); t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(2): step()
+        torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) / 2 * 1e3
+    busy = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in prof.key_averages()) / 2 / 1e3
+    return dict(wall_ms=wall, gpu_kernel_ms=busy)
+
+
+def free():
     gc.collect(); torch.cuda.empty_cache()
 
 
@@ -78,7 +94,7 @@ def gw_cost(layers):
         torch.cuda.synchronize()
         out[variant] = dict(seconds=time.perf_counter() - t0, extra_peak_gib=(torch.cuda.max_memory_allocated() - base) / 2**30)
         print(f"{variant:<22} {out[variant]['seconds']:.2f} s  extra peak {out[variant]['extra_peak_gib']:.2f} GiB", flush=True)
-        free(model, targets, data)
+        del model, targets, data; free()
     return out
 
 
@@ -90,26 +106,45 @@ def main():
     a = p.parse_args()
     results = []
 
-    model = build(a.layers); model.requires_grad_(False); model.enable_input_require_grads()
-    results.append(run("floor (frozen)", model, [])); free(model)
+    def measure(name, make):
+        "Build with `make() -> (model, params)`, time it, then free everything before the next method."
+        model, params = make()
+        results.append(run(name, model, params))
+        del model, params
+        gc.collect(); torch.cuda.empty_cache()
+        assert torch.cuda.memory_allocated() < 2**28, "memory left over from the previous method would skew the next peak"
 
-    model = build(a.layers)
-    results.append(run("full fine-tuning", model, list(model.parameters()))); free(model)
+    def frozen():
+        model = build(a.layers); model.requires_grad_(False); model.enable_input_require_grads(); return model, []
+    def full():
+        model = build(a.layers); return model, list(model.parameters())
+    measure("floor (frozen)", frozen)
+    measure("full fine-tuning", full)
 
     from peft import LoraConfig, get_peft_model
-    model = get_peft_model(build(a.layers), LoraConfig(r=a.lora_rank, lora_alpha=2 * a.lora_rank, lora_dropout=0.0, target_modules=TARGETS))
-    lora_params = [p for p in model.parameters() if p.requires_grad]
-    results.append(run(f"LoRA r={a.lora_rank} (peft)", model, lora_params)); free(model)
-    lora_values = sum(p.numel() for p in lora_params)
-
-    model = build(a.layers)
-    target_values = sum(m.weight.numel() for m in find_targets(model, TARGETS).values())
-    free(model)
+    shapes = [(m.in_features, m.out_features) for m in find_targets(build(a.layers), TARGETS).values()]
+    gc.collect(); torch.cuda.empty_cache()
+    target_values, per_rank = sum(i * o for i, o in shapes), sum(i + o for i, o in shapes)  # LoRA values per unit of rank
+    lora_values = a.lora_rank * per_rank
     matched = lora_values / target_values
-    for sparsity in (0.01, matched, 0.10):
+
+    def lora(rank):
+        model = get_peft_model(build(a.layers), LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=TARGETS))
+        return model, [p for p in model.parameters() if p.requires_grad]
+    def smt(sparsity):
         model = prepare_smt(build(a.layers), SMTConfig(block_size=256, sparsity=sparsity, method="random", target_modules=TARGETS))
-        label = f"SMT {sparsity:.2%}" + (" (= LoRA)" if sparsity == matched else "")
-        results.append(run(label, model, smt_parameters(model))); free(model)
+        return model, smt_parameters(model)
+    for sparsity in (0.01, matched, 0.10):  # each SMT budget next to LoRA with the same number of trainable values
+        rank = a.lora_rank if sparsity == matched else max(1, round(sparsity * target_values / per_rank))
+        measure(f"LoRA r={rank} (peft)", lambda: lora(rank))
+        measure(f"SMT {sparsity:.2%}" + (f" (= LoRA r={a.lora_rank})" if sparsity == matched else ""), lambda: smt(sparsity))
+
+    busy = {}
+    for name, make in (("floor", frozen), ("smt_matched", lambda: smt(matched))):
+        model, params = make()
+        busy[name] = gpu_busy(model, params)
+        del model, params; gc.collect(); torch.cuda.empty_cache()
+        print(f"{name} profiled: wall {busy[name]['wall_ms']:.1f} ms/step, GPU kernels {busy[name]['gpu_kernel_ms']:.1f} ms/step (profiler on)")
 
     gw = gw_cost(a.layers)
     for v in ("gw_hooks", "full_gradients"): gw[v]["extra_over_floor_gib"] = gw[v]["extra_peak_gib"] - gw["floor"]["extra_peak_gib"]
@@ -125,7 +160,7 @@ def main():
     for r in results:
         print(f"{r['method']:<22} {r['tokens_per_s']:>8.0f}   {r['speed_vs_floor']:6.3f}   {r['peak_gib']:7.2f}   {r['memory_vs_floor']:6.3f}")
     if a.json:
-        with open(a.json, "w") as f: json.dump(dict(meta=meta, results=results, gw_selection=gw), f, indent=1)
+        with open(a.json, "w") as f: json.dump(dict(meta=meta, results=results, gw_selection=gw, smt_profile=busy), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def model_figure(data: dict):
     "Tokens/s and peak memory relative to the frozen floor for every method."
     res = data["results"]
     names = [r["method"] for r in res]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     a.barh(names, [r["speed_vs_floor"] for r in res]); a.axvline(0.9, color="red", ls="--", lw=0.8, label="goal 0.9")
     a.set_xlabel("tokens/s ÷ floor"); a.invert_yaxis(); a.legend(fontsize=7)
     b.barh(names, [r["memory_vs_floor"] for r in res]); b.axvline(1.1, color="red", ls="--", lw=0.8, label="goal 1.1")
