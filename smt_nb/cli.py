@@ -5,7 +5,6 @@
 # %% ../nbs/09_cli.ipynb #7943730e
 from __future__ import annotations
 import argparse
-import sys
 import time
 from pathlib import Path
 

@@ -8,7 +8,7 @@ import hashlib
 import json
 import warnings
 import re
-from dataclasses import dataclass, asdict, field, replace
+from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 from types import MethodType
 from typing import Callable
@@ -19,7 +19,7 @@ from safetensors.torch import save_file, load_file
 
 import smt_nb
 from .blocks import BlockGrid, STATISTICS, BUDGETS
-from .layers import SMTLinear, keep_4bit_differentiable, is_float_linear, is_supported, logical_shape, logical_weight, dequantized_weight, write_blocks
+from .layers import SMTLinear, keep_4bit_differentiable, is_supported, logical_shape, dequantized_weight, write_blocks
 from .selection import Selection, SCORERS, make_selection, selection_to_dict, selection_from_dict
 
 # %% auto #0

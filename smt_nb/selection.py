@@ -20,12 +20,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .blocks import BlockGrid, block_reduce, block_sizes, select_top_blocks, n_trainable_values, lora_rank_for
-from .layers import logical_weight, dequantized_weight, column_strips, keep_4bit_differentiable
+from .layers import dequantized_weight, column_strips, keep_4bit_differentiable
 
 # %% auto #0
 __all__ = ['SCORERS', 'score_mw', 'score_random', 'Selection', 'make_selection', 'selection_to_dict', 'selection_from_dict',
            'save_selection', 'load_selection', 'row_block_sums', 'GradientStatistics', 'gradients_to_inputs_only',
-           'run_warmup', 'score_gw', 'InputNorms', 'score_aw', 'selection_overlap']
+           'to_device', 'run_warmup', 'score_gw', 'InputNorms', 'score_aw', 'selection_overlap']
 
 # %% ../nbs/01_selection.ipynb #b7cf94aa
 def score_mw(model: nn.Module, modules: dict[str, nn.Module], grids: dict[str, BlockGrid], dataloader=None, config=None) -> dict[str, Tensor]:
@@ -164,7 +164,8 @@ def gradients_to_inputs_only(model: nn.Module):
         for p, f in flags:
             if f: p.requires_grad_(True)
 
-def _to(batch: dict, device) -> dict:
+def to_device(batch: dict, device) -> dict:
+    "Move the tensors of a batch dict to `device`."
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 def run_warmup(model: nn.Module, dataloader: Iterable[dict], steps: int, grad_accum: int = 1, backward: bool = True,
@@ -174,12 +175,12 @@ def run_warmup(model: nn.Module, dataloader: Iterable[dict], steps: int, grad_ac
     device, total, done = next(model.parameters()).device, steps * grad_accum, 0
     for batch in tqdm(islice(iter(dataloader), total), total=total, desc=desc, disable=not progress):
         if backward:
-            loss = model(**_to(batch, device)).loss
+            loss = model(**to_device(batch, device)).loss
             if loss is None: raise ValueError("The model returned no loss: warm-up batches need `labels`.")
             if not torch.isfinite(loss): raise ValueError(f"Warm-up loss is {loss.item()} at micro-batch {done}: check the data and the model's dtype.")
             (loss / grad_accum).backward()
         else:
-            with torch.no_grad(): model(**_to(batch, device))
+            with torch.no_grad(): model(**to_device(batch, device))
         done += 1
     if done == 0: raise ValueError("The warm-up dataloader yielded no batches.")
     if done < total: warnings.warn(f"The warm-up dataloader ran out after {done} of {total} micro-batches; the scores use those {done}.")

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from .selection import to_device
+
 # %% auto #0
 __all__ = ['TRAINING_STATE', 'default_lr', 'smt_parameters', 'make_optimizer', 'counting_batches', 'evaluate_loss', 'train_smt',
            'save_checkpoint', 'resume_smt']
@@ -54,15 +56,12 @@ def counting_batches(n_batches: int, vocab_size: int, batch_size: int = 8, seq_l
     return out
 
 # %% ../nbs/07_training.ipynb #706562e3
-def _to(batch: dict, device) -> dict:
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, batches: Iterable[dict]) -> float:
     "Mean loss over `batches`, in eval mode, without gradients."
     was_training, device = model.training, next(model.parameters()).device
     model.eval()
-    losses = [model(**_to(b, device)).loss.item() for b in batches]
+    losses = [model(**to_device(b, device)).loss.item() for b in batches]
     model.train(was_training)
     return sum(losses) / len(losses)
 
@@ -78,7 +77,7 @@ def train_smt(model: nn.Module, batches: Iterable[dict], steps: int, lr: float |
     for step in bar:
         total = 0.0
         for batch in islice(stream, grad_accum):
-            loss = model(**_to(batch, device)).loss / grad_accum
+            loss = model(**to_device(batch, device)).loss / grad_accum
             loss.backward()
             total += loss.item()
         if max_grad_norm: torch.nn.utils.clip_grad_norm_(params, max_grad_norm)

@@ -5,7 +5,6 @@
 # %% ../nbs/02_viz.ipynb #96e1c50d
 from __future__ import annotations
 import re
-from collections import defaultdict
 
 import matplotlib
 import matplotlib.ticker

@@ -1,5 +1,4 @@
 """SMT on bitsandbytes 4-bit and 8-bit models (CPU): no dense float copies, training, round trips, merging to float."""
-import warnings
 
 import pytest
 import torch

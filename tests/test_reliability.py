@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from smt_nb.core import SMTConfig, prepare_smt, smt_layers, save_smt, load_smt, find_targets, make_grids
+from smt_nb.core import SMTConfig, prepare_smt, smt_layers, save_smt, load_smt
 from smt_nb.layers import SMTLinear
-from smt_nb.selection import save_selection, load_selection, selection_to_dict, selection_from_dict, score_gw
-from smt_nb.train import counting_batches, evaluate_loss, make_optimizer, resume_smt, train_smt
-from conftest import ARCHS, ALL_LINEAR, VOCAB, batches
+from smt_nb.selection import save_selection, load_selection, selection_to_dict, selection_from_dict
+from smt_nb.train import counting_batches, evaluate_loss, resume_smt, train_smt
+from conftest import ARCHS, VOCAB, batches
 
 TESTS = Path(__file__).parent
 

@@ -1,5 +1,4 @@
 """Block scorers: hook-based GW equals dense autograd for every statistic; AW/MW/GW through prepare_smt; budgets; selections as data."""
-import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -8,7 +7,7 @@ from transformers.pytorch_utils import Conv1D
 
 from smt_nb.blocks import STATISTICS, block_reduce
 from smt_nb.core import SMTConfig, prepare_smt, find_targets, make_grids, smt_layers
-from smt_nb.selection import score_gw, score_aw, make_selection, save_selection, load_selection, selection_overlap
+from smt_nb.selection import score_gw, score_aw, save_selection, load_selection, selection_overlap
 from conftest import ARCHS, ALL_LINEAR, batches
 
 
