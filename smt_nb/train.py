@@ -17,7 +17,7 @@ from .selection import to_device
 
 # %% auto #0
 __all__ = ['TRAINING_STATE', 'default_lr', 'smt_parameters', 'make_optimizer', 'counting_batches', 'evaluate_loss', 'train_smt',
-           'save_checkpoint', 'resume_smt']
+           'save_checkpoint', 'resume_smt', 'SMTTrainer', 'smt_training_arguments']
 
 # %% ../nbs/07_training.ipynb #34eb5140
 def default_lr(sparsity: float) -> float:
@@ -108,3 +108,30 @@ def resume_smt(base_model: nn.Module, directory, lr: float | None = None, optimi
     state = torch.load(directory / TRAINING_STATE, weights_only=True)
     opt.load_state_dict(state["optimizer"])
     return model, opt, state["step"]
+
+# %% ../nbs/07_training.ipynb #6ac09047
+from transformers import Trainer, TrainingArguments
+
+class SMTTrainer(Trainer):
+    "`transformers.Trainer` whose checkpoints hold only the SMT adapter (blocks, indices, config) and which resumes from them."
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        from smt_nb.core import save_smt
+        out = Path(output_dir or self.args.output_dir)
+        save_smt(self.model, out)
+        if self.processing_class is not None: self.processing_class.save_pretrained(out)
+        torch.save(self.args, out / "training_args.bin")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
+        from smt_nb.core import load_smt
+        load_smt(model or self.model, resume_from_checkpoint)
+
+    def _load_best_model(self):
+        from smt_nb.core import load_smt
+        load_smt(self.model, self.state.best_model_checkpoint)
+
+def smt_training_arguments(model: nn.Module, output_dir: str, **kwargs) -> TrainingArguments:
+    "TrainingArguments for an SMT model: `default_lr` for its sparsity unless `learning_rate` is given, no weight decay, no hub."
+    kwargs.setdefault("learning_rate", default_lr(model.smt_selection.sparsity))
+    kwargs.setdefault("weight_decay", 0.0)
+    kwargs.setdefault("report_to", [])
+    return TrainingArguments(output_dir=output_dir, **kwargs)

@@ -1,0 +1,52 @@
+"""Loaders on local files: the packaged SmolLM2, chatterbot-corpus, BIG-bench task files, chat encoding with answer-only labels."""
+import json
+
+import pytest
+import torch
+
+from smt_nb.data import (SMOLLM2, bigbench_examples, chatterbot_pairs, encode_chat, find_bigbench_task, generate, instruction_dataset,
+                         load_model, make_dataloader)
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return load_model(SMOLLM2)
+
+
+def test_smollm2_offline_is_the_real_model(smol):
+    model, tok = smol
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    assert "Paris" in generate(model, tok, "What is the capital of France?", max_new_tokens=12)
+
+
+def test_chatterbot_pairs():
+    pairs = chatterbot_pairs()
+    assert len(pairs) > 1900 and all(q and a for q, a in pairs)
+    assert 0 < len(chatterbot_pairs(["science"])) < len(pairs)
+
+
+def test_bigbench_task_files(tmp_path):
+    task_dir = tmp_path / "bigbench" / "benchmark_tasks" / "multiemo" / "all_sentence_en"
+    task_dir.mkdir(parents=True)
+    (task_dir / "task.json").write_text(json.dumps({"examples": [
+        {"input": "Great hotel.", "target_scores": {"positive": 1, "negative": 0, "neutral": 0}},
+        {"input": "No answer here", "target": "free text"}]}))
+    found = find_bigbench_task(tmp_path, "multiemo/all_sentence_en")
+    assert bigbench_examples(found) == [{"input": "Great hotel.", "choices": ["positive", "negative", "neutral"], "answer": "positive"}]
+    (task_dir / "task.json").write_text(json.dumps({"examples": [{"input": "x", "target": "y"}]}))
+    with pytest.raises(ValueError, match="no multiple-choice examples"):
+        bigbench_examples(found)
+
+
+def test_answer_only_labels_and_batches(smol):
+    model, tok = smol
+    ex = encode_chat(tok, "what is a wavelength", "wavelength is the inverse of frequency.")
+    answer = tok.decode([i for i, l in zip(ex["input_ids"], ex["labels"]) if l != -100])
+    assert answer.startswith("wavelength is the inverse of frequency.")
+    prompt = tok.decode([i for i, l in zip(ex["input_ids"], ex["labels"]) if l == -100])
+    assert "what is a wavelength" in prompt and "inverse" not in prompt
+    ds = instruction_dataset(chatterbot_pairs(["science"]), tok, max_length=48, test_size=0.2)
+    assert len(ds["train"]) > len(ds["test"]) > 0
+    batch = next(iter(make_dataloader(ds["train"], tok, batch_size=3)))
+    assert batch["input_ids"].shape == batch["labels"].shape and (batch["labels"] != -100).any()
+    with torch.no_grad(): assert torch.isfinite(model(**batch).loss)
