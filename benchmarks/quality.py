@@ -126,7 +126,7 @@ def main():
         out["methods"][method] = r
         print(f"{method:<11} test {100 * r['test']:5.1f}  val {100 * r['val']:5.1f}  lr {r.get('lr', '-')}  trainable {r['trainable'] / 1e6:6.2f} M  "
               f"({r['seconds']:.0f} s)", flush=True)
-    if a.json: open(a.json, "w").write(json.dumps(out, indent=1))
+        if a.json: open(a.json, "w").write(json.dumps(out, indent=1))  # after every method: a run cut short keeps what it finished
 
 
 if __name__ == "__main__":
