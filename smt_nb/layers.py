@@ -18,8 +18,8 @@ from .kernels import kernel_applies, sddmm_blocks_triton
 __all__ = ['SUPPORTED_LAYERS', 'PATHS', 'is_float_linear', 'logical_weight', 'is_bnb_quantized', 'is_supported', 'logical_shape',
            'dequantized_weight', 'strip_plan', 'column_strips', 'sampled_block_grad', 'block_gradients',
            'effective_weight', 'SMTLinearFunction', 'block_sparse_matmul', 'block_sparse_matmul_t',
-           'BlockDeltaFunction', 'SMTInplaceFunction', 'default_path', 'check_blocks', 'padding_mask', 'SMTLinear',
-           'write_blocks', 'keep_4bit_differentiable']
+           'BlockDeltaFunction', 'default_path', 'check_blocks', 'padding_mask', 'SMTLinear', 'write_blocks',
+           'keep_4bit_differentiable']
 
 # %% ../nbs/04_layers.ipynb #b0187c0f
 SUPPORTED_LAYERS = (nn.Linear, Conv1D)
@@ -103,14 +103,15 @@ def effective_weight(weight: Tensor, delta: Tensor, grid: BlockGrid, blocks: Ten
     return weight + scatter_blocks(delta.to(weight.dtype), grid, blocks)
 
 class SMTLinearFunction(torch.autograd.Function):
-    "y = x (W + ΔW)ᵀ + bias with gradients for x and the block deltas only."
+    "y = x (W + ΔW)ᵀ + bias with gradients for x and the block deltas only (`written`: W already holds the blocks)."
     @staticmethod
-    def forward(ctx, x, weight, bias, delta, blocks, strips, block_strip, grid, keep_x):
-        y = F.linear(x, effective_weight(weight, delta, grid, blocks), bias)  # (..., out)
+    def forward(ctx, x, weight, bias, delta, blocks, strips, block_strip, grid, keep_x, written=False):
+        w = weight if written else effective_weight(weight, delta, grid, blocks)
+        y = F.linear(x, w, bias)                                             # (..., out)
         x2 = x.reshape(-1, grid.in_features)                                 # (T, in)
         saved = x2 if keep_x else column_strips(x2, grid, strips)            # (T, in) or (T, S, b)
         ctx.save_for_backward(saved, weight, delta, blocks, block_strip)
-        ctx.grid, ctx.keep_x = grid, keep_x
+        ctx.grid, ctx.keep_x, ctx.written = grid, keep_x, written
         return y
 
     @staticmethod
@@ -118,11 +119,11 @@ class SMTLinearFunction(torch.autograd.Function):
         saved, weight, delta, blocks, block_strip = ctx.saved_tensors
         grid, gx, gdelta = ctx.grid, None, None
         if ctx.needs_input_grad[0]:
-            gx = gy @ effective_weight(weight, delta, grid, blocks)            # (..., in)
+            gx = gy @ (weight if ctx.written else effective_weight(weight, delta, grid, blocks))  # (..., in)
         if ctx.needs_input_grad[3]:
             g2 = gy.reshape(-1, grid.out_features)                              # (T, out)
             gdelta = block_gradients(g2, saved, blocks, block_strip, grid, ctx.keep_x).to(delta.dtype)
-        return gx, None, None, gdelta, None, None, None, None, None
+        return gx, None, None, gdelta, None, None, None, None, None, None
 
 # %% ../nbs/04_layers.ipynb #5bd05d32
 def block_sparse_matmul(x2: Tensor, delta: Tensor, blocks: Tensor, grid: BlockGrid) -> Tensor:
@@ -170,28 +171,7 @@ class BlockDeltaFunction(torch.autograd.Function):
             gdelta = block_gradients(g2, saved, blocks, block_strip, grid, ctx.keep_x).to(delta.dtype)
         return gx, gdelta, None, None, None, None, None
 
-# %% ../nbs/04_layers.ipynb #7947d219
-class SMTInplaceFunction(torch.autograd.Function):
-    "y = x Wᵀ + bias where W already holds base + Δ in its blocks; gradients for x and the block deltas only."
-    @staticmethod
-    def forward(ctx, x, weight, bias, delta, blocks, strips, block_strip, grid, keep_x):
-        y = F.linear(x, weight, bias)                                          # (..., out): the frozen layer's matmul
-        x2 = x.reshape(-1, grid.in_features)                                   # (T, in)
-        ctx.save_for_backward(x2 if keep_x else column_strips(x2, grid, strips), weight, delta, blocks, block_strip)
-        ctx.grid, ctx.keep_x = grid, keep_x
-        return y
-
-    @staticmethod
-    def backward(ctx, gy):
-        saved, weight, delta, blocks, block_strip = ctx.saved_tensors
-        gx = gy @ weight if ctx.needs_input_grad[0] else None                  # (..., in)
-        gdelta = None
-        if ctx.needs_input_grad[3]:
-            g2 = gy.reshape(-1, ctx.grid.out_features)
-            gdelta = block_gradients(g2, saved, blocks, block_strip, ctx.grid, ctx.keep_x).to(delta.dtype)
-        return gx, None, None, gdelta, None, None, None, None, None
-
-# %% ../nbs/04_layers.ipynb #b57b1d27
+# %% ../nbs/04_layers.ipynb #00ea7c12
 PATHS = ("reference", "inplace", "additive")
 
 def default_path(base_layer: nn.Module) -> str:
@@ -217,7 +197,7 @@ def padding_mask(grid: BlockGrid, blocks: Tensor) -> Tensor:
     ones = torch.ones(grid.out_features, grid.in_features, dtype=torch.bool, device=blocks.device)
     return gather_blocks(ones, grid, blocks)
 
-# %% ../nbs/04_layers.ipynb #f9a79cfc
+# %% ../nbs/04_layers.ipynb #b57b1d27
 class SMTLinear(nn.Module):
     "A frozen `nn.Linear` or `Conv1D` plus trainable b×b blocks, stored as deltas in one (n, b, b) parameter."
     def __init__(self, base_layer: nn.Module, blocks: Tensor, block_size: int, init_std: float = 0.0, path: str | None = None):
@@ -262,7 +242,7 @@ class SMTLinear(nn.Module):
         return (f"blocks={self.n_blocks}, block_size={g.block_size}, grid={g.n_rows}x{g.n_cols}, "
                 f"path={self.path}, merged={self.merged}")
 
-# %% ../nbs/04_layers.ipynb #0d35d0eb
+# %% ../nbs/04_layers.ipynb #3786cd2e
 from fastcore.basics import patch
 
 def write_blocks(w: Tensor, grid: BlockGrid, blocks: Tensor, values: Tensor):
@@ -301,14 +281,12 @@ def forward(self: SMTLinear, x: Tensor) -> Tensor:
     if self.path == "additive":
         delta_out = BlockDeltaFunction.apply(x, self.smt_delta, self.blocks, self.strips, self.block_strip, self.grid, self.keep_x)
         return self.base_layer(x) + delta_out.to(x.dtype)
-    fn = SMTLinearFunction
-    if self.path == "inplace":
-        self._write_blocks_if_changed()
-        fn = SMTInplaceFunction
-    return fn.apply(x, logical_weight(self.base_layer), self.bias, self.smt_delta,
-                    self.blocks, self.strips, self.block_strip, self.grid, self.keep_x)
+    written = self.path == "inplace"
+    if written: self._write_blocks_if_changed()
+    return SMTLinearFunction.apply(x, logical_weight(self.base_layer), self.bias, self.smt_delta,
+                                   self.blocks, self.strips, self.block_strip, self.grid, self.keep_x, written)
 
-# %% ../nbs/04_layers.ipynb #c44039d1
+# %% ../nbs/04_layers.ipynb #881d7372
 @patch
 def delta_weight(self: SMTLinear) -> Tensor:
     "Dense (out, in) ΔW: the trained deltas, zero outside the blocks."
@@ -331,7 +309,7 @@ def unmerge(self: SMTLinear):
     write_blocks(logical_weight(self.base_layer), self.grid, self.blocks, self.base_blocks)
     self.merged, self._written_version = False, None
 
-# %% ../nbs/04_layers.ipynb #b26169ca
+# %% ../nbs/04_layers.ipynb #dc3d4ed3
 def keep_4bit_differentiable(model: nn.Module) -> int:
     "Stop bitsandbytes repacking 4-bit weights for CPU inference (repacked layers pass no gradient); undo it where done. Returns layers unpacked."
     unpacked = 0
