@@ -15,14 +15,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq
 
 from smt_nb.core import SMTConfig, prepare_smt
-from smt_nb.data import bigbench_examples, encode_chat
+from smt_nb.data import bigbench_examples, bigbench_question as question, encode_chat
 from smt_nb.train import smt_parameters
 
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LR_GRID = {"full": [1e-5, 3e-5, 1e-4], "lora": [3e-4, 1e-3, 3e-3], "smt": [1e-3, 3e-3, 1e-2]}
-
-
-def question(e): return f"{e['input']}\nOptions: {', '.join(e['choices'])}"
 
 
 def splits(examples, n_test, n_val, max_train):

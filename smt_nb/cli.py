@@ -12,8 +12,9 @@ from pathlib import Path
 import matplotlib
 import torch
 
-from .core import SMTConfig, prepare_smt, save_smt, trainable_report
-from .data import SMOLLM2, bigbench_examples, chatterbot_pairs, generate, instruction_dataset, load_model, make_dataloader
+from .core import SMTConfig, load_smt, prepare_smt, save_smt, trainable_report
+from .data import (SMOLLM2, bigbench_examples, bigbench_question, chatterbot_pairs, generate, instruction_dataset, load_model,
+                         make_dataloader, tensor_columns)
 from .selection import SCORERS
 from .train import SMTTrainer, evaluate_loss, smt_training_arguments, train_smt
 
@@ -27,7 +28,7 @@ def load_pairs(spec: str) -> list[tuple[str, str]]:
     path = Path(spec)
     if not path.exists(): raise FileNotFoundError(f"--data {spec!r}: use 'chatterbot', a BIG-bench task.json, or a .jsonl file of question/answer objects.")
     if path.name == "task.json":
-        return [(f"{e['input']}\nOptions: {', '.join(e['choices'])}", e["answer"]) for e in bigbench_examples(path)]
+        return [(bigbench_question(e), e["answer"]) for e in bigbench_examples(path)]
     rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
     if not rows or not all({"question", "answer"} <= set(r) for r in rows): raise ValueError(f"{path}: every line needs 'question' and 'answer'.")
     return [(r["question"], r["answer"]) for r in rows]
@@ -81,7 +82,6 @@ def run_train(model_name: str, data: str, out: str, method: str = "gw", sparsity
     model, tok = load_model(model_name)
     ds = instruction_dataset(load_pairs(data), tok, max_length=max_length, seed=seed)
     if resume:  # the blocks come from the checkpoint: no warm-up, the same selection
-        from smt_nb.core import load_smt
         ckpt = _latest_checkpoint(out) if resume == "latest" else resume
         model = load_smt(model, ckpt)
     else:
@@ -91,8 +91,7 @@ def run_train(model_name: str, data: str, out: str, method: str = "gw", sparsity
     kw = dict(learning_rate=lr) if lr else {}
     args = smt_training_arguments(model, out, per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size, max_steps=steps,
                                   save_steps=save_steps, logging_steps=max(1, min(10, steps // 5)), seed=seed, use_cpu=cpu, **kw)
-    keep = ["input_ids", "attention_mask", "labels"]
-    trainer = SMTTrainer(model=model, args=args, train_dataset=ds["train"].select_columns(keep), eval_dataset=ds["test"].select_columns(keep), processing_class=tok,
+    trainer = SMTTrainer(model=model, args=args, train_dataset=tensor_columns(ds["train"]), eval_dataset=tensor_columns(ds["test"]), processing_class=tok,
                          data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
     result = trainer.train(resume_from_checkpoint=ckpt)
     metrics = trainer.evaluate()

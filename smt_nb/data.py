@@ -15,7 +15,8 @@ from filelock import FileLock
 
 # %% auto #0
 __all__ = ['SMOLLM2', 'SMOLLM2_GGUF', 'package_dir', 'cache_dir', 'convert_smollm2', 'load_model', 'generate', 'chatterbot_pairs',
-           'bigbench_examples', 'find_bigbench_task', 'encode_chat', 'instruction_dataset', 'make_dataloader']
+           'bigbench_examples', 'bigbench_question', 'find_bigbench_task', 'encode_chat', 'instruction_dataset',
+           'tensor_columns', 'make_dataloader']
 
 # %% ../nbs/08_data.ipynb #cf9968f3
 SMOLLM2 = "smollm2-135m-offline"
@@ -94,6 +95,10 @@ def bigbench_examples(task_json: str | Path) -> list[dict]:
     if not out: raise ValueError(f"{task_json} has no multiple-choice examples (target_scores).")
     return out
 
+def bigbench_question(example: dict) -> str:
+    "The prompt for a multiple-choice example: its input, then the options."
+    return f"{example['input']}\nOptions: {', '.join(example['choices'])}"
+
 def find_bigbench_task(root: str | Path, name: str) -> Path:
     "Path of `<name>/task.json` (e.g. 'strategyqa', 'multiemo/all_sentence_en') under an unpacked bigbench sdist."
     hits = sorted(p for p in Path(root).rglob("task.json") if p.parent.as_posix().endswith("benchmark_tasks/" + name))
@@ -120,10 +125,13 @@ def instruction_dataset(pairs: list[tuple[str, str]], tokenizer, max_length: int
     ds = ds.filter(lambda ex: any(l != -100 for l in ex["labels"]))  # an answer cut off entirely by max_length teaches nothing
     return ds.train_test_split(test_size=test_size, seed=seed)
 
+def tensor_columns(ds):
+    "`ds` with only the columns a model takes (the text columns dropped), for collators and Trainer."
+    return ds.select_columns([c for c in ("input_ids", "attention_mask", "labels") if c in ds.column_names])
+
 def make_dataloader(ds, tokenizer, batch_size: int = 8, shuffle: bool = True, seed: int = 0):
     "Batches padded per batch (labels padded with -100)."
     from transformers import DataCollatorForSeq2Seq
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
     gen = torch.Generator().manual_seed(seed)
-    ds = ds.select_columns([c for c in ("input_ids", "attention_mask", "labels") if c in ds.column_names])  # tensors only
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=gen)
+    return torch.utils.data.DataLoader(tensor_columns(ds), batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=gen)
