@@ -11,6 +11,7 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from smt_nb.blocks import lora_params, lora_rank_for
 from smt_nb.core import SMTConfig, prepare_smt, find_targets, make_grids
 from smt_nb.selection import score_gw
 from smt_nb.train import smt_parameters
@@ -122,10 +123,9 @@ def main():
     measure("full fine-tuning", full)
 
     from peft import LoraConfig, get_peft_model
-    shapes = [(m.in_features, m.out_features) for m in find_targets(build(a.layers), TARGETS).values()]
+    shapes = [(m.out_features, m.in_features) for m in find_targets(build(a.layers), TARGETS).values()]
     gc.collect(); torch.cuda.empty_cache()
-    target_values, per_rank = sum(i * o for i, o in shapes), sum(i + o for i, o in shapes)  # LoRA values per unit of rank
-    lora_values = a.lora_rank * per_rank
+    target_values, lora_values = sum(o * i for o, i in shapes), lora_params(a.lora_rank, shapes)
     matched = lora_values / target_values
 
     def lora(rank):
@@ -135,7 +135,7 @@ def main():
         model = prepare_smt(build(a.layers), SMTConfig(block_size=256, sparsity=sparsity, method="random", target_modules=TARGETS))
         return model, smt_parameters(model)
     for sparsity in (0.01, matched, 0.10):  # each SMT budget next to LoRA with the same number of trainable values
-        rank = a.lora_rank if sparsity == matched else max(1, round(sparsity * target_values / per_rank))
+        rank = a.lora_rank if sparsity == matched else max(1, round(lora_rank_for(sparsity * target_values, shapes)))
         measure(f"LoRA r={rank} (peft)", lambda: lora(rank))
         measure(f"SMT {sparsity:.2%}" + (f" (= LoRA r={a.lora_rank})" if sparsity == matched else ""), lambda: smt(sparsity))
 

@@ -60,11 +60,12 @@ def splits(examples, n_test, n_val, max_train):
 
 def batches(rows, tok, bs, shuffle, seed, device):
     from transformers import DataCollatorForSeq2Seq
+    from smt_nb.selection import to_device
     collate = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100, return_tensors="pt")
     order = list(range(len(rows)))
     if shuffle: random.Random(seed).shuffle(order)
     for i in range(0, len(order), bs):
-        yield {k: v.to(device) for k, v in collate([rows[j] for j in order[i:i + bs]]).items()}
+        yield to_device(collate([rows[j] for j in order[i:i + bs]]), device)
 
 
 def accuracy(model, tok, examples, device, bs=32):
@@ -103,16 +104,12 @@ def train(model, params, rows, tok, lr, epochs, bs, seed, device):
             opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
 
 
-def lora_values(model, rank):
-    "Trainable values of LoRA with this rank on every LINEAR layer: r·(in + out) per layer."
-    return rank * sum(m.in_features + m.out_features for n, m in model.named_modules() if n.split(".")[-1] in LINEAR)
-
-
 def build(method, model_path, rank, train_rows, tok, seed, device, block_size=64):
     "The model ready to train and its trainable parameters; SMT and LoRA get the same number of trainable values."
     import torch
     from transformers import AutoModelForCausalLM
-    from smt_nb.core import SMTConfig, prepare_smt
+    from smt_nb.blocks import blocks_for_lora_rank
+    from smt_nb.core import SMTConfig, find_targets, prepare_smt
     from smt_nb.train import smt_parameters
     torch.manual_seed(seed or 0)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
@@ -122,7 +119,8 @@ def build(method, model_path, rank, train_rows, tok, seed, device, block_size=64
         model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=LINEAR))
         return model, [p for p in model.parameters() if p.requires_grad]
     warm = list(batches(train_rows, tok, 16, True, seed, device))[:20]
-    cfg = SMTConfig(block_size=block_size, n_blocks=lora_values(model, rank) // block_size**2, method=method.split("_")[1],
+    shapes = [(m.out_features, m.in_features) for m in find_targets(model, LINEAR).values()]
+    cfg = SMTConfig(block_size=block_size, n_blocks=blocks_for_lora_rank(rank, shapes, block_size), method=method.split("_")[1],
                     warmup_steps=20, target_modules=LINEAR, seed=seed)
     model = prepare_smt(model, cfg, dataloader=warm)
     return model, smt_parameters(model)
@@ -173,13 +171,12 @@ def sweep(jobs, out_dir, workers, job_args):
     while todo or running:
         while todo and len(running) < workers:
             j = todo.pop(0)
-            args = [sys.executable, __file__, "job", "--task", j["task"], "--method", j["method"],
-                    "--out", str(out_dir / (job_name(**j) + ".json")), *job_args]
+            name = job_name(**j)
+            args = [sys.executable, __file__, "job", "--task", j["task"], "--method", j["method"], "--out", str(out_dir / (name + ".json")), *job_args]
             if j["rank"] is not None: args += ["--lora-rank", str(j["rank"])]
             if j["seed"] is not None: args += ["--seed", str(j["seed"])]
             (out_dir / "logs").mkdir(exist_ok=True)
-            log = open(out_dir / "logs" / (job_name(**j) + ".log"), "w")
-            running[job_name(**j)] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+            running[name] = subprocess.Popen(args, stdout=open(out_dir / "logs" / (name + ".log"), "w"), stderr=subprocess.STDOUT, env=env)
         for name, proc in list(running.items()):
             if proc.poll() is None: continue
             del running[name]
@@ -223,6 +220,11 @@ def table(results):
     return "\n".join(lines)
 
 
+def main_budget_key(task, method):
+    "Summary key of a method at the main budget (base and full fine-tuning have no budget)."
+    return (task, method, None if method in ("base", "full") else MAIN_RANK)
+
+
 def figure(results):
     "Per task: test accuracy of every method at the main budget (bars: mean, dots: seeds); accuracy against budget for SMT(GW) and LoRA."
     import matplotlib.pyplot as plt
@@ -230,7 +232,7 @@ def figure(results):
     tasks = [t for t in TASKS if any(k[0] == t for k in s)]
     fig, axes = plt.subplots(len(tasks), 2, figsize=(12, 3.6 * len(tasks)), squeeze=False)
     for (a, b), t in zip(axes, tasks):
-        keys = [(t, m, None if m in ("base", "full") else MAIN_RANK) for m in METHODS if (t, m, None if m in ("base", "full") else MAIN_RANK) in s]
+        keys = [main_budget_key(t, m) for m in METHODS if main_budget_key(t, m) in s]
         for i, k in enumerate(keys):
             a.bar(i, s[k]["test"], yerr=s[k]["test_std"], color="C1" if k[1] == "smt_gw" else "C0" if k[1] == "lora" else "0.6", capsize=3)
             a.plot([i] * len(s[k]["tests"]), s[k]["tests"], "k.", ms=4)
