@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from smt_nb.blocks import BlockGrid, gather_blocks, scatter_blocks
-from smt_nb.kernels import sddmm_blocks_triton
+from smt_nb.kernels import kernel_repeats, sddmm_blocks_triton
 from smt_nb.layers import SMTLinear, column_strips, sampled_block_grad
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
@@ -62,6 +62,9 @@ def main():
                     + " ".join(f"{k}={v:.1e}" for k, v in errs.items()) + ("  ok" if ok else "  FAIL"))
     print("\n".join(rows))
     print(f"{len(rows) - failed}/{len(rows)} cases passed (tolerance: fp32 1e-5, bf16 1e-2, norm-relative vs float64 dense autograd)")
+    repeats = {f"b={b} n={n} T={T}": kernel_repeats(T=T, b=b, n=n) for b, n, T in ((64, 3, 8192), (256, 1, 16384), (128, 5, 4096))}
+    print("kernel gives the same bits on every call (token splits summed in a fixed order):", repeats)
+    failed += not all(repeats.values())
     sys.exit(1 if failed else 0)
 
 

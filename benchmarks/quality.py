@@ -2,16 +2,18 @@
 trainable values, and full fine-tuning. Multiple-choice accuracy by choice log-likelihood; the learning rate is picked on a validation
 split from a small grid, never on the test split; the test accuracy of the picked rate is reported.
 
-Three verbs:
+Four verbs:
   job     one (task, method, budget, seed) -> one JSON file
   sweep   every job of the plan not yet in --out, several at once on one GPU (the model is small: one job alone leaves the GPU idle)
   report  the table (mean ± std over seeds) and the figure from the job files
+  compare two runs of the same jobs (a sweep into another folder): which repeated exactly, do the means agree within the spread?
 
 The task files come from the bigbench sdist (`pip download --no-deps --no-binary :all: bigbench`, then `tar xzf bigbench-1.0.0.tar.gz`);
 pass its folder as --bigbench. They carry a canary: local benchmarks only, never publish weights trained on them.
 
   python benchmarks/quality.py sweep --bigbench bigbench-1.0.0 --model <SmolLM2 folder> --out benchmarks/results/quality --workers 8
   python benchmarks/quality.py report --out benchmarks/results/quality
+  python benchmarks/quality.py compare --out benchmarks/results/quality --rerun /tmp/rerun
 """
 import argparse
 import json
@@ -220,6 +222,28 @@ def table(results):
     return "\n".join(lines)
 
 
+def same_job(a, b):
+    "Did two runs of a job give the same numbers (every accuracy, the picked rate, the budget)? Wall time may differ."
+    return {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+
+
+def compare(results_a, results_b):
+    """Markdown: two runs of the jobs they share, group by group — mean ± std of each, the difference of the means against
+    the larger seed-to-seed spread, and how many jobs repeated exactly."""
+    b_by_name = {job_name(r["task"], r["method"], r["rank"], r["seed"]): r for r in results_b}
+    pairs = [(a, b_by_name[n]) for a in results_a if (n := job_name(a["task"], a["method"], a["rank"], a["seed"])) in b_by_name]
+    sa, sb = summary([a for a, _ in pairs]), summary([b for _, b in pairs])
+    lines = [f"{sum(same_job(a, b) for a, b in pairs)} of {len(pairs)} shared jobs repeated exactly.", "",
+             "| task | method | LoRA-rank budget | jobs | identical | run A % | run B % | B − A | within spread |", "|---|---|---|---|---|---|---|---|---|"]
+    def order(k): return (k[0], k[2] != MAIN_RANK and k[2] is not None, k[2] or 0, METHODS.index(k[1]))
+    for k in sorted(sa, key=order):
+        same = sum(same_job(a, b) for a, b in pairs if (a["task"], a["method"], a["rank"]) == k)
+        d, spread = sb[k]["test"] - sa[k]["test"], max(sa[k]["test_std"], sb[k]["test_std"])
+        lines.append(f"| {k[0]} | {k[1]} | {k[2] or '-'} | {sa[k]['n_seeds']} | {same} | {sa[k]['test']:.1f} ± {sa[k]['test_std']:.1f} | "
+                     f"{sb[k]['test']:.1f} ± {sb[k]['test_std']:.1f} | {d:+.1f} | {'yes' if abs(d) <= spread + 1e-9 else 'NO'} |")
+    return "\n".join(lines)
+
+
 def main_budget_key(task, method):
     "Summary key of a method at the main budget (base and full fine-tuning have no budget)."
     return (task, method, None if method in ("base", "full") else MAIN_RANK)
@@ -283,6 +307,9 @@ def main(argv=None):
     q.add_argument("--methods", default=",".join(METHODS))
     q = sub.add_parser("report")
     q.add_argument("--out", required=True)
+    q = sub.add_parser("compare", help="two runs of the same jobs: do they agree?")
+    q.add_argument("--out", required=True, help="run A (e.g. the committed results)")
+    q.add_argument("--rerun", required=True, help="run B: a folder of job files written by another sweep")
     a = p.parse_args(argv)
     if a.verb == "job":
         sizes = tuple(int(x) for x in a.sizes.split(",")) if a.sizes else None
@@ -296,6 +323,8 @@ def main(argv=None):
         job_args = ["--bigbench", a.bigbench, "--model", a.model, "--epochs", str(a.epochs), "--batch-size", str(a.batch_size)]
         job_args += (["--sizes", a.sizes] if a.sizes else []) + (["--device", a.device] if a.device else [])
         sweep(jobs, a.out, a.workers, job_args)
+    elif a.verb == "compare":
+        print(compare(load_results(a.out), load_results(a.rerun)))
     else:
         import matplotlib; matplotlib.use("Agg")
         results = load_results(a.out)

@@ -77,3 +77,24 @@ def test_sweep_job_files_and_report(tiny_model_folder, bigbench_folder, tmp_path
     table = (out / "table.md").read_text().splitlines()
     assert len(table) == 2 + 6 and table[2].startswith("| strategyqa | base |")
     assert (out / "quality.png").stat().st_size > 10_000
+
+
+def test_compare_finds_exact_reruns_and_moved_means(tiny_model_folder, bigbench_folder, tmp_path):
+    "A second sweep of the same jobs repeats them exactly (CPU is deterministic); `compare` says so, and flags a run that moved."
+    def sweep(out):
+        quality.main(["sweep", "--bigbench", str(bigbench_folder), "--model", str(tiny_model_folder), "--out", str(out), "--device", "cpu",
+                      "--tasks", "strategyqa", "--seeds", "0,1", "--ranks", "8", "--methods", "smt_gw", "--sizes", "6,6,12", "--epochs", "1"])
+        return quality.load_results(out)
+    first, second = sweep(tmp_path / "a"), sweep(tmp_path / "b")
+    assert len(first) == len(second) == 2
+    assert all(quality.same_job(a, b) for a, b in zip(first, second))
+    report = quality.compare(first, second)
+    assert report.startswith("2 of 2 shared jobs repeated exactly.")
+    row = [l for l in report.splitlines() if l.startswith("| strategyqa | smt_gw | 8 |")]
+    assert len(row) == 1 and "| 2 | 2 |" in row[0] and row[0].endswith("| +0.0 | yes |")  # 2 jobs, 2 identical, same mean
+    # another run where the seed-0 job scored 0.5 (50 points) higher: that job differs and the mean moves by 25 points
+    moved = [dict(r, test=r["test"] + 0.5) if r["seed"] == 0 else r for r in second]
+    report = quality.compare(first, moved)
+    assert report.startswith("1 of 2 shared jobs repeated exactly.")
+    spread = max(quality.mean_std([100 * r["test"] for r in rs])[1] for rs in (first, moved))
+    assert f"| +25.0 | {'yes' if 25.0 <= spread else 'NO'} |" in report
