@@ -209,13 +209,18 @@ def summary(results):
     return out
 
 
+def row_order(key):
+    "Sort key of a summary row (task, method, rank): per task, the main budget (and base, full) first, then the other budgets."
+    task, method, rank = key
+    return (task, rank != MAIN_RANK and rank is not None, rank or 0, METHODS.index(method))
+
+
 def table(results):
     "Markdown: one row per method at the main budget, then the budget rows; test accuracy mean ± std over seeds."
     s = summary(results)
     lines = ["| task | method | LoRA-rank budget | trainable (M) | test acc. % (mean ± std) | seeds | val acc. % | picked lr | job time (s) |",
              "|---|---|---|---|---|---|---|---|---|"]
-    def order(k): return (k[0], k[2] != MAIN_RANK and k[2] is not None, k[2] or 0, METHODS.index(k[1]))
-    for k in sorted(s, key=order):
+    for k in sorted(s, key=row_order):
         r = s[k]
         lines.append(f"| {k[0]} | {k[1]} | {k[2] or '-'} | {r['trainable'] / 1e6:.2f} | {r['test']:.1f} ± {r['test_std']:.1f} | "
                      f"{r['n_seeds']} | {r['val']:.1f} | {', '.join(f'{lr:g}' for lr in r['lrs']) or '-'} | {r['seconds'] / r['n_seeds']:.0f} |")
@@ -227,17 +232,27 @@ def same_job(a, b):
     return {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
 
 
+def result_name(r):
+    "The job name of a result (its file stem)."
+    return job_name(r["task"], r["method"], r["rank"], r["seed"])
+
+
+def shared_jobs(results_a, results_b):
+    "[(a, b)]: the results of the jobs that both runs have, paired by job."
+    b_by_name = {result_name(r): r for r in results_b}
+    return [(a, b_by_name[result_name(a)]) for a in results_a if result_name(a) in b_by_name]
+
+
 def compare(results_a, results_b):
     """Markdown: two runs of the jobs they share, group by group — mean ± std of each, the difference of the means against
     the larger seed-to-seed spread, and how many jobs repeated exactly."""
-    b_by_name = {job_name(r["task"], r["method"], r["rank"], r["seed"]): r for r in results_b}
-    pairs = [(a, b_by_name[n]) for a in results_a if (n := job_name(a["task"], a["method"], a["rank"], a["seed"])) in b_by_name]
+    pairs = shared_jobs(results_a, results_b)
+    identical = [same_job(a, b) for a, b in pairs]
     sa, sb = summary([a for a, _ in pairs]), summary([b for _, b in pairs])
-    lines = [f"{sum(same_job(a, b) for a, b in pairs)} of {len(pairs)} shared jobs repeated exactly.", "",
+    lines = [f"{sum(identical)} of {len(pairs)} shared jobs repeated exactly.", "",
              "| task | method | LoRA-rank budget | jobs | identical | run A % | run B % | B − A | within spread |", "|---|---|---|---|---|---|---|---|---|"]
-    def order(k): return (k[0], k[2] != MAIN_RANK and k[2] is not None, k[2] or 0, METHODS.index(k[1]))
-    for k in sorted(sa, key=order):
-        same = sum(same_job(a, b) for a, b in pairs if (a["task"], a["method"], a["rank"]) == k)
+    for k in sorted(sa, key=row_order):
+        same = sum(i for (a, _), i in zip(pairs, identical) if (a["task"], a["method"], a["rank"]) == k)
         d, spread = sb[k]["test"] - sa[k]["test"], max(sa[k]["test_std"], sb[k]["test_std"])
         lines.append(f"| {k[0]} | {k[1]} | {k[2] or '-'} | {sa[k]['n_seeds']} | {same} | {sa[k]['test']:.1f} ± {sa[k]['test_std']:.1f} | "
                      f"{sb[k]['test']:.1f} ± {sb[k]['test_std']:.1f} | {d:+.1f} | {'yes' if abs(d) <= spread + 1e-9 else 'NO'} |")

@@ -13,7 +13,7 @@ from torch import Tensor
 from .blocks import BlockGrid
 
 # %% auto #0
-__all__ = ['triton_available', 'kernel_applies', 'sddmm_blocks_triton', 'kernel_error', 'kernel_repeats']
+__all__ = ['triton_available', 'kernel_applies', 'sddmm_blocks_triton', 'random_sddmm_problem', 'kernel_error', 'kernel_repeats']
 
 # %% ../nbs/04a_kernels.ipynb #9299f46a
 import os
@@ -99,14 +99,19 @@ def sddmm_blocks_triton(g2: Tensor, x: Tensor, rows: Tensor, x_offsets: Tensor, 
     return partial[0] if splits == 1 else partial.sum(0)  # (n, b, b); torch's reduction is deterministic
 
 # %% ../nbs/04a_kernels.ipynb #94143f61
-def kernel_error(T=40, out_f=45, in_f=70, b=16, n=5, splits_target=1, seed=0, device="cpu") -> float:
-    "Max norm-relative error of `sddmm_blocks_triton` against the PyTorch reference (whole input and saved strips)."
-    from smt_nb.layers import sampled_block_grad, column_strips, strip_plan
+def random_sddmm_problem(T, out_f, in_f, b, n, seed, device):
+    "A grid, `n` distinct random blocks (n, 2) and random `g2` (T, out), `x2` (T, in) — inputs for checking the kernel."
     gen = torch.Generator().manual_seed(seed)
     grid = BlockGrid(out_f, in_f, b)
     flat = torch.randperm(grid.n_blocks, generator=gen)[:n]
     blocks = torch.stack([flat // grid.n_cols, flat % grid.n_cols], 1).to(device)
     g2, x2 = torch.randn(T, out_f, generator=gen).to(device), torch.randn(T, in_f, generator=gen).to(device)
+    return grid, blocks, g2, x2
+
+def kernel_error(T=40, out_f=45, in_f=70, b=16, n=5, splits_target=1, seed=0, device="cpu") -> float:
+    "Max norm-relative error of `sddmm_blocks_triton` against the PyTorch reference (whole input and saved strips)."
+    from smt_nb.layers import sampled_block_grad, column_strips, strip_plan
+    grid, blocks, g2, x2 = random_sddmm_problem(T, out_f, in_f, b, n, seed, device)
     ref = sampled_block_grad(g2, column_strips(x2, grid), blocks[:, 0], blocks[:, 1], grid)
     whole = sddmm_blocks_triton(g2, x2, blocks[:, 0], blocks[:, 1] * b, in_f, grid, n_programs_target=splits_target)
     strips, pos = strip_plan(blocks[:, 1])
@@ -116,10 +121,7 @@ def kernel_error(T=40, out_f=45, in_f=70, b=16, n=5, splits_target=1, seed=0, de
 
 def kernel_repeats(T=8192, out_f=576, in_f=1536, b=64, n=3, repeats=10, seed=0, device="cuda") -> bool:
     "Does the kernel give the same bits on every call with the same inputs? Few blocks and many tokens: many token splits."
-    gen = torch.Generator().manual_seed(seed)
-    grid = BlockGrid(out_f, in_f, b)
-    flat = torch.randperm(grid.n_blocks, generator=gen)[:n]
-    rows, cols = (flat // grid.n_cols).to(device), (flat % grid.n_cols).to(device)
-    g2, x2 = torch.randn(T, out_f, generator=gen).to(device), torch.randn(T, in_f, generator=gen).to(device)
-    first = sddmm_blocks_triton(g2, x2, rows, cols * b, in_f, grid)
-    return all(torch.equal(first, sddmm_blocks_triton(g2, x2, rows, cols * b, in_f, grid)) for _ in range(repeats))
+    grid, blocks, g2, x2 = random_sddmm_problem(T, out_f, in_f, b, n, seed, device)
+    def once(): return sddmm_blocks_triton(g2, x2, blocks[:, 0], blocks[:, 1] * b, in_f, grid)
+    first = once()
+    return all(torch.equal(first, once()) for _ in range(repeats))
