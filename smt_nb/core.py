@@ -6,8 +6,11 @@
 from __future__ import annotations
 import hashlib
 import json
+import sys
+import tempfile
 import warnings
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 from types import MethodType
@@ -23,10 +26,12 @@ from .layers import SMTLinear, keep_4bit_differentiable, is_supported, logical_s
 from .selection import Selection, SCORERS, make_selection, selection_to_dict, selection_from_dict
 
 # %% auto #0
-__all__ = ['DEFAULT_TARGETS', 'MODEL_METHODS', 'ADAPTER_WEIGHTS', 'ADAPTER_CONFIG', 'SMTConfig', 'default_targets',
-           'find_targets', 'make_grids', 'model_method', 'smt_layers', 'check_selection_fits', 'prepare_smt',
-           'trainable_report', 'print_trainable_parameters', 'save_smt', 'load_smt', 'merged_float_linear',
-           'merge_and_unload']
+__all__ = ['DEFAULT_TARGETS', 'ALL_LINEAR', 'MODEL_METHODS', 'SMT_ATTRIBUTES', 'ADAPTER_WEIGHTS', 'ADAPTER_CONFIG', 'SMTConfig',
+           'default_targets', 'output_head_names', 'module_owners', 'check_not_shared', 'find_targets', 'make_grids',
+           'model_method', 'smt_layers', 'check_selection_fits', 'as_config', 'prepare_smt', 'trainable_report',
+           'print_trainable_parameters', 'base_model_name', 'save_smt', 'resolve_adapter', 'load_smt',
+           'save_pretrained', 'push_to_hub', 'merged_float_linear', 'merge_and_unload', 'disable_adapter', 'unload',
+           'get_nb_trainable_parameters']
 
 # %% ../nbs/05_core.ipynb #c96047a2
 @dataclass
@@ -38,7 +43,9 @@ class SMTConfig:
     method: str | Callable = "gw"   # block scorer: "gw" (warm-up gradients, paper default), "aw" (activations), "mw" (|W|, no data),
                                     # "random" (baseline), or a function; see smt_nb.selection.SCORERS
     statistic: str = "mean_abs"     # GW block statistic of the summed warm-up gradient: |mean| (paper default), abs_mean, l1, l2, mean
-    target_modules: list[str] | str | None = None  # names (suffix match) or a regex; None = the attention Q/K/V projections
+    target_modules: list[str] | str | None = None  # names (suffix match), a regex (full match), "all-linear" (every linear layer
+                                    # but the output head, as PEFT), or None = the attention Q/K/V projections
+    exclude_modules: list[str] | str | None = None  # names or a regex to leave out of the targets (PEFT's `exclude_modules`)
     budget: str = "global"          # "global": all matrices compete (paper); "per_matrix": each gets the same share;
                                     # "per_type": split between module types by `type_shares`
     type_shares: dict[str, float] | None = None  # with budget="per_type": share of the budget per type, e.g. {"v_proj": 1.0}
@@ -66,6 +73,7 @@ class SMTConfig:
         if self.type_shares is not None and self.budget != "per_type":
             raise ValueError('type_shares only applies with budget="per_type".')
         if isinstance(self.target_modules, tuple): self.target_modules = list(self.target_modules)
+        if isinstance(self.exclude_modules, tuple): self.exclude_modules = list(self.exclude_modules)
 
 # %% ../nbs/05_core.ipynb #96bd3dd4
 DEFAULT_TARGETS = (("q_proj", "k_proj", "v_proj"), ("c_attn",), ("query_key_value",), ("qkv_proj",), ("Wqkv",))
@@ -82,18 +90,61 @@ def default_targets(model: nn.Module) -> list[str]:
     raise ValueError("Could not find attention projections to target; pass target_modules=[...] "
                      f"(linear layers here: {sorted({n.split('.')[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})}).")
 
-def find_targets(model: nn.Module, target_modules: list[str] | str | None = None) -> dict[str, nn.Module]:
-    "Modules of `model` named by `target_modules` (default: Q/K/V), checked to be layers SMT can wrap."
+ALL_LINEAR = "all-linear"
+
+def output_head_names(model: nn.Module) -> set[str]:
+    "Names under which `model` holds its output head (the LM head); empty if it has none."
+    try: head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    except NotImplementedError: head = None
+    return {n for n, m in model.named_modules(remove_duplicate=False) if head is not None and m is head}
+
+def module_owners(model: nn.Module) -> dict[int, list[str]]:
+    "Every parameter (by id) with the names of the modules that hold it: a tied weight has several."
+    owners = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for p in module.parameters(recurse=False): owners.setdefault(id(p), []).append(name)
+    return owners
+
+def check_not_shared(model: nn.Module, targets: dict[str, nn.Module]):
+    "Refuse targets whose weight another module uses too (tied embeddings): their blocks would change both."
+    owners = module_owners(model)
+    for n, m in targets.items():
+        others = [o for o in owners.get(id(m.weight), []) if o != n]
+        if others:
+            raise ValueError(f"{n} shares its weight with {others[0]} (tied weights, e.g. an LM head tied to the input embedding): SMT blocks "
+                             f"there would change {others[0]} too. Leave it out (exclude_modules=[{n.split('.')[-1]!r}]), or untie it first: "
+                             f"model.config.tie_word_embeddings = False; model.{n}.weight = torch.nn.Parameter(model.{n}.weight.detach().clone()).")
+
+def _no_match_message(model: nn.Module, targets, exclude_modules) -> str:
+    linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if is_supported(m)})
+    msg = f"target_modules={targets!r} matched no module" + (f" once exclude_modules={exclude_modules!r} was applied" if exclude_modules else "")
+    msg += f". Linear layers in this model: {linear}."
+    if isinstance(targets, str) and targets != ALL_LINEAR:
+        msg += f" A string is a regular expression matched against the whole module name; to match by name, pass a list: [{targets!r}]."
+    return msg
+
+def find_targets(model: nn.Module, target_modules: list[str] | str | None = None, exclude_modules: list[str] | str | None = None) -> dict[str, nn.Module]:
+    "Modules of `model` named by `target_modules` (default: Q/K/V) less `exclude_modules`, checked to be layers SMT can wrap."
     targets = default_targets(model) if target_modules is None else target_modules
-    found = {n: m for n, m in model.named_modules() if n and _matches(n, targets) and not isinstance(m, SMTLinear)}
-    found = {n: m for n, m in found.items() if not any(n.startswith(o + ".") for o in found)}  # outermost match only
-    if not found:
-        linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if is_supported(m)})
-        raise ValueError(f"target_modules={targets!r} matched no module. Linear layers in this model: {linear}.")
+    wrapped = [n for n, m in model.named_modules() if isinstance(m, SMTLinear)]
+    def eligible(n, m): return n and not isinstance(m, SMTLinear) and not any(n.startswith(w + ".") for w in wrapped)
+    if targets == ALL_LINEAR:
+        heads = output_head_names(model)
+        found = {n: m for n, m in model.named_modules() if eligible(n, m) and is_supported(m) and n not in heads}
+    else:
+        found = {n: m for n, m in model.named_modules() if eligible(n, m) and _matches(n, targets)}
+        found = {n: m for n, m in found.items() if not any(n.startswith(o + ".") for o in found)}  # outermost match only
+    if exclude_modules: found = {n: m for n, m in found.items() if not _matches(n, exclude_modules)}
+    if not found: raise ValueError(_no_match_message(model, targets, exclude_modules))
     for n, m in found.items():
         if not is_supported(m):
             raise TypeError(f"{n} is a {type(m).__name__}; SMT can wrap float nn.Linear, GPT-2 Conv1D and bitsandbytes "
                             "Linear4bit/Linear8bitLt layers. Choose other target_modules.")
+    check_not_shared(model, found)
+    for head in sorted(output_head_names(model) & set(found)):
+        warnings.warn(f"{head} is the output head. Losses that read its weight directly instead of calling it (TRL's SFTTrainer fused LM "
+                      "head, Liger's fused linear cross-entropy) bypass SMT layers and would leave its blocks untrained: use a loss "
+                      "computed from the model's logits.")
     return found
 
 # %% ../nbs/05_core.ipynb #b7cd1768
@@ -132,18 +183,31 @@ def check_selection_fits(model: nn.Module, sel: Selection):
             raise ValueError(f"The selection expects {n} to be {g.out_features}×{g.in_features}, the model has {shape}: "
                              "was it made for another model?")
 
-def prepare_smt(model: nn.Module, config: SMTConfig | None = None, dataloader=None, selection: Selection | None = None, **kwargs) -> nn.Module:
+def as_config(config: SMTConfig | dict | None, kwargs: dict) -> SMTConfig:
+    "An `SMTConfig` from a config, a dict, or keywords — never a config with keywords silently dropped."
+    if config is None: return SMTConfig(**kwargs)
+    if kwargs: raise TypeError(f"Pass a config or keywords, not both (got a config and {sorted(kwargs)}): "
+                               "change a config with dataclasses.replace(config, ...).")
+    if isinstance(config, dict): return SMTConfig(**config)
+    if not isinstance(config, SMTConfig): raise TypeError(f"config must be an SMTConfig or a dict, got {type(config).__name__}.")
+    return config
+
+SMT_ATTRIBUTES = ("smt_config", "smt_selection", "_smt_requires_grad")  # what prepare_smt attaches to the model
+
+def prepare_smt(model: nn.Module, config: SMTConfig | dict | None = None, dataloader=None, selection: Selection | None = None, **kwargs) -> nn.Module:
     "Choose blocks (or use `selection`), freeze `model`, and wrap its target layers in `SMTLinear`; returns `model`, changed in place."
-    config = config or SMTConfig(**kwargs)
+    config = as_config(config, kwargs)
     if smt_layers(model): raise ValueError("This model already has SMT layers; merge_and_unload() it or start from a fresh model.")
     keep_4bit_differentiable(model)
     if selection is None:
-        targets = find_targets(model, config.target_modules)
+        targets = find_targets(model, config.target_modules, config.exclude_modules)
         selection = make_selection(model, targets, make_grids(targets, config.block_size), config.method, config.sparsity,
                                    config.n_blocks, config.budget, dataloader, config, config.type_shares)
     else:
         check_selection_fits(model, selection)
-        config = replace(config, block_size=selection.block_size, target_modules=list(selection.grids))
+        config = replace(config, block_size=selection.block_size, target_modules=list(selection.grids), exclude_modules=None)
+        check_not_shared(model, {n: model.get_submodule(n) for n, b in selection.blocks.items() if len(b)})
+    model._smt_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}  # unload() puts them back
     model.requires_grad_(False)
     for name, blocks in selection.blocks.items():
         if len(blocks): _set_module(model, name, SMTLinear(model.get_submodule(name), blocks, selection.block_size, config.init_std))
@@ -179,6 +243,10 @@ def _config_dict(config: SMTConfig) -> dict:
     if callable(config.method): d["method"] = getattr(config.method, "__name__", "custom")
     return d
 
+def base_model_name(model: nn.Module) -> str | None:
+    "The hub id or folder the base model was loaded from, if transformers recorded one (PEFT's `base_model_name_or_path`)."
+    return getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None) or None
+
 @model_method
 def save_smt(model: nn.Module, save_directory: str | Path):
     "Save the trained blocks, their indices, the config and a base fingerprint to `save_directory`."
@@ -189,7 +257,8 @@ def save_smt(model: nn.Module, save_directory: str | Path):
               metadata={"format": "pt", "library": "smt_nb"})
     sel = model.smt_selection
     sel_dict = selection_to_dict(Selection(sel.blocks, sel.grids, {}, sel.meta))  # scores stay out of the adapter
-    meta = dict(format="smt_nb.adapter/1", smt_nb_version=smt_nb.__version__, config=_config_dict(model.smt_config),
+    meta = dict(format="smt_nb.adapter/1", smt_nb_version=smt_nb.__version__, base_model_name_or_path=base_model_name(model),
+                config=_config_dict(model.smt_config),
                 selection=sel_dict, fingerprint={n: _fingerprint(l) for n, l in layers.items()})
     (out / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=1))
 
@@ -204,9 +273,21 @@ def _check_fingerprint(name: str, layer: SMTLinear, saved: dict):
                          "load it onto the base model it was trained from.")
     warnings.warn(f"{name}: the base weights differ slightly from the adapter's base (another dtype or quantization?).")
 
-def load_smt(model: nn.Module, load_directory: str | Path, check_base: bool = True) -> nn.Module:
-    "Load an adapter saved by `save_smt` into `model` (a fresh base model, or one already prepared with the same blocks)."
-    d = Path(load_directory)
+def resolve_adapter(name_or_path: str | Path, revision: str | None = None, token: str | bool | None = None) -> Path:
+    "A local adapter folder as it is, or a hub repository id downloaded (or found in the local hub cache) with `huggingface_hub`."
+    d = Path(name_or_path)
+    if d.is_dir(): return d
+    if d.exists(): raise NotADirectoryError(f"{d} is a file; an SMT adapter is a folder holding {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}.")
+    from huggingface_hub import snapshot_download
+    try: return Path(snapshot_download(str(name_or_path), revision=revision, token=token, allow_patterns=[ADAPTER_CONFIG, ADAPTER_WEIGHTS]))
+    except Exception as e:
+        raise FileNotFoundError(f"{name_or_path!r} is neither a local folder nor a hub repository this machine can read "
+                                f"({type(e).__name__}: {e}).") from e
+
+def load_smt(model: nn.Module, load_directory: str | Path, check_base: bool = True, revision: str | None = None,
+             token: str | bool | None = None) -> nn.Module:
+    "Load an adapter saved by `save_smt` — a folder or a hub id (`revision`, `token`) — into `model` (a fresh base, or one prepared with the same blocks)."
+    d = resolve_adapter(load_directory, revision, token)
     meta = json.loads((d / ADAPTER_CONFIG).read_text())
     if meta.get("format") != "smt_nb.adapter/1": raise ValueError(f"{d / ADAPTER_CONFIG} is not an smt_nb adapter config.")
     sel = selection_from_dict(meta["selection"])
@@ -222,6 +303,38 @@ def load_smt(model: nn.Module, load_directory: str | Path, check_base: bool = Tr
         with torch.no_grad(): layer.smt_delta.copy_(tensors[f"{n}.smt_delta"])
     return model
 
+# %% ../nbs/05_core.ipynb #52d1cf55
+_SAVE_OPTIONS_FOR_WHOLE_MODELS = {"state_dict", "safe_serialization", "max_shard_size", "variant", "save_function", "token"}
+
+def _calling_trainer():
+    "The `transformers.Trainer` that called our caller directly, if any (Trainer._save calls `model.save_pretrained`)."
+    from transformers import Trainer
+    caller = sys._getframe(2).f_locals.get("self")
+    return caller if isinstance(caller, Trainer) else None
+
+@model_method
+def save_pretrained(model: nn.Module, save_directory: str | Path, is_main_process: bool = True, **kwargs):
+    "Save the SMT adapter (PEFT's convention for adapter models); options for sharding whole models do not apply and are ignored."
+    if (trainer := _calling_trainer()) is not None:
+        name = type(trainer).__name__
+        raise TypeError(f"{name} would write checkpoints it cannot resume an SMT model from. Use smt_nb.train.SMTTrainer instead of "
+                        f"transformers.Trainer, or smt_trainer_class({name}) for another Trainer class (e.g. TRL's SFTTrainer): "
+                        "same arguments, adapter-only checkpoints, exact resume.")
+    unknown = set(kwargs) - _SAVE_OPTIONS_FOR_WHOLE_MODELS
+    if unknown: raise TypeError(f"save_pretrained of an SMT model does not take {sorted(unknown)}; use model.push_to_hub(repo_id) to upload.")
+    if is_main_process: save_smt(model, save_directory)
+
+@model_method
+def push_to_hub(model: nn.Module, repo_id: str, revision: str | None = None, private: bool | None = None, token: str | bool | None = None,
+                commit_message: str = "Upload SMT adapter", create_pr: bool = False):
+    "Upload the SMT adapter to a hub repository (created if missing); returns the commit info."
+    from huggingface_hub import HfApi
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    with tempfile.TemporaryDirectory() as tmp:
+        save_smt(model, tmp)
+        return api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision, commit_message=commit_message, create_pr=create_pr)
+
 # %% ../nbs/05_core.ipynb #cfc2612d
 def merged_float_linear(layer: SMTLinear) -> nn.Linear:
     "A float nn.Linear with the dequantized base weight plus the trained blocks (for bases that cannot merge in place)."
@@ -234,6 +347,13 @@ def merged_float_linear(layer: SMTLinear) -> nn.Linear:
         if base.bias is not None: merged.bias.copy_(base.bias)
     return merged
 
+def _restore_plain_model(model: nn.Module):
+    "Undo what prepare_smt attached: the requires_grad flags as they were, no SMT attributes or bound methods."
+    flags = model.__dict__.get("_smt_requires_grad", {})
+    for n, p in model.named_parameters():
+        if n in flags and p.is_floating_point(): p.requires_grad_(flags[n])
+    for attr in (*SMT_ATTRIBUTES, *MODEL_METHODS): model.__dict__.pop(attr, None)
+
 @model_method
 def merge_and_unload(model: nn.Module) -> nn.Module:
     "Merge every SMT layer into its base weight and put the base layer back; returns the plain model (dequantized if it was quantized)."
@@ -243,6 +363,31 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
             _set_module(model, name, merged_float_linear(layer)); quantized = True
         else:
             layer.merge(); _set_module(model, name, layer.base_layer)
-    for attr in ("smt_config", "smt_selection", *MODEL_METHODS): model.__dict__.pop(attr, None)
+    _restore_plain_model(model)
     if quantized and getattr(model, "hf_quantizer", None) is not None: model = model.dequantize()
     return model
+
+# %% ../nbs/05_core.ipynb #c67ce778
+@model_method
+@contextmanager
+def disable_adapter(model: nn.Module):
+    "Inside the block, the model computes exactly what its base model computes (PEFT's `disable_adapter`)."
+    layers = list(smt_layers(model).values())
+    for layer in layers: layer.enable_adapters(False)
+    try: yield model
+    finally:
+        for layer in layers: layer.enable_adapters(True)
+
+@model_method
+def unload(model: nn.Module) -> nn.Module:
+    "Put every base layer back with its original weights, without merging: the model as it was before `prepare_smt`."
+    for name, layer in smt_layers(model).items():
+        layer.unmerge(); _set_module(model, name, layer.base_layer)
+    _restore_plain_model(model)
+    return model
+
+@model_method
+def get_nb_trainable_parameters(model: nn.Module) -> tuple[int, int]:
+    "(trainable values, all parameters), as PEFT's method of the same name (ragged edge blocks count their real entries)."
+    r = trainable_report(model)
+    return r["trainable"], r["total"]

@@ -19,7 +19,7 @@ __all__ = ['SUPPORTED_LAYERS', 'PATHS', 'is_float_linear', 'logical_weight', 'is
            'dequantized_weight', 'strip_plan', 'column_strips', 'sampled_block_grad', 'block_gradients',
            'effective_weight', 'SMTLinearFunction', 'block_sparse_matmul', 'block_sparse_matmul_t',
            'BlockDeltaFunction', 'default_path', 'check_blocks', 'padding_mask', 'SMTLinear', 'write_blocks',
-           'keep_4bit_differentiable']
+           'compute_dtype', 'keep_4bit_differentiable']
 
 # %% ../nbs/04_layers.ipynb #b0187c0f
 SUPPORTED_LAYERS = (nn.Linear, Conv1D)
@@ -102,12 +102,14 @@ def effective_weight(weight: Tensor, delta: Tensor, grid: BlockGrid, blocks: Ten
     "(out, in) weight with the (n, b, b) block deltas added; a new tensor, `weight` is untouched."
     return weight + scatter_blocks(delta.to(weight.dtype), grid, blocks)
 
+def _as(t: Tensor | None, dtype: torch.dtype) -> Tensor | None: return None if t is None else t.to(dtype)
+
 class SMTLinearFunction(torch.autograd.Function):
     "y = x (W + ΔW)ᵀ + bias with gradients for x and the block deltas only (`written`: W already holds the blocks)."
     @staticmethod
     def forward(ctx, x, weight, bias, delta, blocks, strips, block_strip, grid, keep_x, written=False):
-        w = weight if written else effective_weight(weight, delta, grid, blocks)
-        y = F.linear(x, w, bias)                                             # (..., out)
+        w = weight if written else effective_weight(weight, delta, grid, blocks)  # in the stored dtype: W + ΔW is not rounded twice
+        y = F.linear(x, w.to(x.dtype), _as(bias, x.dtype))                   # (..., out), in x's (the compute) dtype
         x2 = x.reshape(-1, grid.in_features)                                 # (T, in)
         saved = x2 if keep_x else column_strips(x2, grid, strips)            # (T, in) or (T, S, b)
         ctx.save_for_backward(saved, weight, delta, blocks, block_strip)
@@ -119,10 +121,11 @@ class SMTLinearFunction(torch.autograd.Function):
         saved, weight, delta, blocks, block_strip = ctx.saved_tensors
         grid, gx, gdelta = ctx.grid, None, None
         if ctx.needs_input_grad[0]:
-            gx = gy @ (weight if ctx.written else effective_weight(weight, delta, grid, blocks))  # (..., in)
+            w = weight if ctx.written else effective_weight(weight, delta, grid, blocks)
+            gx = gy @ w.to(gy.dtype)                                            # (..., in)
         if ctx.needs_input_grad[3]:
             g2 = gy.reshape(-1, grid.out_features)                              # (T, out)
-            gdelta = block_gradients(g2, saved, blocks, block_strip, grid, ctx.keep_x).to(delta.dtype)
+            gdelta = block_gradients(g2, saved, blocks, block_strip, grid, ctx.keep_x).to(delta.dtype)  # float32, like the deltas
         return gx, None, None, gdelta, None, None, None, None, None, None
 
 # %% ../nbs/04_layers.ipynb #5bd05d32
@@ -226,6 +229,7 @@ class SMTLinear(nn.Module):
         if init_std: delta = torch.randn_like(delta) * init_std * padding_mask(self.grid, blocks)
         self.smt_delta = nn.Parameter(delta)  # fp32 whatever the base dtype, like PEFT's adapters
         self.merged = False
+        self._disabled = False        # PEFT's `disable_adapters`: forward runs the base layer alone
         self._written_version = None  # the delta version last written into the weight (in-place path)
 
     @property
@@ -236,6 +240,8 @@ class SMTLinear(nn.Module):
     def n_blocks(self) -> int: return len(self.blocks)
     @property
     def additive(self) -> bool: return self.path == "additive"
+    @property
+    def disable_adapters(self) -> bool: return self._disabled  # PEFT's name
 
     def extra_repr(self) -> str:
         g = self.grid
@@ -265,6 +271,12 @@ def _write_blocks_if_changed(self: SMTLinear):
     write_blocks(logical_weight(self.base_layer), self.grid, self.blocks, merged)
     self._written_version = self.smt_delta._version
 
+def compute_dtype(x: Tensor) -> torch.dtype:
+    "The dtype an SMT layer computes in: the active autocast dtype for `x`'s device, else `x`'s own dtype."
+    device = x.device.type
+    if x.is_floating_point() and torch.is_autocast_enabled(device): return torch.get_autocast_dtype(device)
+    return x.dtype
+
 @patch
 def _check_input(self: SMTLinear, x: Tensor):
     "Fail with a fix, not deep inside a matmul, when the input does not match the layer."
@@ -277,7 +289,8 @@ def _check_input(self: SMTLinear, x: Tensor):
 @patch
 def forward(self: SMTLinear, x: Tensor) -> Tensor:
     self._check_input(x)
-    if self.merged: return self.base_layer(x)
+    if self.merged or self.disable_adapters: return self.base_layer(x)
+    x = x.to(compute_dtype(x))  # under autocast, as autocast's own linear: compute in its dtype; autograd casts the gradient back
     if self.path == "additive":
         delta_out = BlockDeltaFunction.apply(x, self.smt_delta, self.blocks, self.strips, self.block_strip, self.grid, self.keep_x)
         return self.base_layer(x) + delta_out.to(x.dtype)
@@ -308,6 +321,12 @@ def unmerge(self: SMTLinear):
     if not self.merged and self._written_version is None: return
     write_blocks(logical_weight(self.base_layer), self.grid, self.blocks, self.base_blocks)
     self.merged, self._written_version = False, None
+
+@patch
+def enable_adapters(self: SMTLinear, enabled: bool):
+    "PEFT's switch: `False` restores the original blocks in the weight and runs the base layer alone; `True` adds the deltas again."
+    if not enabled: self.unmerge()  # the in-place path and merge() leave base + Δ in the weight: put the original back
+    self._disabled = not enabled
 
 # %% ../nbs/04_layers.ipynb #dc3d4ed3
 def keep_4bit_differentiable(model: nn.Module) -> int:

@@ -17,7 +17,8 @@ from .selection import to_device
 
 # %% auto #0
 __all__ = ['TRAINING_STATE', 'default_lr', 'smt_parameters', 'make_optimizer', 'counting_batches', 'evaluate_loss', 'train_smt',
-           'save_checkpoint', 'resume_smt', 'SMTTrainer', 'smt_training_arguments']
+           'save_checkpoint', 'resume_smt', 'SMTTrainerMixin', 'SMTTrainer', 'smt_trainer_class',
+           'smt_training_arguments']
 
 # %% ../nbs/07_training.ipynb #34eb5140
 def default_lr(sparsity: float) -> float:
@@ -110,12 +111,27 @@ def resume_smt(base_model: nn.Module, directory, lr: float | None = None, optimi
     return model, opt, state["step"]
 
 # %% ../nbs/07_training.ipynb #6ac09047
+import functools
 from transformers import Trainer, TrainingArguments
 
-class SMTTrainer(Trainer):
-    "`transformers.Trainer` whose checkpoints hold only the SMT adapter (blocks, indices, config) and which resumes from them."
+def _uses_fused_lm_head(trainer_cls: type) -> bool:
+    "TRL's trainers compute log-probabilities from `lm_head.weight` directly (a fused LM head), not by calling the layer."
+    return any(c.__module__.split(".")[0] == "trl" for c in trainer_cls.__mro__)
+
+class SMTTrainerMixin:
+    "Turns a `transformers.Trainer` subclass into one for SMT models: adapter-only checkpoints, and resuming or loading the best model from them."
+    def __init__(self, *args, **kwargs):
+        model = kwargs.get("model", args[0] if args else None)
+        if _uses_fused_lm_head(type(self)) and model is not None and hasattr(model, "get_output_embeddings"):
+            from smt_nb.layers import SMTLinear
+            if isinstance(model.get_output_embeddings(), SMTLinear):
+                raise ValueError(f"{type(self).__name__} computes log-probabilities from lm_head.weight directly, so SMT blocks on the LM "
+                                 "head would never train: prepare the model without it (exclude_modules=['lm_head']).")
+        super().__init__(*args, **kwargs)
+
     def _save(self, output_dir: str | None = None, state_dict=None):
         from smt_nb.core import save_smt
+        if not self.args.should_save: return  # one writer in distributed runs
         out = Path(output_dir or self.args.output_dir)
         save_smt(self.model, out)
         if self.processing_class is not None: self.processing_class.save_pretrained(out)
@@ -128,6 +144,18 @@ class SMTTrainer(Trainer):
     def _load_best_model(self):
         from smt_nb.core import load_smt
         load_smt(self.model, self.state.best_model_checkpoint)
+
+class SMTTrainer(SMTTrainerMixin, Trainer):
+    "`transformers.Trainer` whose checkpoints hold only the SMT adapter (blocks, indices, config) and which resumes from them."
+
+@functools.cache
+def smt_trainer_class(trainer_cls: type) -> type:
+    "`trainer_cls` (a `Trainer` subclass, e.g. TRL's `SFTTrainer`) with SMT checkpoints: `SMTSFTTrainer = smt_trainer_class(SFTTrainer)`."
+    if not (isinstance(trainer_cls, type) and issubclass(trainer_cls, Trainer)):
+        raise TypeError(f"smt_trainer_class takes a transformers.Trainer subclass, got {trainer_cls!r}.")
+    if issubclass(trainer_cls, SMTTrainerMixin): return trainer_cls
+    return type(f"SMT{trainer_cls.__name__}", (SMTTrainerMixin, trainer_cls),
+                {"__doc__": f"{trainer_cls.__name__} with adapter-only SMT checkpoints (see SMTTrainerMixin).", "__module__": __name__})
 
 def smt_training_arguments(model: nn.Module, output_dir: str, **kwargs) -> TrainingArguments:
     "TrainingArguments for an SMT model: `default_lr` for its sparsity unless `learning_rate` is given, no weight decay, no hub."

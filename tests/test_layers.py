@@ -124,3 +124,44 @@ def test_triton_kernel_matches_reference_in_interpreter(case):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert float(run.stdout.strip().splitlines()[-1]) < 1e-5
+
+
+@pytest.mark.parametrize("path", ["reference", "inplace", "additive"])
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_training_step_matches_dense_autocast(path, kind, dtype):
+    "float32 weights, forward under CPU autocast, backward outside it (Trainer's bf16/fp16): block gradients as a dense autocast step's."
+    torch.manual_seed(0)
+    base = make_base(kind, 45, 70)
+    w_orig = logical_weight(base).detach().clone()
+    layer = SMTLinear(base, torch.tensor([[0, 0], [2, 4], [1, 2], [2, 1]]), 16, init_std=0.05, path=path)
+    opt = torch.optim.SGD([layer.smt_delta], lr=0.5)
+    for step in range(2):  # the second step runs on updated deltas (the in-place path rewrites its blocks)
+        x = torch.randn(3, 8, 70, requires_grad=True)
+        w = (w_orig + layer.delta_weight()).requires_grad_()
+        xr = x.detach().clone().requires_grad_()
+        with torch.autocast("cpu", dtype=dtype):
+            y, yr = layer(x), F.linear(xr, w, base.bias)
+        y.float().square().sum().backward()
+        yr.float().square().sum().backward()
+        assert y.dtype == dtype and x.grad.dtype == torch.float32 and layer.smt_delta.grad.dtype == torch.float32
+        assert rel_err(y.float(), yr.float()) < 2e-2 and rel_err(x.grad, xr.grad) < 2e-2
+        assert rel_err(layer.smt_delta.grad, gather_blocks(w.grad, layer.grid, layer.blocks)) < 2e-2
+        opt.step(); opt.zero_grad()
+    assert layer.smt_delta.isfinite().all()
+
+
+@pytest.mark.parametrize("path", ["reference", "inplace", "additive"])
+def test_bf16_model_without_autocast(path):
+    "A model stored in bf16 (no autocast) still trains: deltas stay float32, gradients arrive in float32."
+    torch.manual_seed(0)
+    base = nn.Linear(70, 45).to(torch.bfloat16)
+    w0 = base.weight.detach().float().clone()  # the in-place path writes base + Δ into the weight
+    layer = SMTLinear(base, torch.tensor([[0, 0], [2, 4]]), 16, init_std=0.05, path=path)
+    x = torch.randn(4, 70, dtype=torch.bfloat16, requires_grad=True)
+    y = layer(x)
+    y.float().square().sum().backward()
+    w = (w0 + layer.delta_weight()).requires_grad_()
+    F.linear(x.detach().float(), w, base.bias.float()).square().sum().backward()
+    assert y.dtype == torch.bfloat16 and layer.smt_delta.dtype == layer.smt_delta.grad.dtype == torch.float32
+    assert rel_err(layer.smt_delta.grad, gather_blocks(w.grad, layer.grid, layer.blocks)) < 3e-2

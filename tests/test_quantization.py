@@ -79,3 +79,19 @@ def test_8bit_trains(model_dir):
     loss = model(**batches(1)[0]).loss
     loss.backward()
     assert all(l.smt_delta.grad is not None and l.smt_delta.grad.abs().sum() > 0 for l in smt_layers(model).values())
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_quantized_bases_train_under_autocast(model_dir, bits, dtype):
+    "The additive path over 4/8-bit bases under CPU autocast (Trainer's bf16/fp16): finite float32 block gradients, deltas move."
+    model = prepare_smt(load(model_dir, bits), config(), dataloader=batches(3))
+    opt = torch.optim.AdamW([l.smt_delta for l in smt_layers(model).values()], lr=1e-2)
+    for b in batches(2, seed=4):
+        with torch.autocast("cpu", dtype=dtype):
+            loss = model(**b).loss
+        loss.backward()
+        grads = [l.smt_delta.grad for l in smt_layers(model).values()]
+        assert all(g.dtype == torch.float32 and g.isfinite().all() and g.abs().sum() > 0 for g in grads)
+        opt.step(); opt.zero_grad()
+    assert loss.isfinite() and all(l.smt_delta.abs().sum() > 0 for l in smt_layers(model).values())

@@ -1,0 +1,273 @@
+"""SMT in the Hugging Face stack: Trainer and accelerate in bf16, TRL's SFTTrainer, saving that cannot go silently wrong,
+loading by hub id, tied heads, and PEFT-style adapter management (all-linear, exclude_modules, disable_adapter, unload)."""
+import os
+import shutil
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn as nn
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Trainer, TrainingArguments
+
+from smt_nb.core import SMTConfig, find_targets, load_smt, prepare_smt, smt_layers
+from smt_nb.train import SMTTrainer, smt_trainer_class
+
+from conftest import ALL_LINEAR, ARCHS, VOCAB, batches
+
+MW = dict(block_size=16, sparsity=0.1, method="mw")
+
+
+def deltas(model): return {n: l.smt_delta.detach().clone() for n, l in smt_layers(model).items()}
+
+
+def rows(n=16, seed=0):
+    return [{"input_ids": b["input_ids"][0], "labels": b["labels"][0]} for b in batches(n, seed=seed, bs=1, seq=12)]
+
+
+def tiny_tokenizer():
+    "A word-level tokenizer over the tiny models' vocabulary: 'w0 w1 ...' (TRL needs one; nothing is downloaded)."
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", "<unk>"] + [f"w{i}" for i in range(VOCAB - 3)])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+
+
+def text_dataset(n=16):
+    return Dataset.from_dict({"text": [" ".join(f"w{(i * 7 + j * (i % 5 + 1)) % 60}" for j in range(14)) for i in range(n)]})
+
+
+# ---------- mixed precision through the HF trainers
+
+def test_trainer_bf16_trains():
+    model = prepare_smt(ARCHS["llama"](), SMTConfig(**MW))
+    before = deltas(model)
+    args = TrainingArguments(output_dir="unused", bf16=True, use_cpu=True, max_steps=3, per_device_train_batch_size=4,
+                             learning_rate=1e-2, save_strategy="no", report_to=[], disable_tqdm=True)
+    out = Trainer(model=model, args=args, train_dataset=rows()).train()
+    after = deltas(model)
+    assert out.global_step == 3 and torch.isfinite(torch.tensor(out.training_loss))
+    assert all(torch.isfinite(after[n]).all() and not torch.equal(after[n], before[n]) for n in before)
+    assert all(d.dtype == torch.float32 for d in after.values())
+
+
+def test_accelerate_bf16_trains():
+    from accelerate import Accelerator
+    acc = Accelerator(mixed_precision="bf16", cpu=True)
+    model = prepare_smt(ARCHS["qwen2"](), SMTConfig(**MW))
+    before = deltas(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model, opt = acc.prepare(model, opt)
+    for b in batches(3):
+        loss = model(**b).loss
+        acc.backward(loss); opt.step(); opt.zero_grad()
+    assert loss.isfinite()
+    after = deltas(acc.unwrap_model(model))
+    assert all(not torch.equal(after[n], before[n]) and after[n].isfinite().all() for n in before)
+
+
+def sft(model, out_dir, max_steps, **extra):
+    from trl import SFTConfig, SFTTrainer
+    args = SFTConfig(output_dir=str(out_dir), use_cpu=True, max_steps=max_steps, save_steps=2, per_device_train_batch_size=4,
+                     learning_rate=1e-2, report_to=[], disable_tqdm=True, seed=0, **extra)  # otherwise TRL's defaults: bf16, checkpointing
+    return smt_trainer_class(SFTTrainer)(model=model, args=args, train_dataset=text_dataset(), processing_class=tiny_tokenizer())
+
+
+def test_sft_trainer_adapter_checkpoints_resume_exactly(tmp_path):
+    straight = prepare_smt(ARCHS["llama"](), SMTConfig(**MW))
+    trainer = sft(straight, tmp_path / "a", max_steps=4)
+    assert trainer.args.bf16 and trainer.args.gradient_checkpointing  # TRL's defaults are what is tested
+    trainer.train()
+    ckpt = tmp_path / "a" / "checkpoint-2"
+    files = set(os.listdir(ckpt))
+    assert {"adapter_model.safetensors", "adapter_config.json", "optimizer.pt", "rng_state.pth"} <= files
+    assert not any(f.startswith("model") for f in files)
+    assert sum(f.stat().st_size for f in ckpt.glob("adapter_model.safetensors")) < 100_000
+
+    resumed = prepare_smt(ARCHS["llama"](), SMTConfig(**MW))
+    sft(resumed, tmp_path / "a", max_steps=4).train(resume_from_checkpoint=str(ckpt))
+    a, b = deltas(straight), deltas(resumed)
+    assert all(torch.equal(a[n], b[n]) for n in a)  # bit-exact
+    assert any(a[n].abs().sum() > 0 for n in a)
+
+
+def test_sft_trainer_refuses_lm_head_blocks(tmp_path):
+    model = ARCHS["llama"]()
+    with pytest.warns(UserWarning, match="output head"):
+        prepare_smt(model, SMTConfig(block_size=16, sparsity=0.05, method="mw", target_modules=["lm_head", "v_proj"]))
+    with pytest.raises(ValueError, match="exclude_modules=\\['lm_head'\\]"):
+        sft(model, tmp_path, max_steps=1)
+
+
+@pytest.mark.parametrize("trainer", ["transformers", "trl"])
+def test_plain_trainers_fail_at_first_save_naming_the_fix(tmp_path, trainer):
+    model = prepare_smt(ARCHS["llama"](), SMTConfig(**MW))
+    if trainer == "trl":
+        from trl import SFTConfig, SFTTrainer
+        run = SFTTrainer(model=model, args=SFTConfig(output_dir=str(tmp_path), use_cpu=True, max_steps=2, save_steps=1, report_to=[]),
+                         train_dataset=text_dataset(), processing_class=tiny_tokenizer())
+    else:
+        args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, max_steps=2, save_steps=1, report_to=[])
+        run = Trainer(model=model, args=args, train_dataset=rows())
+    with pytest.raises(TypeError, match="smt_trainer_class"):
+        run.train()
+    assert list(tmp_path.rglob("*.safetensors")) == []  # no checkpoint it could not resume from
+
+
+# ---------- saving that cannot go silently wrong
+
+def trained_model(arch="llama", seed=0):
+    model = prepare_smt(ARCHS[arch](seed), SMTConfig(**MW, init_std=0.05))  # non-zero deltas: a wrong load would show
+    return model
+
+
+def test_save_pretrained_writes_the_adapter_and_reloads_exactly(tmp_path, arch):
+    model = trained_model(arch)
+    ids = batches(1)[0]["input_ids"]
+    model.save_pretrained(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert torch.equal(load_smt(ARCHS[arch](), tmp_path)(ids).logits, model(ids).logits)
+
+
+def test_from_pretrained_on_an_adapter_folder_raises(tmp_path):
+    base_dir = tmp_path / "base"
+    ARCHS["llama"]().save_pretrained(base_dir)
+    model = prepare_smt(AutoModelForCausalLM.from_pretrained(base_dir), SMTConfig(**MW, init_std=0.05))
+    model.save_pretrained(tmp_path / "adapter")
+    import json
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base_dir)
+    with pytest.raises(Exception):  # never a model that silently lacks the trained blocks
+        AutoModelForCausalLM.from_pretrained(tmp_path / "adapter")
+
+
+@pytest.fixture
+def local_hub(tmp_path, monkeypatch):
+    """A stand-in for the Hub: `create_repo`/`upload_folder` write commits into a local hub cache laid out as huggingface_hub
+    lays it out (refs/<branch> -> snapshots/<commit>/files), and the library runs offline, so loading by id reads that cache."""
+    import huggingface_hub
+    from huggingface_hub import constants
+    cache = tmp_path / "hub_cache"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    uploads = []
+
+    def create_repo(self, repo_id, **kwargs): return SimpleNamespace(repo_id=repo_id)
+
+    def upload_folder(self, repo_id, folder_path, revision=None, **kwargs):
+        commit = uuid.uuid4().hex + "00000000"
+        repo = cache / f"models--{repo_id.replace('/', '--')}"
+        shutil.copytree(folder_path, repo / "snapshots" / commit)
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / (revision or "main")).write_text(commit)
+        uploads.append((repo_id, revision, sorted(os.listdir(folder_path))))
+        return SimpleNamespace(oid=commit)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    return uploads
+
+
+def test_push_to_hub_and_load_by_name(local_hub):
+    model = trained_model()
+    ids = batches(1)[0]["input_ids"]
+    model.push_to_hub("someone/smt-tiny")
+    assert local_hub == [("someone/smt-tiny", None, ["adapter_config.json", "adapter_model.safetensors"])]
+    assert torch.equal(load_smt(ARCHS["llama"](), "someone/smt-tiny")(ids).logits, model(ids).logits)
+    with torch.no_grad():
+        for layer in smt_layers(model).values(): layer.smt_delta.mul_(2)
+    model.push_to_hub("someone/smt-tiny", revision="v2")
+    v2 = load_smt(ARCHS["llama"](), "someone/smt-tiny", revision="v2")
+    assert torch.equal(v2(ids).logits, model(ids).logits)
+    assert not torch.equal(load_smt(ARCHS["llama"](), "someone/smt-tiny")(ids).logits, model(ids).logits)  # main is the first push
+    with pytest.raises(FileNotFoundError, match="neither a local folder nor a hub repository"):
+        load_smt(ARCHS["llama"](), "someone/missing")
+
+
+# ---------- shared weights
+
+def tied_llama():
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=48, intermediate_size=80, num_hidden_layers=1,
+                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
+
+
+def test_tied_lm_head_is_refused_before_anything_changes():
+    model = tied_llama()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="shares its weight with model.embed_tokens"):
+        prepare_smt(model, SMTConfig(block_size=16, sparsity=0.05, method="mw", target_modules=["lm_head"]))
+    assert smt_layers(model) == {} and all(p.requires_grad for p in model.parameters())
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    # a selection made on an untied copy cannot sneak the tied head in either
+    untied = tied_llama()
+    untied.config.tie_word_embeddings = False
+    untied.lm_head.weight = nn.Parameter(untied.lm_head.weight.detach().clone())
+    with pytest.warns(UserWarning, match="output head"):
+        sel = prepare_smt(untied, SMTConfig(block_size=16, sparsity=0.05, method="mw", target_modules=["lm_head"])).smt_selection
+    with pytest.raises(ValueError, match="shares its weight"):
+        prepare_smt(tied_llama(), SMTConfig(), selection=sel)
+
+
+def test_untied_lm_head_trains_and_merges_without_touching_the_embedding():
+    model = tied_llama()
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone())
+    emb = model.model.embed_tokens.weight.detach().clone()
+    with pytest.warns(UserWarning, match="output head"):
+        prepare_smt(model, SMTConfig(block_size=16, sparsity=0.05, method="mw", target_modules=["lm_head"], init_std=0.05))
+    ids = batches(1)[0]["input_ids"]
+    logits = model(ids).logits.detach()
+    merged = model.merge_and_unload()
+    assert torch.equal(merged.model.embed_tokens.weight, emb)
+    torch.testing.assert_close(merged(ids).logits, logits, rtol=1e-5, atol=1e-5)
+
+
+# ---------- PEFT-style management
+
+def test_disable_adapter_and_unload_give_the_base_back_exactly(arch):
+    base = ARCHS[arch](seed=3)
+    next(base.parameters()).requires_grad_(False)  # a flag unlike the others must come back as it was, too
+    flags = {n: p.requires_grad for n, p in base.named_parameters()}
+    state = {k: v.clone() for k, v in base.state_dict().items()}
+    ids = batches(1)[0]["input_ids"]
+    base.eval()
+    base_logits = base(ids).logits.detach()
+    model = prepare_smt(base, SMTConfig(**MW, init_std=0.05))
+    layer = next(iter(smt_layers(model).values()))
+    layer.path = "inplace"  # the path that writes base + Δ into the weight (CUDA's default) must restore it too
+    assert not torch.equal(model(ids).logits, base_logits)
+    with model.disable_adapter():
+        assert torch.equal(model(ids).logits, base_logits)
+    assert not torch.equal(model(ids).logits, base_logits)
+    plain = model.unload()
+    assert plain is base and smt_layers(plain) == {}
+    assert plain.state_dict().keys() == state.keys() and all(torch.equal(v, state[k]) for k, v in plain.state_dict().items())
+    assert {n: p.requires_grad for n, p in plain.named_parameters()} == flags
+    assert "save_pretrained" not in plain.__dict__ and not hasattr(plain, "smt_config")
+
+
+def test_all_linear_matches_peft(arch):
+    from peft import LoraConfig, get_peft_model
+    ours = sorted(find_targets(ARCHS[arch](), "all-linear"))
+    lora = get_peft_model(ARCHS[arch](), LoraConfig(r=2, target_modules="all-linear"))
+    theirs = sorted(n.removeprefix("base_model.model.") for n, m in lora.named_modules() if hasattr(m, "lora_A"))
+    assert ours == theirs
+    assert sorted({n.split(".")[-1] for n in ours}) == sorted(ALL_LINEAR[arch])
+
+
+def test_exclude_modules_and_trainable_counts():
+    model = prepare_smt(ARCHS["llama"](), SMTConfig(block_size=16, sparsity=0.1, method="mw", target_modules="all-linear",
+                                                    exclude_modules=["gate_proj", "up_proj", "down_proj"]))
+    assert {n.split(".")[-1] for n in model.smt_selection.grids} == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    trainable, total = model.get_nb_trainable_parameters()
+    assert trainable == model.smt_selection.n_trainable and total == sum(p.numel() for p in model.parameters()) - sum(
+        l.smt_delta.numel() for l in smt_layers(model).values()) + trainable
+
+
+def test_prepare_smt_refuses_a_config_with_keywords():
+    with pytest.raises(TypeError, match="not both"):
+        prepare_smt(ARCHS["llama"](), SMTConfig(**MW), sparsity=0.5)
+    assert prepare_smt(ARCHS["llama"](), dict(MW)).smt_config == SMTConfig(**MW)
