@@ -112,11 +112,21 @@ def resume_smt(base_model: nn.Module, directory, lr: float | None = None, optimi
 
 # %% ../nbs/07_training.ipynb #6ac09047
 import functools
+from contextlib import contextmanager
 from transformers import Trainer, TrainingArguments
 
 def _uses_fused_lm_head(trainer_cls: type) -> bool:
     "TRL's trainers compute log-probabilities from `lm_head.weight` directly (a fused LM head), not by calling the layer."
     return any(c.__module__.split(".")[0] == "trl" for c in trainer_cls.__mro__)
+
+@contextmanager
+def _declared_as_adapter_model(model):
+    "Trainer refuses a quantized model without PEFT adapters; SMT blocks are trainable adapters too, so say so while Trainer checks."
+    declare = getattr(model, "is_quantized", False) and not getattr(model, "_hf_peft_config_loaded", False)
+    if declare: model._hf_peft_config_loaded = True
+    try: yield
+    finally:
+        if declare: model.__dict__.pop("_hf_peft_config_loaded", None)
 
 class SMTTrainerMixin:
     "Turns a `transformers.Trainer` subclass into one for SMT models: adapter-only checkpoints, and resuming or loading the best model from them."
@@ -127,7 +137,7 @@ class SMTTrainerMixin:
             if isinstance(model.get_output_embeddings(), SMTLinear):
                 raise ValueError(f"{type(self).__name__} computes log-probabilities from lm_head.weight directly, so SMT blocks on the LM "
                                  "head would never train: prepare the model without it (exclude_modules=['lm_head']).")
-        super().__init__(*args, **kwargs)
+        with _declared_as_adapter_model(model): super().__init__(*args, **kwargs)
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         from smt_nb.core import save_smt

@@ -95,3 +95,19 @@ def test_quantized_bases_train_under_autocast(model_dir, bits, dtype):
         assert all(g.dtype == torch.float32 and g.isfinite().all() and g.abs().sum() > 0 for g in grads)
         opt.step(); opt.zero_grad()
     assert loss.isfinite() and all(l.smt_delta.abs().sum() > 0 for l in smt_layers(model).values())
+
+
+def test_smt_trainer_trains_a_4bit_model_in_bf16(model_dir, tmp_path):
+    "transformers' Trainer refuses quantized models without adapters; an SMT model on a 4-bit base is one with adapters."
+    from transformers import TrainingArguments
+    from smt_nb.train import SMTTrainer
+    model = prepare_smt(load(model_dir, 4), config(), dataloader=batches(3))
+    before = {n: l.smt_delta.detach().clone() for n, l in smt_layers(model).items()}
+    args = TrainingArguments(output_dir=str(tmp_path), bf16=True, use_cpu=True, max_steps=2, save_steps=1, learning_rate=1e-2,
+                             per_device_train_batch_size=2, report_to=[], disable_tqdm=True)
+    rows = [{"input_ids": b["input_ids"][0], "labels": b["labels"][0]} for b in batches(4, bs=1)]
+    SMTTrainer(model=model, args=args, train_dataset=rows).train()
+    assert all(not torch.equal(l.smt_delta, before[n]) for n, l in smt_layers(model).items())
+    assert not getattr(model, "_hf_peft_config_loaded", False)  # declared only while Trainer checks the model
+    reloaded = load_smt(load(model_dir, 4), tmp_path / "checkpoint-2")
+    assert all(torch.equal(a.smt_delta, b.smt_delta) for a, b in zip(smt_layers(model).values(), smt_layers(reloaded).values()))
