@@ -5,6 +5,7 @@
 # %% ../nbs/00_blocks.ipynb #2fe1cd8e
 from __future__ import annotations
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -13,8 +14,9 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['STATISTICS', 'BUDGETS', 'BlockGrid', 'block_sizes', 'pad_to_grid', 'block_view', 'block_sum', 'block_reduce',
-           'gather_blocks', 'scatter_blocks', 'block_mask', 'topk_under_budget', 'module_type', 'select_top_blocks',
-           'n_trainable_values', 'lora_params', 'lora_rank_for', 'blocks_for_lora_rank', 'sparsity_for_blocks']
+           'gather_blocks', 'scatter_blocks', 'block_mask', 'rank_blocks', 'topk_under_budget', 'module_type',
+           'select_top_blocks', 'n_trainable_values', 'lora_params', 'lora_rank_for', 'blocks_for_lora_rank',
+           'sparsity_for_blocks']
 
 # %% ../nbs/00_blocks.ipynb #461f43e9
 @dataclass(frozen=True)
@@ -104,10 +106,14 @@ def block_mask(grid: BlockGrid, blocks: Tensor) -> Tensor:
     return scatter_blocks(ones, grid, blocks)
 
 # %% ../nbs/00_blocks.ipynb #f1019ad4
+def rank_blocks(scores: Tensor) -> Tensor:
+    "Block indices best first; ties keep their position order. NaN or inf scores are refused."
+    if not torch.isfinite(scores).all(): raise ValueError("Block scores contain NaN or inf; check the warm-up gradients or the weights.")
+    return torch.sort(-scores.double(), stable=True).indices
+
 def topk_under_budget(scores: Tensor, sizes: Tensor, budget: int) -> Tensor:
     "Indices of the best `scores` taken best-first while their `sizes` fit in `budget` (at least one)."
-    if torch.isnan(scores).any(): raise ValueError("Block scores contain NaN; check the warm-up gradients or weights.")
-    order = torch.sort(-scores.double(), stable=True).indices  # stable: ties keep their position order
+    order = rank_blocks(scores)
     spent = sizes[order].cumsum(0)
     k = max(1, int((spent <= budget).sum()))
     return order[:k]
@@ -119,22 +125,32 @@ def module_type(name: str) -> str:
     "The type part of a module name: 'model.layers.3.self_attn.v_proj' -> 'v_proj'."
     return name.rsplit(".", 1)[-1]
 
+def _split_count(n: int, shares: list[float]) -> list[int]:
+    "`n` whole blocks split by `shares` (largest remainders), summing to `n`."
+    raw = [n * s for s in shares]
+    counts = [math.floor(r) for r in raw]
+    for i in sorted(range(len(raw)), key=lambda i: counts[i] - raw[i])[: n - sum(counts)]: counts[i] += 1
+    return counts
+
 def _budget_groups(grids: dict[str, BlockGrid], sparsity: float | None, n_blocks: int | None, budget: str,
-                   type_shares: dict[str, float] | None) -> list[tuple[list[str], float]]:
-    "Groups of matrix names that compete among themselves, each with its budget in trainable values."
-    b2 = next(iter(grids.values())).block_size ** 2
-    def values(names): return n_blocks * b2 if n_blocks is not None else sparsity * sum(grids[n].numel for n in names)
+                   type_shares: dict[str, float] | None) -> list[tuple[list[str], float | None, int | None]]:
+    "Groups of matrix names that compete among themselves, each with its budget: in trainable values, or an exact block count."
+    def values(names): return sparsity * sum(grids[n].numel for n in names)
     names = list(grids)
-    if budget == "global": return [(names, values(names))]
-    if budget == "per_matrix": return [([n], values([n])) for n in names]
+    if budget == "global": return [(names, None, n_blocks) if n_blocks is not None else (names, values(names), None)]
+    if budget == "per_matrix": return [([n], None, n_blocks) if n_blocks is not None else ([n], values([n]), None) for n in names]
     types = list(dict.fromkeys(module_type(n) for n in names))
     shares = type_shares or {t: 1 / len(types) for t in types}
     unknown = set(shares) - set(types)
     if unknown: raise ValueError(f"type_shares names {sorted(unknown)}, which are not among the target types {types}.")
     if any(v < 0 for v in shares.values()) or abs(sum(shares.values()) - 1) > 1e-6:
         raise ValueError(f"type_shares must be ≥ 0 and sum to 1, got {shares}.")
+    used = [t for t in types if shares.get(t, 0.0) > 0]
+    members = {t: [n for n in names if module_type(n) == t] for t in used}
+    if n_blocks is not None:
+        return [(members[t], None, k) for t, k in zip(used, _split_count(n_blocks, [shares[t] for t in used])) if k > 0]
     total = values(names)
-    return [([n for n in names if module_type(n) == t], shares.get(t, 0.0) * total) for t in types if shares.get(t, 0.0) > 0]
+    return [(members[t], shares[t] * total, None) for t in used]
 
 def select_top_blocks(scores: dict[str, Tensor], grids: dict[str, BlockGrid], sparsity: float | None = None,
                       n_blocks: int | None = None, budget: str = "global", type_shares: dict[str, float] | None = None) -> dict[str, Tensor]:
@@ -142,15 +158,28 @@ def select_top_blocks(scores: dict[str, Tensor], grids: dict[str, BlockGrid], sp
     if (sparsity is None) == (n_blocks is None): raise ValueError("Give exactly one of `sparsity` or `n_blocks`.")
     if budget not in BUDGETS: raise ValueError(f"Unknown budget {budget!r}; choose one of {BUDGETS}.")
     chosen = {n: torch.zeros(0, 2, dtype=torch.long) for n in grids}
-    for group, allowed in _budget_groups({n: grids[n] for n in scores}, sparsity, n_blocks, budget, type_shares):
+    forced, taken = [], 0  # groups where even one block is more than the sparsity allows; values chosen
+    for group, allowed, count in _budget_groups({n: grids[n] for n in scores}, sparsity, n_blocks, budget, type_shares):
         flat = torch.cat([scores[n].flatten().float().cpu() for n in group])
         sizes = torch.cat([block_sizes(grids[n]).flatten() for n in group])
         owner = torch.cat([torch.full((grids[n].n_blocks,), i) for i, n in enumerate(group)])
         local = torch.cat([torch.arange(grids[n].n_blocks) for n in group])
-        idx = topk_under_budget(flat, sizes, math.floor(allowed))
+        if count is not None:
+            if count > len(flat): raise ValueError(f"n_blocks asks for {count} blocks among {group[0]}{' and others' if len(group) > 1 else ''}, "
+                                                   f"which have only {len(flat)}: use fewer blocks or a smaller block_size.")
+            idx = rank_blocks(flat)[:count]
+        else:
+            idx = topk_under_budget(flat, sizes, math.floor(allowed))
+            if sizes[idx].sum() > allowed: forced.append(group)
+        taken += int(sizes[idx].sum())
         for i, n in enumerate(group):
             mine = local[idx[owner[idx] == i]].sort().values  # row-major order == sorted by (row, col)
             chosen[n] = torch.stack([mine // grids[n].n_cols, mine % grids[n].n_cols], dim=1)
+    if forced:
+        real = taken / sum(g.numel for g in grids.values())
+        warnings.warn(f"sparsity={sparsity} is less than one {next(iter(grids.values())).block_size}² block of {forced[0][0]}"
+                      f"{f' (and {len(forced) - 1} more groups)' if len(forced) > 1 else ''}: one block is taken there, so "
+                      f"{real:.2%} of the target values will train. A smaller block_size gives a finer budget.")
     return chosen
 
 # %% ../nbs/00_blocks.ipynb #84a99e17

@@ -16,22 +16,51 @@ from .core import SMTConfig, load_smt, prepare_smt, save_smt, trainable_report
 from .data import (SMOLLM2, bigbench_examples, bigbench_question, chatterbot_pairs, generate, instruction_dataset, load_model,
                          make_dataloader, tensor_columns)
 from .selection import SCORERS
-from .train import SMTTrainer, evaluate_loss, smt_training_arguments, train_smt
+from .train import (SMTTrainer, evaluate_loss, smt_training_arguments, train_smt, newest_complete_checkpoint,
+                          _complete_trainer_checkpoint)
 
 # %% auto #0
 __all__ = ['DEFAULT_TARGETS', 'load_pairs', 'run_demo', 'run_train', 'main']
 
 # %% ../nbs/09_cli.ipynb #ab0b47a8
+def _pair(row, where: str) -> tuple[str, str]:
+    "(question, answer) from one example in any of the supported shapes."
+    if isinstance(row, dict):
+        if isinstance(row.get("question"), str) and isinstance(row.get("answer"), str): return row["question"], row["answer"]
+        if isinstance(row.get("instruction"), str) and isinstance(row.get("output"), str):
+            extra = row.get("input") or ""
+            return (row["instruction"] + ("\n\n" + extra if extra else "")), row["output"]
+        msgs = row.get("messages")
+        if isinstance(msgs, list) and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in msgs):
+            last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
+            user = max((i for i, m in enumerate(msgs[:last or 0]) if m["role"] == "user"), default=None)
+            if last is not None and user is not None: return msgs[user]["content"], msgs[last]["content"]
+    raise ValueError(f"{where}: expected {{question, answer}}, {{instruction, input, output}} or {{messages: [user…, assistant…]}}, "
+                     f"got {str(row)[:80]!r}.")
+
+def _examples(path: Path) -> list:
+    text = path.read_text()
+    if text.lstrip().startswith("["):
+        try: return [(f"{path} item {i}", r) for i, r in enumerate(json.loads(text))]
+        except json.JSONDecodeError as e: raise ValueError(f"{path} is not valid JSON: {e}") from e
+    rows = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip(): continue
+        try: rows.append((f"{path} line {i}", json.loads(line)))
+        except json.JSONDecodeError as e: raise ValueError(f"{path} line {i} is not valid JSON: {e.msg}") from e
+    return rows
+
 def load_pairs(spec: str) -> list[tuple[str, str]]:
-    "(question, answer) pairs from 'chatterbot', a BIG-bench task.json, or a .jsonl file of {question, answer}."
+    "(question, answer) pairs from 'chatterbot', a BIG-bench task.json, or a JSONL/JSON file of Q/A, alpaca or chat examples."
     if spec == "chatterbot": return chatterbot_pairs()
     path = Path(spec)
-    if not path.exists(): raise FileNotFoundError(f"--data {spec!r}: use 'chatterbot', a BIG-bench task.json, or a .jsonl file of question/answer objects.")
+    if not path.is_file(): raise FileNotFoundError(f"--data {spec!r}: use 'chatterbot', a BIG-bench task.json, or a .jsonl/.json file "
+                                                   "of question/answer (or alpaca, or chat) examples.")
     if path.name == "task.json":
         return [(bigbench_question(e), e["answer"]) for e in bigbench_examples(path)]
-    rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
-    if not rows or not all({"question", "answer"} <= set(r) for r in rows): raise ValueError(f"{path}: every line needs 'question' and 'answer'.")
-    return [(r["question"], r["answer"]) for r in rows]
+    pairs = [_pair(row, where) for where, row in _examples(path)]
+    if not pairs: raise ValueError(f"{path} holds no examples.")
+    return pairs
 
 # %% ../nbs/09_cli.ipynb #d6329197
 DEFAULT_TARGETS = "q_proj,k_proj,v_proj,o_proj"
@@ -46,9 +75,10 @@ def run_demo(out: str = "smt_demo", model_name: str = SMOLLM2, data: str = "chat
                     target_modules=target_modules.split(","))  # validates before anything is loaded or written
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    pairs = load_pairs(data)  # checked before the model loads
     torch.manual_seed(seed)
     model, tok = load_model(model_name)
-    ds = instruction_dataset(load_pairs(data), tok, max_length=max_length, test_size=held_out, seed=seed)
+    ds = instruction_dataset(pairs, tok, max_length=max_length, test_size=held_out, seed=seed)
     train_dl = make_dataloader(ds["train"], tok, batch_size=batch_size, seed=seed)
     test_batches = list(make_dataloader(ds["test"], tok, batch_size=batch_size, shuffle=False))
     question = ds["test"][0]["question"]
@@ -78,15 +108,15 @@ def run_train(model_name: str, data: str, out: str, method: str = "gw", sparsity
               warmup_steps: int = 20, save_steps: int = 50, resume: str | None = None, seed: int = 0, cpu: bool = False) -> dict:
     "Fine-tune `model_name` on `data` with SMT through SMTTrainer; checkpoints and the final adapter hold only the blocks."
     cfg = SMTConfig(block_size=block_size, sparsity=sparsity, method=method, warmup_steps=warmup_steps, seed=seed, target_modules=target_modules.split(","))
+    pairs = load_pairs(data)  # checked before the model loads
+    ckpt = _checkpoint_to_resume(out, resume) if resume else None
     torch.manual_seed(seed)
     model, tok = load_model(model_name)
-    ds = instruction_dataset(load_pairs(data), tok, max_length=max_length, seed=seed)
+    ds = instruction_dataset(pairs, tok, max_length=max_length, seed=seed)
     if resume:  # the blocks come from the checkpoint: no warm-up, the same selection
-        ckpt = _latest_checkpoint(out) if resume == "latest" else resume
         model = load_smt(model, ckpt)
     else:
         model = prepare_smt(model, cfg, dataloader=make_dataloader(ds["train"], tok, batch_size=batch_size, seed=seed))
-        ckpt = None
     from transformers import DataCollatorForSeq2Seq
     kw = dict(learning_rate=lr) if lr else {}
     args = smt_training_arguments(model, out, per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size, max_steps=steps,
@@ -99,10 +129,13 @@ def run_train(model_name: str, data: str, out: str, method: str = "gw", sparsity
     print(f"train loss {result.training_loss:.4f}, eval loss {metrics['eval_loss']:.4f}; adapter in {Path(out) / 'adapter'}")
     return dict(train_loss=result.training_loss, eval_loss=metrics["eval_loss"], out=out)
 
-def _latest_checkpoint(out: str) -> str:
-    ckpts = sorted(Path(out).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    if not ckpts: raise FileNotFoundError(f"--resume latest: no checkpoint-* folder in {out}.")
-    return str(ckpts[-1])
+def _checkpoint_to_resume(out: str, resume: str) -> str:
+    "`--resume latest`: the newest complete checkpoint in `out` (incomplete ones are skipped with a warning); else the folder given."
+    if resume != "latest": return resume
+    try: ckpt = newest_complete_checkpoint(out, _complete_trainer_checkpoint)
+    except FileNotFoundError as e: raise FileNotFoundError(f"--resume latest: {e}") from e
+    print(f"resuming from {ckpt}")
+    return str(ckpt)
 
 # %% ../nbs/09_cli.ipynb #d4eaea66
 def main(argv: list[str] | None = None) -> int:

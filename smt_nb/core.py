@@ -6,6 +6,7 @@
 from __future__ import annotations
 import hashlib
 import json
+import math
 import sys
 import tempfile
 import warnings
@@ -18,22 +19,29 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+from torch import Tensor
+from safetensors import safe_open, SafetensorError
 from safetensors.torch import save_file, load_file
 
 import smt_nb
-from .blocks import BlockGrid, STATISTICS, BUDGETS
-from .layers import SMTLinear, keep_4bit_differentiable, is_supported, logical_shape, dequantized_weight, write_blocks
+from .atomic import atomic_write
+from .blocks import BlockGrid, STATISTICS, BUDGETS, gather_blocks
+from .layers import (SMTLinear, keep_4bit_differentiable, is_supported, is_bnb_quantized, logical_shape, dequantized_weight,
+                           write_blocks, check_blocks)
 from .selection import Selection, SCORERS, make_selection, selection_to_dict, selection_from_dict
 
 # %% auto #0
-__all__ = ['DEFAULT_TARGETS', 'ALL_LINEAR', 'MODEL_METHODS', 'SMT_ATTRIBUTES', 'ADAPTER_WEIGHTS', 'ADAPTER_CONFIG', 'SMTConfig',
-           'default_targets', 'output_head_names', 'module_owners', 'check_not_shared', 'find_targets', 'make_grids',
-           'model_method', 'smt_layers', 'check_selection_fits', 'as_config', 'prepare_smt', 'trainable_report',
-           'print_trainable_parameters', 'base_model_name', 'save_smt', 'resolve_adapter', 'load_smt',
-           'save_pretrained', 'push_to_hub', 'merged_float_linear', 'merge_and_unload', 'disable_adapter', 'unload',
-           'get_nb_trainable_parameters']
+__all__ = ['ALL_LINEAR', 'DEFAULT_TARGETS', 'MODEL_METHODS', 'SMT_ATTRIBUTES', 'ADAPTER_WEIGHTS', 'ADAPTER_CONFIG',
+           'ADAPTER_FORMAT', 'SKETCH_SIZE', 'ROUNDING', 'SMTConfig', 'default_targets', 'output_head_names',
+           'module_owners', 'check_not_shared', 'find_targets', 'make_grids', 'model_method', 'smt_layers',
+           'check_selection_fits', 'as_config', 'prepare_smt', 'trainable_report', 'print_trainable_parameters',
+           'block_sketch', 'storage_kind', 'fingerprint', 'base_model_name', 'adapter_meta', 'save_smt',
+           'check_fingerprint', 'resolve_adapter', 'read_adapter', 'load_smt', 'save_pretrained', 'push_to_hub',
+           'merged_float_linear', 'merge_and_unload', 'disable_adapter', 'unload', 'get_nb_trainable_parameters']
 
 # %% ../nbs/05_core.ipynb #c96047a2
+ALL_LINEAR = "all-linear"  # PEFT's shorthand: every linear layer but the output head
+
 @dataclass
 class SMTConfig:
     "What to train with SMT and how to choose it."
@@ -55,25 +63,39 @@ class SMTConfig:
     init_std: float = 0.0           # non-zero start for the deltas: only for tests (a zero delta proves nothing)
 
     def __post_init__(self):
-        if not isinstance(self.block_size, int) or self.block_size <= 0:
+        def whole(x): return isinstance(x, int) and not isinstance(x, bool)
+        if not whole(self.block_size) or self.block_size <= 0:
             raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}.")
         if self.n_blocks is not None:
-            if not isinstance(self.n_blocks, int) or self.n_blocks <= 0: raise ValueError(f"n_blocks must be a positive integer, got {self.n_blocks!r}.")
+            if not whole(self.n_blocks) or self.n_blocks <= 0: raise ValueError(f"n_blocks must be a positive integer, got {self.n_blocks!r}.")
             self.sparsity = None
-        elif self.sparsity is None or not 0 < self.sparsity <= 1:
+        elif isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):
+            raise TypeError(f"sparsity must be a number in (0, 1], got {self.sparsity!r} ({type(self.sparsity).__name__}); e.g. 0.01 for 1 %.")
+        elif not 0 < self.sparsity <= 1:
             raise ValueError(f"sparsity must be in (0, 1] (the fraction of target weights that train), got {self.sparsity!r}; "
                              "e.g. 0.01 for 1 %.")
+        for field_name in ("target_modules", "exclude_modules"):
+            value = getattr(self, field_name)
+            if isinstance(value, tuple): value = list(value); setattr(self, field_name, value)
+            if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+                raise TypeError(f"{field_name} must be a list of module names, a regular expression or None, got {value!r}.")
+            if isinstance(value, str) and value != ALL_LINEAR:
+                try: re.compile(value)
+                except re.error as e: raise ValueError(f"{field_name}={value!r} is a string, so it is read as a regular expression, and it is "
+                                                       f"not a valid one ({e}); to give module names, pass a list: [{value!r}].") from e
         if not callable(self.method) and self.method not in SCORERS:
             raise ValueError(f"Unknown method {self.method!r}; choose one of {sorted(SCORERS)} or pass a scoring function.")
         if self.statistic not in STATISTICS: raise ValueError(f"Unknown statistic {self.statistic!r}; choose one of {STATISTICS}.")
         if self.budget not in BUDGETS: raise ValueError(f"Unknown budget {self.budget!r}; choose one of {BUDGETS}.")
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0: raise ValueError(f"warmup_steps must be an integer ≥ 0, got {self.warmup_steps!r}.")
-        if not isinstance(self.gradient_accumulation_steps, int) or self.gradient_accumulation_steps < 1:
+        if not whole(self.warmup_steps) or self.warmup_steps < 0: raise ValueError(f"warmup_steps must be an integer ≥ 0, got {self.warmup_steps!r}.")
+        if self.method in ("gw", "aw") and self.warmup_steps == 0:
+            raise ValueError(f"method={self.method!r} scores blocks from warm-up batches, and warmup_steps=0 runs none: use warmup_steps ≥ 1, "
+                             "or method='mw' (weight magnitude), which needs no data.")
+        if not whole(self.gradient_accumulation_steps) or self.gradient_accumulation_steps < 1:
             raise ValueError(f"gradient_accumulation_steps must be an integer ≥ 1, got {self.gradient_accumulation_steps!r}.")
         if self.type_shares is not None and self.budget != "per_type":
             raise ValueError('type_shares only applies with budget="per_type".')
-        if isinstance(self.target_modules, tuple): self.target_modules = list(self.target_modules)
-        if isinstance(self.exclude_modules, tuple): self.exclude_modules = list(self.exclude_modules)
+
 
 # %% ../nbs/05_core.ipynb #96bd3dd4
 DEFAULT_TARGETS = (("q_proj", "k_proj", "v_proj"), ("c_attn",), ("query_key_value",), ("qkv_proj",), ("Wqkv",))
@@ -89,8 +111,6 @@ def default_targets(model: nn.Module) -> list[str]:
         if any(_matches(n, list(group)) for n in names): return list(group)
     raise ValueError("Could not find attention projections to target; pass target_modules=[...] "
                      f"(linear layers here: {sorted({n.split('.')[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})}).")
-
-ALL_LINEAR = "all-linear"
 
 def output_head_names(model: nn.Module) -> set[str]:
     "Names under which `model` holds its output head (the LM head); empty if it has none."
@@ -232,11 +252,34 @@ def print_trainable_parameters(model: nn.Module):
 
 # %% ../nbs/05_core.ipynb #bec830ed
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
+ADAPTER_FORMAT = "smt_nb.adapter/1"
+SKETCH_SIZE = 32  # random ±1 projections per target in the fingerprint: relative change estimated to about ±13 %
 
-def _fingerprint(layer: SMTLinear) -> dict:
-    blocks = layer.base_blocks.detach().float().cpu().contiguous()
-    return dict(shape=[layer.grid.out_features, layer.grid.in_features], sha256=hashlib.sha256(blocks.numpy().tobytes()).hexdigest(),
-                abs_sum=float(blocks.double().abs().sum()))
+def block_sketch(values: Tensor, k: int = SKETCH_SIZE) -> list[float]:
+    "`k` pseudo-random ±1 projections of the flattened `values` (signs from a hash of the position: the same on every machine)."
+    v = values.detach().double().flatten().cpu()
+    idx = torch.arange(v.numel(), dtype=torch.int64)
+    c1, c2, c3 = (torch.tensor(x, dtype=torch.int64) for x in (-7046029254386353131, -4658895280553007687, -7723592293110705685))
+    out = []
+    for j in range(k):  # splitmix64 of (position, j) in int64 tensors, which wrap on overflow the same everywhere
+        z = idx + (j + 1) * c1
+        z = (z ^ (z >> 30)) * c2
+        z = (z ^ (z >> 27)) * c3
+        out.append(float((v * ((z >> 40) & 1).double().mul(2).sub(1)).sum()))
+    return out
+
+def storage_kind(module: nn.Module) -> str:
+    "How a target's weight is stored: a float dtype ('float32', 'bfloat16'…), 'int8', or the 4-bit type ('nf4', 'fp4')."
+    base = module.base_layer if isinstance(module, SMTLinear) else module
+    if not is_bnb_quantized(base): return str(base.weight.dtype).removeprefix("torch.")
+    state = getattr(base.weight, "quant_state", None)
+    return getattr(state, "quant_type", None) or ("int8" if state is None else "4bit")
+
+def fingerprint(original_blocks: Tensor, shape: tuple[int, int], storage: str) -> dict:
+    "What identifies the base under an adapter: shape, storage, a hash and a sketch of the original selected blocks (n, b, b)."
+    blocks = original_blocks.detach().float().cpu().contiguous()
+    return dict(shape=list(shape), storage=storage, sha256=hashlib.sha256(blocks.numpy().tobytes()).hexdigest(),
+                abs_sum=float(blocks.double().abs().sum()), sketch=block_sketch(blocks))
 
 def _config_dict(config: SMTConfig) -> dict:
     d = asdict(config)
@@ -247,31 +290,48 @@ def base_model_name(model: nn.Module) -> str | None:
     "The hub id or folder the base model was loaded from, if transformers recorded one (PEFT's `base_model_name_or_path`)."
     return getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None) or None
 
+def adapter_meta(model: nn.Module) -> dict:
+    "Config, selection (without scores) and base fingerprints of a prepared model: everything but the deltas."
+    sel = model.smt_selection
+    return dict(format=ADAPTER_FORMAT, smt_nb_version=smt_nb.__version__, base_model_name_or_path=base_model_name(model),
+                config=_config_dict(model.smt_config), selection=selection_to_dict(Selection(sel.blocks, sel.grids, {}, sel.meta)),
+                fingerprint={n: fingerprint(l.base_blocks, logical_shape(l.base_layer), storage_kind(l)) for n, l in smt_layers(model).items()})
+
 @model_method
 def save_smt(model: nn.Module, save_directory: str | Path):
-    "Save the trained blocks, their indices, the config and a base fingerprint to `save_directory`."
+    "Save the trained blocks, their indices, the config and a base fingerprint to `save_directory` (each file replaced atomically)."
     layers = smt_layers(model)
     if not layers: raise ValueError("This model has no SMT layers to save; call prepare_smt(model, ...) first.")
-    out = Path(save_directory); out.mkdir(parents=True, exist_ok=True)
-    save_file({f"{n}.smt_delta": l.smt_delta.detach().cpu().contiguous() for n, l in layers.items()}, out / ADAPTER_WEIGHTS,
-              metadata={"format": "pt", "library": "smt_nb"})
-    sel = model.smt_selection
-    sel_dict = selection_to_dict(Selection(sel.blocks, sel.grids, {}, sel.meta))  # scores stay out of the adapter
-    meta = dict(format="smt_nb.adapter/1", smt_nb_version=smt_nb.__version__, base_model_name_or_path=base_model_name(model),
-                config=_config_dict(model.smt_config),
-                selection=sel_dict, fingerprint={n: _fingerprint(l) for n, l in layers.items()})
-    (out / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=1))
+    bad = [n for n, l in layers.items() if not torch.isfinite(l.smt_delta).all()]
+    if bad: raise ValueError(f"Not saved: the deltas of {bad[0]} (and {len(bad) - 1} more) are not finite; a diverged run must not "
+                             "overwrite a good adapter. Lower the learning rate or resume from an earlier checkpoint.")
+    out = Path(save_directory)
+    meta = json.dumps(adapter_meta(model), indent=1)
+    tensors = {f"{n}.smt_delta": l.smt_delta.detach().cpu().contiguous() for n, l in layers.items()}
+    with atomic_write(out / ADAPTER_WEIGHTS) as tmp:  # first: the weights file carries the whole config, so it alone is complete
+        save_file(tensors, tmp, metadata={"format": "pt", "library": "smt_nb", "smt_nb_adapter": meta})
+    with atomic_write(out / ADAPTER_CONFIG) as tmp: tmp.write_text(meta)
 
 # %% ../nbs/05_core.ipynb #e005e38a
-def _check_fingerprint(name: str, layer: SMTLinear, saved: dict):
-    now = _fingerprint(layer)
-    if now["shape"] != saved["shape"]:
-        raise ValueError(f"{name}: the adapter was trained on a {saved['shape']} matrix, this model's is {now['shape']}.")
-    if now["sha256"] == saved["sha256"]: return
-    if abs(now["abs_sum"] - saved["abs_sum"]) > 1e-2 * max(saved["abs_sum"], 1e-12):
-        raise ValueError(f"{name}: the selected blocks of this base model differ from those the adapter was trained on; "
-                         "load it onto the base model it was trained from.")
-    warnings.warn(f"{name}: the base weights differ slightly from the adapter's base (another dtype or quantization?).")
+ROUNDING = {"float64": 1e-5, "float32": 1e-5, "float16": 2e-3, "bfloat16": 1e-2, "int8": 4e-2}  # else (4-bit): 0.25
+_FOUR_BIT_ROUNDING = 0.25
+
+def check_fingerprint(name: str, now: dict, saved: dict):
+    "Raise if the base under `name` is not the one the adapter was trained on, beyond the rounding of the two storages; warn within it."
+    if now["shape"] != saved.get("shape"):
+        raise ValueError(f"{name}: the adapter was trained on a {saved.get('shape')} matrix, this model's is {now['shape']}.")
+    if now["sha256"] == saved.get("sha256"): return
+    if "sketch" in saved:
+        change = math.dist(now["sketch"], saved["sketch"]) / max(math.hypot(*saved["sketch"]), 1e-30)
+        allowed = max(ROUNDING.get(s, _FOUR_BIT_ROUNDING) for s in (now["storage"], saved.get("storage", "float32")))
+        detail = f"its selected base blocks changed by about {change:.1%}; {saved.get('storage')} → {now['storage']} rounding allows {allowed:.1%}"
+    else:  # adapters saved before sketches: compare the blocks' absolute sums
+        change, allowed = abs(now["abs_sum"] - saved["abs_sum"]) / max(saved["abs_sum"], 1e-12), 1e-2
+        detail = f"the sum of |selected base blocks| changed by {change:.2%}"
+    if change > allowed:
+        raise ValueError(f"{name}: this is not the base the adapter was trained on ({detail}). Load it onto that base model, "
+                         "or pass check_base=False to load anyway.")
+    warnings.warn(f"{name}: the base differs from the adapter's by rounding only ({detail}).")
 
 def resolve_adapter(name_or_path: str | Path, revision: str | None = None, token: str | bool | None = None) -> Path:
     "A local adapter folder as it is, or a hub repository id downloaded (or found in the local hub cache) with `huggingface_hub`."
@@ -284,23 +344,109 @@ def resolve_adapter(name_or_path: str | Path, revision: str | None = None, token
         raise FileNotFoundError(f"{name_or_path!r} is neither a local folder nor a hub repository this machine can read "
                                 f"({type(e).__name__}: {e}).") from e
 
+# %% ../nbs/05_core.ipynb #4594c5a1
+def _adapter_meta_from_files(d: Path) -> tuple[dict, Path]:
+    "The adapter's config: from the weights file's header (complete by construction), else (older adapters) from the JSON."
+    weights, config = d / ADAPTER_WEIGHTS, d / ADAPTER_CONFIG
+    if not weights.is_file(): raise FileNotFoundError(f"{weights} is missing: {d} holds no complete SMT adapter.")
+    try:
+        with safe_open(weights, framework="pt") as f: embedded = (f.metadata() or {}).get("smt_nb_adapter")
+    except (SafetensorError, OSError) as e: raise ValueError(f"{weights} cannot be read (truncated or corrupted?): {e}") from e
+    if embedded is not None:
+        if config.is_file() and config.read_text() != embedded:
+            warnings.warn(f"{config} does not match {weights.name} (a save was interrupted?); the weights file's own copy is used.")
+        return json.loads(embedded), weights
+    if not config.is_file(): raise FileNotFoundError(f"{config} is missing: {d} holds no complete SMT adapter.")
+    try: return json.loads(config.read_text()), config
+    except json.JSONDecodeError as e: raise ValueError(f"{config} is not valid JSON (truncated?): {e}") from e
+
+def _parse_meta(meta: dict, source: Path) -> tuple[SMTConfig, Selection]:
+    "The config and selection of an adapter's metadata, validated; errors name the file and the field."
+    if not isinstance(meta, dict) or meta.get("format") != ADAPTER_FORMAT:
+        raise ValueError(f"{source}: not an smt_nb adapter (field 'format' is not {ADAPTER_FORMAT!r}).")
+    for key in ("config", "selection", "fingerprint"):
+        if not isinstance(meta.get(key), dict): raise ValueError(f"{source}: field {key!r} is missing or not an object.")
+    cfg = {k: v for k, v in meta["config"].items() if k != "init_std"}
+    if cfg.get("method") not in SCORERS: cfg["method"] = "random"  # a custom scorer's name: the blocks are given, nothing is rescored
+    try: config = SMTConfig(**cfg)
+    except (TypeError, ValueError) as e: raise ValueError(f"{source}: field 'config' is invalid: {e}") from e
+    try: sel = selection_from_dict(meta["selection"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e: raise ValueError(f"{source}: field 'selection' is invalid: {e!r}") from e
+    if not sel.grids or any(g.block_size != config.block_size for g in sel.grids.values()):
+        raise ValueError(f"{source}: field 'selection' does not match config.block_size={config.block_size}.")
+    return config, sel
+
+def _check_tensors(weights: Path, sel: Selection, names: list[str]) -> dict[str, Tensor]:
+    "The deltas, after checking names, shapes (from the header, before reading) and dtypes; then finiteness."
+    expected = {f"{n}.smt_delta": (len(sel.blocks[n]), sel.block_size, sel.block_size) for n in names}
+    with safe_open(weights, framework="pt") as f:
+        found = set(f.keys())
+        if found != set(expected):
+            raise ValueError(f"{weights}: tensors {sorted(found ^ set(expected))[:4]} do not match the selection's modules.")
+        for k, shape in expected.items():
+            if tuple(f.get_slice(k).get_shape()) != shape:
+                raise ValueError(f"{weights}: tensor {k} has shape {tuple(f.get_slice(k).get_shape())}, the selection needs {shape}.")
+        tensors = {k: f.get_tensor(k) for k in expected}
+    for k, t in tensors.items():
+        if not t.is_floating_point(): raise ValueError(f"{weights}: tensor {k} is {t.dtype}; deltas are floating point.")
+        if not torch.isfinite(t).all(): raise ValueError(f"{weights}: tensor {k} holds NaN or inf.")
+    return tensors
+
+def _current_fingerprints(model: nn.Module, sel: Selection, names: list[str]) -> dict[str, dict]:
+    "Fingerprints of the model's base under the selected blocks, read without changing the model."
+    prints = {}
+    for n in names:
+        m = model.get_submodule(n)
+        if isinstance(m, SMTLinear): original = m.base_blocks
+        else:
+            blocks = check_blocks(sel.blocks[n], sel.grids[n]).to(dequantized_weight(m).device)
+            original = gather_blocks(dequantized_weight(m).detach(), sel.grids[n], blocks)
+        prints[n] = fingerprint(original, logical_shape(m.base_layer if isinstance(m, SMTLinear) else m), storage_kind(m))
+    return prints
+
+def read_adapter(model: nn.Module, d: Path, check_base: bool = True) -> tuple[SMTConfig, Selection, dict[str, Tensor]]:
+    "Read and validate an adapter against `model` without changing it: (config, selection, deltas by tensor name)."
+    meta, source = _adapter_meta_from_files(d)
+    config, sel = _parse_meta(meta, source)
+    names = [n for n, b in sel.blocks.items() if len(b)]
+    layers = smt_layers(model)
+    if layers:
+        missing = [n for n in sel.grids if n not in dict(model.named_modules())]
+        if missing: raise ValueError(f"{source}: the selection names {missing[0]}, which this model does not have.")
+        if set(layers) != set(names): raise ValueError(f"{source}: the adapter's modules differ from this model's SMT layers.")
+        for n, layer in layers.items():
+            if not torch.equal(layer.blocks.cpu(), check_blocks(sel.blocks[n], sel.grids[n])):
+                raise ValueError(f"{n}: the model's blocks differ from the adapter's ({source}).")
+    else:
+        check_selection_fits(model, sel)
+        for n in names:
+            try: check_blocks(sel.blocks[n], sel.grids[n])
+            except ValueError as e: raise ValueError(f"{source}: field 'selection', module {n}: {e}") from e
+        check_not_shared(model, {n: model.get_submodule(n) for n in names})
+    tensors = _check_tensors(d / ADAPTER_WEIGHTS, sel, names)
+    if check_base:
+        now = _current_fingerprints(model, sel, names)
+        for n in names:
+            if n not in meta["fingerprint"]: raise ValueError(f"{source}: field 'fingerprint' lacks {n}.")
+            check_fingerprint(n, now[n], meta["fingerprint"][n])
+    return config, sel, tensors
+
 def load_smt(model: nn.Module, load_directory: str | Path, check_base: bool = True, revision: str | None = None,
              token: str | bool | None = None) -> nn.Module:
-    "Load an adapter saved by `save_smt` — a folder or a hub id (`revision`, `token`) — into `model` (a fresh base, or one prepared with the same blocks)."
-    d = resolve_adapter(load_directory, revision, token)
-    meta = json.loads((d / ADAPTER_CONFIG).read_text())
-    if meta.get("format") != "smt_nb.adapter/1": raise ValueError(f"{d / ADAPTER_CONFIG} is not an smt_nb adapter config.")
-    sel = selection_from_dict(meta["selection"])
-    cfg = {k: v for k, v in meta["config"].items() if k != "init_std"}
-    if cfg["method"] not in SCORERS: cfg["method"] = "random"  # a custom scorer's name: the blocks are given, the scorer is not rerun
-    if not smt_layers(model): prepare_smt(model, SMTConfig(**cfg), selection=sel)
-    layers, tensors = smt_layers(model), load_file(d / ADAPTER_WEIGHTS)
-    expected = {f"{n}.smt_delta" for n in layers}
-    if set(tensors) != expected: raise ValueError(f"Adapter tensors {sorted(set(tensors) ^ expected)} do not match this model's SMT layers.")
-    for n, layer in layers.items():
-        if not torch.equal(layer.blocks.cpu(), sel.blocks[n]): raise ValueError(f"{n}: the model's blocks differ from the adapter's.")
-        if check_base: _check_fingerprint(n, layer, meta["fingerprint"][n])
-        with torch.no_grad(): layer.smt_delta.copy_(tensors[f"{n}.smt_delta"])
+    "Load an adapter saved by `save_smt` — a folder or a hub id — into `model` (a fresh base, or one prepared with the same blocks); all or nothing."
+    config, sel, tensors = read_adapter(model, resolve_adapter(load_directory, revision, token), check_base)
+    fresh = not smt_layers(model)
+    before = {n: l.smt_delta.detach().clone() for n, l in smt_layers(model).items()}
+    try:
+        if fresh: prepare_smt(model, config, selection=sel)
+        with torch.no_grad():
+            for n, layer in smt_layers(model).items(): layer.smt_delta.copy_(tensors[f"{n}.smt_delta"])
+    except BaseException:
+        if fresh and smt_layers(model): unload(model)  # back to the untouched base
+        with torch.no_grad():
+            for n, layer in smt_layers(model).items():
+                if n in before: layer.smt_delta.copy_(before[n])
+        raise
     return model
 
 # %% ../nbs/05_core.ipynb #52d1cf55

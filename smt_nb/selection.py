@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -23,9 +23,10 @@ from .blocks import BlockGrid, block_reduce, block_sizes, select_top_blocks, n_t
 from .layers import dequantized_weight, column_strips, keep_4bit_differentiable
 
 # %% auto #0
-__all__ = ['SCORERS', 'score_mw', 'score_random', 'Selection', 'make_selection', 'selection_to_dict', 'selection_from_dict',
-           'save_selection', 'load_selection', 'row_block_sums', 'GradientStatistics', 'gradients_to_inputs_only',
-           'to_device', 'run_warmup', 'score_gw', 'InputNorms', 'score_aw', 'selection_overlap']
+__all__ = ['SCORERS', 'score_mw', 'score_random', 'Selection', 'name_of', 'make_selection', 'selection_to_dict',
+           'selection_from_dict', 'save_selection', 'load_selection', 'row_block_sums', 'GradientStatistics',
+           'gradients_to_inputs_only', 'to_device', 'run_warmup', 'score_gw', 'InputNorms', 'score_aw',
+           'selection_overlap']
 
 # %% ../nbs/01_selection.ipynb #b7cf94aa
 def score_mw(model: nn.Module, modules: dict[str, nn.Module], grids: dict[str, BlockGrid], dataloader=None, config=None) -> dict[str, Tensor]:
@@ -70,6 +71,8 @@ class Selection:
                 f"matrices, {self.n_trainable:,} trainable values = {self.sparsity:.2%} of targets ≈ LoRA rank {self.lora_rank:.1f})")
 
 # %% ../nbs/01_selection.ipynb #eb652e4e
+def name_of(method: str | Callable) -> str: return method if isinstance(method, str) else getattr(method, "__name__", "custom")
+
 def make_selection(model: nn.Module, modules: dict[str, nn.Module], grids: dict[str, BlockGrid], method: str | Callable = "mw",
                    sparsity: float | None = 0.01, n_blocks: int | None = None, budget: str = "global",
                    dataloader=None, config=None, type_shares: dict[str, float] | None = None) -> Selection:
@@ -77,10 +80,18 @@ def make_selection(model: nn.Module, modules: dict[str, nn.Module], grids: dict[
     if n_blocks is not None: sparsity = None
     scorer = method if callable(method) else SCORERS.get(method)
     if scorer is None: raise ValueError(f"Unknown selection method {method!r}; choose one of {sorted(SCORERS)} or pass a function.")
+    for n, m in modules.items():  # a broken base would train into NaN whatever the scorer (random included)
+        if not torch.isfinite(dequantized_weight(m)).all():
+            raise ValueError(f"{n} holds NaN or inf weights: fix or reload the base model before fine-tuning it.")
     scores = scorer(model, modules, grids, dataloader, config)
+    for n, s in scores.items():
+        if not torch.isfinite(s).all(): raise ValueError(f"The {name_of(method)} scores of {n} contain NaN or inf; check the warm-up data and the weights.")
+    values = torch.cat([s.flatten().float() for s in scores.values()])
+    if values.numel() > 1 and bool((values == values[0]).all()):
+        warnings.warn(f"Every block has the same {name_of(method)} score ({values[0].item():g}; e.g. an all-zero warm-up gradient): the choice "
+                      "between them is arbitrary (the first positions win). Check the warm-up batches and labels.")
     chosen = select_top_blocks(scores, grids, sparsity=sparsity, n_blocks=n_blocks, budget=budget, type_shares=type_shares)
-    name = method if isinstance(method, str) else getattr(method, "__name__", "custom")
-    meta = dict(method=name, sparsity=sparsity, n_blocks=n_blocks, budget=budget, type_shares=type_shares)
+    meta = dict(method=name_of(method), sparsity=sparsity, n_blocks=n_blocks, budget=budget, type_shares=type_shares)
     if config is not None: meta.update(statistic=getattr(config, "statistic", None), warmup_steps=getattr(config, "warmup_steps", None))
     return Selection(chosen, grids, scores, meta)
 
@@ -174,6 +185,9 @@ def run_warmup(model: nn.Module, dataloader: Iterable[dict], steps: int, grad_ac
     if dataloader is None: raise ValueError(f"{desc} needs data: pass dataloader=... (an iterable of batches with input_ids and labels).")
     device, total, done = next(model.parameters()).device, steps * grad_accum, 0
     for batch in tqdm(islice(iter(dataloader), total), total=total, desc=desc, disable=not progress):
+        if not isinstance(batch, Mapping):
+            raise TypeError(f"{desc} batches must be dicts of model inputs (input_ids, labels, ...), got a {type(batch).__name__}: "
+                            "e.g. dict(input_ids=ids, labels=ids) for causal LM.")
         if backward:
             loss = model(**to_device(batch, device)).loss
             if loss is None: raise ValueError("The model returned no loss: warm-up batches need `labels`.")

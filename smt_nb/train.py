@@ -4,20 +4,26 @@
 
 # %% ../nbs/07_training.ipynb #684825c7
 from __future__ import annotations
+import json
 import math
+import random
+import re
+import warnings
 from itertools import cycle, islice
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from .atomic import atomic_folder
 from .selection import to_device
 
 # %% auto #0
-__all__ = ['TRAINING_STATE', 'default_lr', 'smt_parameters', 'make_optimizer', 'counting_batches', 'evaluate_loss', 'train_smt',
-           'save_checkpoint', 'resume_smt', 'SMTTrainerMixin', 'SMTTrainer', 'smt_trainer_class',
+__all__ = ['TRAINING_STATE', 'default_lr', 'smt_parameters', 'make_optimizer', 'counting_batches', 'evaluate_loss',
+           'NonFiniteGuard', 'train_smt', 'rng_states', 'set_rng_states', 'save_checkpoint', 'checkpoint_folders',
+           'newest_complete_checkpoint', 'resume_smt', 'SMTTrainerMixin', 'SMTTrainer', 'smt_trainer_class',
            'smt_training_arguments']
 
 # %% ../nbs/07_training.ipynb #34eb5140
@@ -66,12 +72,48 @@ def evaluate_loss(model: nn.Module, batches: Iterable[dict]) -> float:
     model.train(was_training)
     return sum(losses) / len(losses)
 
+class NonFiniteGuard:
+    "Decides whether an optimizer step may run: not when the loss or a gradient is NaN/inf (the step is skipped, with a warning)."
+    def __init__(self, params: list[nn.Parameter], max_consecutive: int = 10):
+        if not isinstance(max_consecutive, int) or max_consecutive < 1: raise ValueError(f"max_consecutive must be an integer ≥ 1, got {max_consecutive!r}.")
+        self.params, self.max_consecutive, self.skipped, self.consecutive = params, max_consecutive, 0, 0
+
+    def grads_finite(self) -> bool:
+        "One reduction and one host sync for all gradients."
+        grads = [p.grad for p in self.params if p.grad is not None]
+        return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+    def allow_step(self, loss: float = 0.0, where: str = "") -> bool:
+        if math.isfinite(loss) and self.grads_finite():
+            self.consecutive = 0
+            return True
+        self.skipped += 1; self.consecutive += 1
+        warnings.warn(f"Non-finite loss or block gradient{where}: optimizer step skipped ({self.skipped} so far).")
+        if self.consecutive >= self.max_consecutive:
+            raise FloatingPointError(f"{self.consecutive} optimizer steps in a row had non-finite losses or gradients: training diverged or "
+                                     "the data holds NaN. Lower the learning rate, check the data, or resume from an earlier checkpoint.")
+        return False
+
+def _check_training_args(batches, steps: int, start_step: int, checkpoint_dir, save_every) -> list:
+    if not isinstance(batches, (list, tuple)): batches = list(batches)
+    if not batches: raise ValueError("train_smt got no batches: pass a non-empty list or loader of dicts with input_ids and labels.")
+    if not all(isinstance(b, Mapping) for b in batches): raise TypeError("train_smt needs batches as dicts (input_ids, labels, ...), "
+                                                                        f"got {type(next(b for b in batches if not isinstance(b, Mapping))).__name__}.")
+    if not isinstance(steps, int) or steps < 1 or not 0 <= start_step < steps:
+        raise ValueError(f"Need integers 0 ≤ start_step < steps, got start_step={start_step!r}, steps={steps!r}.")
+    if (checkpoint_dir is None) != (save_every is None):
+        raise ValueError("Checkpoints need both checkpoint_dir and save_every (a checkpoint every save_every steps); pass both or neither.")
+    if save_every is not None and (not isinstance(save_every, int) or save_every < 1): raise ValueError(f"save_every must be an integer ≥ 1, got {save_every!r}.")
+    return batches
+
 def train_smt(model: nn.Module, batches: Iterable[dict], steps: int, lr: float | None = None, optimizer: str | torch.optim.Optimizer = "adamw",
               grad_accum: int = 1, max_grad_norm: float | None = None, progress: bool = True, start_step: int = 0,
-              checkpoint_dir=None, save_every: int | None = None) -> list[float]:
-    "Train the SMT deltas up to step `steps` over `batches` (cycled), from `start_step`; returns the loss of each step run."
+              checkpoint_dir=None, save_every: int | None = None, max_nonfinite_skips: int = 10) -> list[float]:
+    "Train the SMT deltas up to step `steps` over `batches` (cycled), from `start_step`; returns the loss of each step run (NaN if skipped)."
+    batches = _check_training_args(batches, steps, start_step, checkpoint_dir, save_every)
     opt = make_optimizer(model, lr, optimizer) if isinstance(optimizer, str) else optimizer
     params, device = smt_parameters(model), next(model.parameters()).device
+    guard = NonFiniteGuard(params, max_nonfinite_skips)
     stream = islice(cycle(batches), start_step * grad_accum, None)  # a resumed run sees the data where the first one stopped
     model.train()
     losses, bar = [], tqdm(range(start_step, steps), desc="SMT training", disable=not progress)
@@ -82,32 +124,89 @@ def train_smt(model: nn.Module, batches: Iterable[dict], steps: int, lr: float |
             loss.backward()
             total += loss.item()
         if max_grad_norm: torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        opt.step(); opt.zero_grad(set_to_none=True)
+        if guard.allow_step(total, f" at step {step + 1}"): opt.step()
+        else: total = math.nan
+        opt.zero_grad(set_to_none=True)
         losses.append(total)
-        bar.set_postfix(loss=f"{total:.4f}")
-        if checkpoint_dir and save_every and (step + 1) % save_every == 0:
+        bar.set_postfix(loss=f"{total:.4f}", skipped=guard.skipped)
+        if checkpoint_dir and (step + 1) % save_every == 0:
             save_checkpoint(model, opt, step + 1, Path(checkpoint_dir) / f"step-{step + 1}")
     return losses
 
 # %% ../nbs/07_training.ipynb #0b978e59
 TRAINING_STATE = "training_state.pt"
 
+def rng_states() -> dict:
+    "The states of every random number generator training may draw from (dropout, shuffling)."
+    states = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    try:
+        import numpy as np
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        states["numpy"] = (kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss)
+    except ImportError: pass
+    if torch.cuda.is_available() and torch.cuda.is_initialized(): states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+def set_rng_states(states: dict):
+    "Restore what `rng_states` returned."
+    random.setstate(states["python"]); torch.set_rng_state(states["torch"])
+    if "numpy" in states:
+        import numpy as np
+        kind, keys, pos, has_gauss, gauss = states["numpy"]
+        np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss))
+    if "cuda" in states and torch.cuda.is_available(): torch.cuda.set_rng_state_all(states["cuda"])
+
 def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, step: int, directory) -> Path:
-    "Adapter + optimizer state + step: everything needed to resume exactly."
+    "Adapter + optimizer state + step + RNG states, written as one folder atomically: everything needed to resume exactly."
     from smt_nb.core import save_smt
-    directory = Path(directory); save_smt(model, directory)
-    torch.save({"optimizer": optimizer.state_dict(), "step": step}, directory / TRAINING_STATE)
+    directory = Path(directory)
+    with atomic_folder(directory) as tmp:
+        save_smt(model, tmp)
+        torch.save({"optimizer": optimizer.state_dict(), "step": step, "rng": rng_states()}, tmp / TRAINING_STATE)
     return directory
 
+_STEP_DIR = re.compile(r"^(?:step|checkpoint)-(\d+)$")
+
+def checkpoint_folders(folder) -> list[Path]:
+    "Checkpoint folders (`step-N` from train_smt, `checkpoint-N` from Trainer) in `folder`, newest first."
+    found = [p for p in Path(folder).iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
+    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)), reverse=True)
+
+def _complete_train_smt_checkpoint(d: Path) -> bool:
+    from smt_nb.core import ADAPTER_WEIGHTS
+    return (d / TRAINING_STATE).is_file() and (d / ADAPTER_WEIGHTS).is_file()
+
+def _complete_trainer_checkpoint(d: Path) -> bool:
+    "Trainer writes trainer_state.json last: if it parses, the files before it are whole."
+    from smt_nb.core import ADAPTER_WEIGHTS
+    try: json.loads((d / "trainer_state.json").read_text())
+    except (OSError, ValueError): return False
+    return (d / ADAPTER_WEIGHTS).is_file()
+
+def newest_complete_checkpoint(folder, complete=None) -> Path:
+    "The newest checkpoint in `folder` that is complete; incomplete newer ones are reported and skipped."
+    complete = complete or (lambda d: _complete_train_smt_checkpoint(d) or _complete_trainer_checkpoint(d))
+    folder = Path(folder)
+    if not folder.is_dir(): raise FileNotFoundError(f"{folder} is not a folder of checkpoints.")
+    for d in checkpoint_folders(folder):
+        if complete(d): return d
+        warnings.warn(f"Skipping {d}: incomplete (a save was interrupted); the next older checkpoint is used.")
+    raise FileNotFoundError(f"no complete checkpoint (step-N or checkpoint-N folder) in {folder}.")
+
 def resume_smt(base_model: nn.Module, directory, lr: float | None = None, optimizer: str = "adamw") -> tuple[nn.Module, torch.optim.Optimizer, int]:
-    "Load the adapter onto `base_model`, rebuild the optimizer with its saved state; returns (model, optimizer, step)."
+    "Load a checkpoint (or the newest complete one in a folder of them) onto `base_model`, restore optimizer and RNG states; returns (model, optimizer, step)."
     from smt_nb.core import load_smt
     directory = Path(directory)
-    if not (directory / TRAINING_STATE).exists(): raise FileNotFoundError(f"No {TRAINING_STATE} in {directory}: not a checkpoint written by train_smt/save_checkpoint.")
+    if not _complete_train_smt_checkpoint(directory):
+        if directory.is_dir() and checkpoint_folders(directory): directory = newest_complete_checkpoint(directory, _complete_train_smt_checkpoint)
+        else: raise FileNotFoundError(f"{directory} is not a checkpoint written by train_smt/save_checkpoint, nor a folder of them.")
+        print(f"resuming from {directory}")
+    try: state = torch.load(directory / TRAINING_STATE, weights_only=True)
+    except Exception as e: raise ValueError(f"{directory / TRAINING_STATE} cannot be read (truncated?): {e}") from e
     model = load_smt(base_model, directory)
     opt = make_optimizer(model, lr, optimizer)
-    state = torch.load(directory / TRAINING_STATE, weights_only=True)
     opt.load_state_dict(state["optimizer"])
+    if "rng" in state: set_rng_states(state["rng"])  # last: nothing after this may draw random numbers before training resumes
     return model, opt, state["step"]
 
 # %% ../nbs/07_training.ipynb #6ac09047
@@ -138,6 +237,28 @@ class SMTTrainerMixin:
                 raise ValueError(f"{type(self).__name__} computes log-probabilities from lm_head.weight directly, so SMT blocks on the LM "
                                  "head would never train: prepare the model without it (exclude_modules=['lm_head']).")
         with _declared_as_adapter_model(model): super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, *args, **kwargs):
+        "Trainer's optimizer, whose step is skipped (with a warning) when a block gradient is NaN or inf."
+        opt = super().create_optimizer(*args, **kwargs)
+        if not getattr(opt, "_smt_guarded", False):
+            from smt_nb.train import NonFiniteGuard, smt_parameters
+            guard, step = NonFiniteGuard(smt_parameters(self.model), self.max_nonfinite_skips), opt.step
+            def guarded_step(*a, **kw): return step(*a, **kw) if guard.allow_step(where=f" at step {self.state.global_step + 1}") else None
+            opt.step, opt._smt_guarded, self.nonfinite_guard = guarded_step, True, guard
+        return opt
+
+    max_nonfinite_skips = 10  # consecutive skipped steps before training stops with an error
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        "As Trainer.train; `resume_from_checkpoint=True` takes the newest *complete* checkpoint, skipping ones a crash cut short."
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = str(newest_complete_checkpoint(self.args.output_dir, _complete_trainer_checkpoint))
+            print(f"resuming from {resume_from_checkpoint}")
+        elif resume_from_checkpoint and not _complete_trainer_checkpoint(Path(resume_from_checkpoint)):
+            raise ValueError(f"{resume_from_checkpoint} is not a complete checkpoint (no readable trainer_state.json and adapter): "
+                             "pass resume_from_checkpoint=True to take the newest complete one.")
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         from smt_nb.core import save_smt

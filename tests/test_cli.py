@@ -75,7 +75,7 @@ def test_train_saves_resumes_and_reloads(tiny_dir, qa_file, tmp_path):
 
 
 def test_train_resume_latest_without_checkpoint_fails(tiny_dir, qa_file, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         run_train(tiny_dir, qa_file, str(tmp_path), resume="latest", steps=1, cpu=True)
 
 
