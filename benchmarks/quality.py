@@ -29,7 +29,8 @@ LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_
 LR_GRID = {"full": [3e-5, 1e-4, 3e-4], "lora": [1e-4, 3e-4, 1e-3], "smt": [3e-4, 1e-3, 3e-3]}
 # name -> (BIG-bench task folder, test examples, validation examples, most training examples)
 TASKS = {"strategyqa": ("strategyqa", 458, 200, 2000), "multiemo": ("multiemo/all_sentence_en", 1000, 200, 2000)}
-METHODS = ["base", "full", "lora", "smt_gw", "smt_aw", "smt_mw", "smt_random"]
+METHODS = ["base", "full", "lora", "smt_gw", "smt_aw", "smt_mw", "smt_random", "smt_gw_warmup"]
+WARMUP_LR = 1e-4  # smt_gw_warmup: the official code's warm-up takes full fine-tuning AdamW steps (here at its top fine-tuning rate)
 MAIN_RANK, BUDGET_RANKS, SEEDS = 8, [4, 8, 32], [0, 1, 2]
 
 
@@ -122,8 +123,9 @@ def build(method, model_path, rank, train_rows, tok, seed, device, block_size=64
         return model, [p for p in model.parameters() if p.requires_grad]
     warm = list(batches(train_rows, tok, 16, True, seed, device))[:20]
     shapes = [(m.out_features, m.in_features) for m in find_targets(model, LINEAR).values()]
+    steps = dict(warmup_lr=WARMUP_LR) if method.endswith("_warmup") else {}  # else the default: no steps, the pretrained weights scored
     cfg = SMTConfig(block_size=block_size, n_blocks=blocks_for_lora_rank(rank, shapes, block_size), method=method.split("_")[1],
-                    warmup_steps=20, target_modules=LINEAR, seed=seed)
+                    warmup_steps=20, target_modules=LINEAR, seed=seed, **steps)
     model = prepare_smt(model, cfg, dataloader=warm)
     return model, smt_parameters(model)
 
@@ -275,7 +277,7 @@ def figure(results):
         for i, k in enumerate(keys):
             a.bar(i, s[k]["test"], yerr=s[k]["test_std"], color="C1" if k[1] == "smt_gw" else "C0" if k[1] == "lora" else "0.6", capsize=3)
             a.plot([i] * len(s[k]["tests"]), s[k]["tests"], "k.", ms=4)
-        a.set_xticks(range(len(keys)), [k[1] for k in keys], fontsize=8)
+        a.set_xticks(range(len(keys)), [k[1] for k in keys], fontsize=8, rotation=25, ha="right")  # eight names side by side
         lo = min(min(s[k]["tests"]) for k in keys)
         a.set_ylim(max(0, lo - 5), None); a.set_ylabel("test accuracy %")
         a.set_title(f"{t}: every method at LoRA-r{MAIN_RANK}'s trainable values (bars ± std, dots = seeds)", fontsize=9)

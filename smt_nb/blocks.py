@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['STATISTICS', 'BUDGETS', 'BlockGrid', 'block_sizes', 'pad_to_grid', 'block_view', 'block_sum', 'block_reduce',
-           'gather_blocks', 'scatter_blocks', 'block_mask', 'rank_blocks', 'topk_under_budget', 'module_type',
-           'select_top_blocks', 'n_trainable_values', 'lora_params', 'lora_rank_for', 'blocks_for_lora_rank',
-           'sparsity_for_blocks']
+__all__ = ['STATISTICS', 'BUDGETS', 'TIE_RULES', 'BlockGrid', 'block_sizes', 'pad_to_grid', 'block_view', 'block_sum',
+           'block_reduce', 'gather_blocks', 'scatter_blocks', 'block_mask', 'rank_blocks', 'topk_under_budget',
+           'module_type', 'check_groups', 'group_of', 'official_tie_key', 'official_tie_rank', 'select_top_blocks',
+           'n_trainable_values', 'lora_params', 'lora_rank_for', 'blocks_for_lora_rank', 'sparsity_for_blocks']
 
 # %% ../nbs/00_blocks.ipynb #461f43e9
 @dataclass(frozen=True)
@@ -106,24 +106,51 @@ def block_mask(grid: BlockGrid, blocks: Tensor) -> Tensor:
     return scatter_blocks(ones, grid, blocks)
 
 # %% ../nbs/00_blocks.ipynb #f1019ad4
-def rank_blocks(scores: Tensor) -> Tensor:
-    "Block indices best first; ties keep their position order. NaN or inf scores are refused."
+def rank_blocks(scores: Tensor, tie_rank: Tensor | None = None) -> Tensor:
+    "Block indices best first. Ties: the earlier position first, or the larger `tie_rank` first when given. NaN/inf are refused."
     if not torch.isfinite(scores).all(): raise ValueError("Block scores contain NaN or inf; check the warm-up gradients or the weights.")
-    return torch.sort(-scores.double(), stable=True).indices
+    if tie_rank is None: return torch.sort(-scores.double(), stable=True).indices
+    by_tie = torch.sort(tie_rank, descending=True, stable=True).indices  # secondary key first, then a stable sort by score
+    return by_tie[torch.sort(-scores.double()[by_tie], stable=True).indices]
 
-def topk_under_budget(scores: Tensor, sizes: Tensor, budget: int) -> Tensor:
+def topk_under_budget(scores: Tensor, sizes: Tensor, budget: int, tie_rank: Tensor | None = None) -> Tensor:
     "Indices of the best `scores` taken best-first while their `sizes` fit in `budget` (at least one)."
-    order = rank_blocks(scores)
+    order = rank_blocks(scores, tie_rank)
     spent = sizes[order].cumsum(0)
     k = max(1, int((spent <= budget).sum()))
     return order[:k]
 
 # %% ../nbs/00_blocks.ipynb #96ec9120
-BUDGETS = ("global", "per_matrix", "per_type")
+BUDGETS = ("global", "per_matrix", "per_type", "groups")
+TIE_RULES = ("first", "official")  # equal scores: earlier position wins, or the official code's heap order
 
 def module_type(name: str) -> str:
     "The type part of a module name: 'model.layers.3.self_attn.v_proj' -> 'v_proj'."
     return name.rsplit(".", 1)[-1]
+
+def check_groups(groups: dict[str, dict]) -> dict[str, dict]:
+    "Validate group budgets: {name: {types: [...], n_blocks: k | sparsity: s, statistic: optional}}, types in one group each."
+    if not isinstance(groups, dict) or not groups: raise ValueError("groups must be a non-empty dict {name: {types, n_blocks or sparsity}}.")
+    seen = {}
+    for g, spec in groups.items():
+        if not isinstance(spec, dict) or not isinstance(spec.get("types"), (list, tuple)) or not spec["types"]:
+            raise ValueError(f"group {g!r} needs 'types': a list of module types, e.g. ['q_proj', 'k_proj', 'v_proj'].")
+        if set(spec) - {"types", "n_blocks", "sparsity", "statistic"}:
+            raise ValueError(f"group {g!r} has unknown keys {sorted(set(spec) - {'types', 'n_blocks', 'sparsity', 'statistic'})}.")
+        if ("n_blocks" in spec) == ("sparsity" in spec): raise ValueError(f"group {g!r} needs exactly one of 'n_blocks' or 'sparsity'.")
+        n, s = spec.get("n_blocks"), spec.get("sparsity")
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1): raise ValueError(f"group {g!r}: n_blocks must be an integer ≥ 1, got {n!r}.")
+        if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s <= 1):
+            raise ValueError(f"group {g!r}: sparsity must be in (0, 1], got {s!r}.")
+        if spec.get("statistic", "mean_abs") not in STATISTICS: raise ValueError(f"group {g!r}: statistic must be one of {STATISTICS}.")
+        for t in spec["types"]:
+            if t in seen: raise ValueError(f"module type {t!r} is in groups {seen[t]!r} and {g!r}; each type belongs to one group.")
+            seen[t] = g
+    return groups
+
+def group_of(name: str, groups: dict[str, dict]) -> str | None:
+    "The group whose types include this module's type."
+    return next((g for g, spec in groups.items() if module_type(name) in spec["types"]), None)
 
 def _split_count(n: int, shares: list[float]) -> list[int]:
     "`n` whole blocks split by `shares` (largest remainders), summing to `n`."
@@ -133,10 +160,17 @@ def _split_count(n: int, shares: list[float]) -> list[int]:
     return counts
 
 def _budget_groups(grids: dict[str, BlockGrid], sparsity: float | None, n_blocks: int | None, budget: str,
-                   type_shares: dict[str, float] | None) -> list[tuple[list[str], float | None, int | None]]:
+                   type_shares: dict[str, float] | None, groups: dict[str, dict] | None = None) -> list[tuple[list[str], float | None, int | None]]:
     "Groups of matrix names that compete among themselves, each with its budget: in trainable values, or an exact block count."
-    def values(names): return sparsity * sum(grids[n].numel for n in names)
+    def values(names, s=sparsity): return s * sum(grids[n].numel for n in names)
     names = list(grids)
+    if budget == "groups":
+        if groups is None: raise ValueError('budget="groups" needs groups={name: {"types": [...], "n_blocks": k}, ...}.')
+        orphans = [n for n in names if group_of(n, check_groups(groups)) is None]
+        if orphans: raise ValueError(f"{orphans[0]} (type {module_type(orphans[0])!r}) is in no group: add its type to one, or leave it out of the targets.")
+        members = {g: [n for n in names if group_of(n, groups) == g] for g in groups}
+        return [(members[g], None if "n_blocks" in s else values(members[g], s["sparsity"]), s.get("n_blocks"))
+                for g, s in groups.items() if members[g]]
     if budget == "global": return [(names, None, n_blocks) if n_blocks is not None else (names, values(names), None)]
     if budget == "per_matrix": return [([n], None, n_blocks) if n_blocks is not None else ([n], values([n]), None) for n in names]
     types = list(dict.fromkeys(module_type(n) for n in names))
@@ -152,24 +186,38 @@ def _budget_groups(grids: dict[str, BlockGrid], sparsity: float | None, n_blocks
     total = values(names)
     return [(members[t], shares[t] * total, None) for t in used]
 
+def official_tie_key(name: str) -> tuple[str, int]:
+    "The official code's key of a matrix: (module type, layer number), e.g. 'model.layers.3.self_attn.q_proj' -> ('q_proj', 3)."
+    return module_type(name), next((int(p) for p in name.split(".") if p.isdigit()), -1)
+
+def official_tie_rank(group: list[str], grids: dict[str, BlockGrid]) -> Tensor:
+    "Each block's rank in the official heap's order for equal scores: larger (type, layer, row, col) wins."
+    keys = [(official_tie_key(n), r, c) for n in group for r in range(grids[n].n_rows) for c in range(grids[n].n_cols)]
+    rank = torch.empty(len(keys), dtype=torch.long)
+    rank[torch.tensor(sorted(range(len(keys)), key=keys.__getitem__))] = torch.arange(len(keys))
+    return rank
+
 def select_top_blocks(scores: dict[str, Tensor], grids: dict[str, BlockGrid], sparsity: float | None = None,
-                      n_blocks: int | None = None, budget: str = "global", type_shares: dict[str, float] | None = None) -> dict[str, Tensor]:
-    "Best blocks per matrix name as (n, 2) [row, col] tensors sorted by position, under a global, per-matrix or per-type budget."
-    if (sparsity is None) == (n_blocks is None): raise ValueError("Give exactly one of `sparsity` or `n_blocks`.")
+                      n_blocks: int | None = None, budget: str = "global", type_shares: dict[str, float] | None = None,
+                      groups: dict[str, dict] | None = None, ties: str = "first") -> dict[str, Tensor]:
+    "Best blocks per matrix name as (n, 2) [row, col] tensors sorted by position, under a global, per-matrix, per-type or group budget."
     if budget not in BUDGETS: raise ValueError(f"Unknown budget {budget!r}; choose one of {BUDGETS}.")
+    if budget != "groups" and (sparsity is None) == (n_blocks is None): raise ValueError("Give exactly one of `sparsity` or `n_blocks`.")
+    if ties not in TIE_RULES: raise ValueError(f"Unknown tie rule {ties!r}; choose one of {TIE_RULES}.")
     chosen = {n: torch.zeros(0, 2, dtype=torch.long) for n in grids}
     forced, taken = [], 0  # groups where even one block is more than the sparsity allows; values chosen
-    for group, allowed, count in _budget_groups({n: grids[n] for n in scores}, sparsity, n_blocks, budget, type_shares):
+    for group, allowed, count in _budget_groups({n: grids[n] for n in scores}, sparsity, n_blocks, budget, type_shares, groups):
         flat = torch.cat([scores[n].flatten().float().cpu() for n in group])
         sizes = torch.cat([block_sizes(grids[n]).flatten() for n in group])
         owner = torch.cat([torch.full((grids[n].n_blocks,), i) for i, n in enumerate(group)])
         local = torch.cat([torch.arange(grids[n].n_blocks) for n in group])
+        tie_rank = official_tie_rank(group, grids) if ties == "official" else None
         if count is not None:
             if count > len(flat): raise ValueError(f"n_blocks asks for {count} blocks among {group[0]}{' and others' if len(group) > 1 else ''}, "
                                                    f"which have only {len(flat)}: use fewer blocks or a smaller block_size.")
-            idx = rank_blocks(flat)[:count]
+            idx = rank_blocks(flat, tie_rank)[:count]
         else:
-            idx = topk_under_budget(flat, sizes, math.floor(allowed))
+            idx = topk_under_budget(flat, sizes, math.floor(allowed), tie_rank)
             if sizes[idx].sum() > allowed: forced.append(group)
         taken += int(sizes[idx].sum())
         for i, n in enumerate(group):
@@ -177,7 +225,7 @@ def select_top_blocks(scores: dict[str, Tensor], grids: dict[str, BlockGrid], sp
             chosen[n] = torch.stack([mine // grids[n].n_cols, mine % grids[n].n_cols], dim=1)
     if forced:
         real = taken / sum(g.numel for g in grids.values())
-        warnings.warn(f"sparsity={sparsity} is less than one {next(iter(grids.values())).block_size}² block of {forced[0][0]}"
+        warnings.warn(f"The sparsity is less than one {next(iter(grids.values())).block_size}² block of {forced[0][0]}"
                       f"{f' (and {len(forced) - 1} more groups)' if len(forced) > 1 else ''}: one block is taken there, so "
                       f"{real:.2%} of the target values will train. A smaller block_size gives a finer budget.")
     return chosen

@@ -25,10 +25,10 @@ from safetensors.torch import save_file, load_file
 
 import smt_nb
 from .atomic import atomic_write
-from .blocks import BlockGrid, STATISTICS, BUDGETS, gather_blocks
+from .blocks import BlockGrid, STATISTICS, BUDGETS, TIE_RULES, gather_blocks, check_groups
 from .layers import (SMTLinear, keep_4bit_differentiable, is_supported, is_bnb_quantized, logical_shape, dequantized_weight,
                            write_blocks, check_blocks)
-from .selection import Selection, SCORERS, make_selection, selection_to_dict, selection_from_dict
+from .selection import Selection, SCORERS, ACCUMULATIONS, make_selection, selection_to_dict, selection_from_dict
 
 # %% auto #0
 __all__ = ['ALL_LINEAR', 'DEFAULT_TARGETS', 'MODEL_METHODS', 'SMT_ATTRIBUTES', 'ADAPTER_WEIGHTS', 'ADAPTER_CONFIG',
@@ -57,6 +57,12 @@ class SMTConfig:
     budget: str = "global"          # "global": all matrices compete (paper); "per_matrix": each gets the same share;
                                     # "per_type": split between module types by `type_shares`
     type_shares: dict[str, float] | None = None  # with budget="per_type": share of the budget per type, e.g. {"v_proj": 1.0}
+    groups: dict[str, dict] | None = None  # with budget="groups": {name: {"types": [...], "n_blocks": k or "sparsity": s,
+                                    # "statistic": optional}}, e.g. the official attention + MLP split; replaces sparsity/n_blocks
+    ties: str = "first"             # equal scores: "first" (earlier position) or "official" (the official code's heap order)
+    accumulation: str = "sum"       # GW: "sum" (gradients summed, statistic at the end: paper, official) or "abs_per_step" (SMFT)
+    warmup_lr: float | None = None  # GW: take full fine-tuning AdamW steps at this rate during warm-up (official); None = no steps
+    warmup_keep_updates: bool = False  # with warmup_lr: keep the warmed-up weights as the base (default: restore the pretrained ones)
     warmup_steps: int = 100         # warm-up optimizer-step equivalents for GW/AW (paper: 100)
     gradient_accumulation_steps: int = 1  # micro-batches per warm-up step (the gradient is summed over all of them)
     seed: int = 0                   # for the random scorer
@@ -95,6 +101,21 @@ class SMTConfig:
             raise ValueError(f"gradient_accumulation_steps must be an integer ≥ 1, got {self.gradient_accumulation_steps!r}.")
         if self.type_shares is not None and self.budget != "per_type":
             raise ValueError('type_shares only applies with budget="per_type".')
+        if (self.groups is not None) != (self.budget == "groups"):
+            raise ValueError('budget="groups" and groups={...} go together: each group names its module types and its budget.')
+        if self.groups is not None:
+            if self.n_blocks is not None: raise ValueError('With budget="groups" each group has its own budget: drop n_blocks.')
+            check_groups(self.groups)
+        if self.ties not in TIE_RULES: raise ValueError(f"Unknown ties {self.ties!r}; choose one of {TIE_RULES}.")
+        if self.accumulation not in ACCUMULATIONS: raise ValueError(f"Unknown accumulation {self.accumulation!r}; choose one of {ACCUMULATIONS}.")
+        stats = {self.statistic} | {g.get("statistic", self.statistic) for g in (self.groups or {}).values()}
+        if self.accumulation == "abs_per_step" and stats != {"abs_mean"}:
+            raise ValueError("accumulation='abs_per_step' (SMFT's) takes the block mean of |gradient| summed step by step: use statistic='abs_mean'.")
+        if self.warmup_lr is not None:
+            if isinstance(self.warmup_lr, bool) or not isinstance(self.warmup_lr, (int, float)) or not self.warmup_lr > 0:
+                raise ValueError(f"warmup_lr must be a positive learning rate or None, got {self.warmup_lr!r}.")
+            if self.method != "gw": raise ValueError("warmup_lr (optimizer steps during warm-up) only applies to method='gw'.")
+        if self.warmup_keep_updates and self.warmup_lr is None: raise ValueError("warmup_keep_updates needs warmup_lr (steps to keep).")
 
 
 # %% ../nbs/05_core.ipynb #96bd3dd4
@@ -222,7 +243,7 @@ def prepare_smt(model: nn.Module, config: SMTConfig | dict | None = None, datalo
     if selection is None:
         targets = find_targets(model, config.target_modules, config.exclude_modules)
         selection = make_selection(model, targets, make_grids(targets, config.block_size), config.method, config.sparsity,
-                                   config.n_blocks, config.budget, dataloader, config, config.type_shares)
+                                   config.n_blocks, config.budget, dataloader, config, config.type_shares, config.groups, config.ties)
     else:
         check_selection_fits(model, selection)
         config = replace(config, block_size=selection.block_size, target_modules=list(selection.grids), exclude_modules=None)

@@ -5,6 +5,7 @@
 # %% ../nbs/01_selection.ipynb #32c8f397
 from __future__ import annotations
 import json
+import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,14 +20,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .blocks import BlockGrid, block_reduce, block_sizes, select_top_blocks, n_trainable_values, lora_rank_for
+from .blocks import (BlockGrid, block_reduce, block_sizes, block_sum, select_top_blocks, n_trainable_values, lora_rank_for,
+                           group_of)
 from .layers import dequantized_weight, column_strips, keep_4bit_differentiable
 
 # %% auto #0
-__all__ = ['SCORERS', 'score_mw', 'score_random', 'Selection', 'name_of', 'make_selection', 'selection_to_dict',
-           'selection_from_dict', 'save_selection', 'load_selection', 'row_block_sums', 'GradientStatistics',
-           'gradients_to_inputs_only', 'to_device', 'run_warmup', 'score_gw', 'InputNorms', 'score_aw',
-           'selection_overlap']
+__all__ = ['SCORERS', 'ACCUMULATIONS', 'score_mw', 'score_random', 'Selection', 'name_of', 'make_selection', 'selection_to_dict',
+           'selection_from_dict', 'save_selection', 'load_selection', 'union', 'intersection', 'difference', 'restrict',
+           'rebudget', 'row_block_sums', 'GradientStatistics', 'gradients_to_inputs_only', 'to_device', 'run_warmup',
+           'full_finetuning', 'score_gw', 'InputNorms', 'score_aw', 'selection_overlap']
 
 # %% ../nbs/01_selection.ipynb #b7cf94aa
 def score_mw(model: nn.Module, modules: dict[str, nn.Module], grids: dict[str, BlockGrid], dataloader=None, config=None) -> dict[str, Tensor]:
@@ -75,7 +77,8 @@ def name_of(method: str | Callable) -> str: return method if isinstance(method, 
 
 def make_selection(model: nn.Module, modules: dict[str, nn.Module], grids: dict[str, BlockGrid], method: str | Callable = "mw",
                    sparsity: float | None = 0.01, n_blocks: int | None = None, budget: str = "global",
-                   dataloader=None, config=None, type_shares: dict[str, float] | None = None) -> Selection:
+                   dataloader=None, config=None, type_shares: dict[str, float] | None = None, groups: dict[str, dict] | None = None,
+                   ties: str = "first") -> Selection:
     "Score the blocks of `modules` with `method` and keep the best under the budget (`n_blocks`, if given, replaces `sparsity`)."
     if n_blocks is not None: sparsity = None
     scorer = method if callable(method) else SCORERS.get(method)
@@ -90,9 +93,9 @@ def make_selection(model: nn.Module, modules: dict[str, nn.Module], grids: dict[
     if values.numel() > 1 and bool((values == values[0]).all()):
         warnings.warn(f"Every block has the same {name_of(method)} score ({values[0].item():g}; e.g. an all-zero warm-up gradient): the choice "
                       "between them is arbitrary (the first positions win). Check the warm-up batches and labels.")
-    chosen = select_top_blocks(scores, grids, sparsity=sparsity, n_blocks=n_blocks, budget=budget, type_shares=type_shares)
-    meta = dict(method=name_of(method), sparsity=sparsity, n_blocks=n_blocks, budget=budget, type_shares=type_shares)
-    if config is not None: meta.update(statistic=getattr(config, "statistic", None), warmup_steps=getattr(config, "warmup_steps", None))
+    chosen = select_top_blocks(scores, grids, sparsity=sparsity, n_blocks=n_blocks, budget=budget, type_shares=type_shares, groups=groups, ties=ties)
+    meta = dict(method=name_of(method), sparsity=sparsity, n_blocks=n_blocks, budget=budget, type_shares=type_shares, groups=groups, ties=ties)
+    if config is not None: meta.update({k: getattr(config, k, None) for k in ("statistic", "warmup_steps", "accumulation", "warmup_lr")})
     return Selection(chosen, grids, scores, meta)
 
 # %% ../nbs/01_selection.ipynb #336b3a74
@@ -122,7 +125,62 @@ def load_selection(path: str | Path) -> Selection:
     "Read a selection written by `save_selection`."
     return selection_from_dict(json.loads(Path(path).read_text()))
 
+# %% ../nbs/01_selection.ipynb #3b203f69
+def _block_set(blocks: Tensor) -> set[tuple[int, int]]: return {tuple(b) for b in blocks.tolist()}
+
+def _blocks_tensor(blocks: set[tuple[int, int]]) -> Tensor: return torch.tensor(sorted(blocks), dtype=torch.long).reshape(-1, 2)
+
+def _check_compatible(a: Selection, b: Selection):
+    if a.block_size != b.block_size: raise ValueError(f"Block sizes differ ({a.block_size} vs {b.block_size}): blocks cannot be combined.")
+    for n in set(a.grids) & set(b.grids):
+        if a.grids[n] != b.grids[n]: raise ValueError(f"{n} has different grids in the two selections: made for different models?")
+
+def _combine(a: Selection, b: Selection, names: list[str], keep: Callable, op: str) -> Selection:
+    _check_compatible(a, b)
+    empty = torch.zeros(0, 2, dtype=torch.long)
+    blocks = {n: _blocks_tensor(keep(_block_set(a.blocks.get(n, empty)), _block_set(b.blocks.get(n, empty)))) for n in names}
+    grids = {n: a.grids.get(n) or b.grids[n] for n in names}
+    scores = {n: a.scores[n] if n in a.scores else b.scores[n] for n in names if n in a.scores or n in b.scores}
+    return Selection(blocks, grids, scores, dict(method=op, parts=[a.meta, b.meta]))
+
+def union(a: Selection, b: Selection) -> Selection:
+    "Blocks chosen in `a` or `b`."
+    return _combine(a, b, [*a.grids, *(n for n in b.grids if n not in a.grids)], set.union, "union")
+
+def intersection(a: Selection, b: Selection) -> Selection:
+    "Blocks chosen in both; modules in both."
+    return _combine(a, b, [n for n in a.grids if n in b.grids], set.intersection, "intersection")
+
+def difference(a: Selection, b: Selection) -> Selection:
+    "Blocks of `a` that `b` did not choose."
+    return _combine(a, b, list(a.grids), set.difference, "difference")
+
+Selection.__or__, Selection.__and__, Selection.__sub__ = union, intersection, difference
+
+def restrict(sel: Selection, modules: list[str] | str) -> Selection:
+    "The part of `sel` on some modules: a list of names (exact or suffix, as target_modules) or a regex matching whole names."
+    def wanted(n): return (re.fullmatch(modules, n) is not None) if isinstance(modules, str) else any(n == m or n.endswith("." + m) for m in modules)
+    names = [n for n in sel.grids if wanted(n)]
+    if not names: raise ValueError(f"{modules!r} matches none of the selection's modules ({len(sel.grids)}, e.g. {next(iter(sel.grids))}).")
+    return Selection({n: sel.blocks[n] for n in names}, {n: sel.grids[n] for n in names},
+                     {n: s for n, s in sel.scores.items() if n in names}, dict(sel.meta, restricted_to=modules))
+
+def rebudget(sel: Selection, sparsity: float | None = None, n_blocks: int | None = None, budget: str = "global", **kw) -> Selection:
+    "The best of `sel`'s own blocks (by its scores) under a smaller budget; `kw` as for `select_top_blocks`."
+    if set(sel.scores) != set(sel.grids): raise ValueError("rebudget ranks blocks by the selection's scores, and this one has none for "
+                                                          f"{sorted(set(sel.grids) - set(sel.scores))[:2]}: make it with scores, or pick blocks by hand.")
+    floor = min(float(s.min()) for s in sel.scores.values()) - 1.0
+    masked = {n: torch.full_like(s.float(), floor) for n, s in sel.scores.items()}  # blocks outside the selection: below every chosen one
+    for n, b in sel.blocks.items(): masked[n][b[:, 0], b[:, 1]] = sel.scores[n].float()[b[:, 0], b[:, 1]]
+    if n_blocks is not None and n_blocks > sel.n_blocks: raise ValueError(f"rebudget only shrinks: n_blocks={n_blocks} > the selection's {sel.n_blocks}.")
+    chosen = select_top_blocks(masked, sel.grids, sparsity=sparsity, n_blocks=n_blocks, budget=budget, **kw)
+    if any(not _block_set(chosen[n]) <= _block_set(sel.blocks[n]) for n in chosen):
+        raise ValueError("That budget is larger than the selection in some group: rebudget only shrinks a selection.")
+    return Selection(chosen, sel.grids, sel.scores, dict(sel.meta, rebudget=dict(sparsity=sparsity, n_blocks=n_blocks, budget=budget)))
+
 # %% ../nbs/01_selection.ipynb #ea76dab1
+ACCUMULATIONS = ("sum", "abs_per_step")  # the paper's and official code's; SMFT's
+
 def row_block_sums(g2: Tensor, grid: BlockGrid) -> Tensor:
     "(T, out) -> (T, R): sums of each row block of `g2`."
     T, b = g2.shape[0], grid.block_size
@@ -130,11 +188,18 @@ def row_block_sums(g2: Tensor, grid: BlockGrid) -> Tensor:
 
 class GradientStatistics:
     "Hooks on one layer adding each micro-batch's weight gradient gᵀx to a running sum: (R, C) block sums when the statistic allows."
-    def __init__(self, module: nn.Module, grid: BlockGrid, statistic: str = "mean_abs"):
-        self.grid, self.statistic = grid, statistic
+    def __init__(self, module: nn.Module, grid: BlockGrid, statistic: str = "mean_abs", accumulation: str = "sum"):
+        if accumulation not in ACCUMULATIONS: raise ValueError(f"Unknown accumulation {accumulation!r}; choose one of {ACCUMULATIONS}.")
+        if accumulation == "abs_per_step" and statistic != "abs_mean":
+            raise ValueError("accumulation='abs_per_step' (SMFT's: |gradient| summed step by step, then the block mean) goes with "
+                             f"statistic='abs_mean', not {statistic!r}.")
+        self.grid, self.statistic, self.accumulation = grid, statistic, accumulation
         self.block_sums = statistic in ("mean", "mean_abs")  # linear statistics: O(R·C) state via the block-sum identity
-        shape = grid.shape if self.block_sums else (grid.out_features, grid.in_features)
+        per_step = accumulation == "abs_per_step"
+        shape = grid.shape if self.block_sums or per_step else (grid.out_features, grid.in_features)
         self.total = torch.zeros(shape, dtype=torch.float32, device=module.weight.device)
+        self.step = (torch.zeros(grid.out_features, grid.in_features, dtype=torch.float32, device=module.weight.device)
+                     if per_step else None)  # this step's summed gradient: (out, in), transient
         self.n_backward = 0
         self._handle = module.register_forward_hook(self._on_forward)
 
@@ -147,11 +212,18 @@ class GradientStatistics:
     def _on_backward(self, xs: Tensor, g: Tensor):
         g2 = g.detach().reshape(-1, self.grid.out_features).float()           # (T, out)
         gs = row_block_sums(g2, self.grid) if self.block_sums else g2        # (T, R) or (T, out)
-        self.total += gs.t() @ xs                                             # (R, C) block sums of gᵀx, or gᵀx itself
+        (self.step if self.step is not None else self.total).add_(gs.t() @ xs)  # block sums of gᵀx, or gᵀx itself
         self.n_backward += 1
+
+    def end_step(self):
+        "After each warm-up step's micro-batches: SMFT's accumulation adds |this step's gradient| in block sums."
+        if self.step is None: return
+        self.total += block_sum(self.step.abs(), self.grid)                   # (R, C)
+        self.step.zero_()
 
     def scores(self) -> Tensor:
         "(R, C) block scores of the summed gradient."
+        if self.step is not None: return self.total / block_sizes(self.grid).to(self.total)  # mean of the per-step |G| sums
         if not self.block_sums: return block_reduce(self.total, self.grid, self.statistic)
         mean = self.total / block_sizes(self.grid).to(self.total)            # divide by each block's true size
         return mean.abs() if self.statistic == "mean_abs" else mean
@@ -180,8 +252,8 @@ def to_device(batch: dict, device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 def run_warmup(model: nn.Module, dataloader: Iterable[dict], steps: int, grad_accum: int = 1, backward: bool = True,
-               desc: str = "warm-up", progress: bool = True) -> int:
-    "Forward (+ backward) `steps`·`grad_accum` micro-batches without optimizer steps; returns how many ran."
+               desc: str = "warm-up", progress: bool = True, on_step: Callable[[], None] | None = None) -> int:
+    "Forward (+ backward) `steps`·`grad_accum` micro-batches, calling `on_step` after each step's micro-batches; returns how many ran."
     if dataloader is None: raise ValueError(f"{desc} needs data: pass dataloader=... (an iterable of batches with input_ids and labels).")
     device, total, done = next(model.parameters()).device, steps * grad_accum, 0
     for batch in tqdm(islice(iter(dataloader), total), total=total, desc=desc, disable=not progress):
@@ -196,6 +268,7 @@ def run_warmup(model: nn.Module, dataloader: Iterable[dict], steps: int, grad_ac
         else:
             with torch.no_grad(): model(**to_device(batch, device))
         done += 1
+        if on_step is not None and done % grad_accum == 0: on_step()
     if done == 0: raise ValueError("The warm-up dataloader yielded no batches.")
     if done < total: warnings.warn(f"The warm-up dataloader ran out after {done} of {total} micro-batches; the scores use those {done}.")
     return done
@@ -206,14 +279,39 @@ def _sum_over_ranks(t: Tensor) -> Tensor:
     return t
 
 # %% ../nbs/01_selection.ipynb #3760a50b
+@contextmanager
+def full_finetuning(model: nn.Module, lr: float, keep_updates: bool = False):
+    "Within the block every float parameter trains (AdamW at `lr`); afterwards the weights are restored unless `keep_updates`. Yields the optimizer."
+    if any(not p.is_floating_point() for p in model.parameters()):
+        raise ValueError("warmup_lr needs a float model: quantized weights cannot take optimizer steps. Warm up without steps (warmup_lr=None).")
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    saved = None if keep_updates else [p.detach().to("cpu", copy=True) for p in params]  # a full copy of the weights, on the host
+    for p in params: p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    try: yield opt
+    finally:
+        del opt
+        with torch.no_grad():
+            for p, f, s in zip(params, flags, saved or [None] * len(params)):
+                p.grad = None
+                if s is not None: p.copy_(s)
+                p.requires_grad_(f)
+
 def score_gw(model: nn.Module, modules: dict[str, nn.Module], grids: dict[str, BlockGrid], dataloader=None, config=None) -> dict[str, Tensor]:
-    "Gradient-aware: `config.statistic` of each block of the weight gradient summed over the warm-up (no weight needs grad)."
+    "Gradient-aware: a statistic of each block of the weight gradient summed over the warm-up (no weight needs grad, unless warm-up steps)."
     if dataloader is None: raise ValueError("method='gw' needs warm-up data: prepare_smt(model, config, dataloader=...) with batches that include labels.")
     stat, steps = getattr(config, "statistic", "mean_abs"), getattr(config, "warmup_steps", 100)
-    collectors = {n: GradientStatistics(m, grids[n], stat) for n, m in modules.items()}
+    groups, accumulation = getattr(config, "groups", None) or {}, getattr(config, "accumulation", "sum")
+    def statistic_of(n): return groups.get(group_of(n, groups), {}).get("statistic", stat) if groups else stat
+    collectors = {n: GradientStatistics(m, grids[n], statistic_of(n), accumulation) for n, m in modules.items()}
+    lr = getattr(config, "warmup_lr", None)
     try:
-        with gradients_to_inputs_only(model):
-            run_warmup(model, dataloader, steps, getattr(config, "gradient_accumulation_steps", 1), desc="GW warm-up")
+        with (full_finetuning(model, lr, getattr(config, "warmup_keep_updates", False)) if lr else gradients_to_inputs_only(model)) as opt:
+            def on_step():
+                if opt is not None: opt.step(); opt.zero_grad(set_to_none=True)  # the official warm-up: full fine-tuning steps
+                for c in collectors.values(): c.end_step()
+            run_warmup(model, dataloader, steps, getattr(config, "gradient_accumulation_steps", 1), desc="GW warm-up", on_step=on_step)
     finally:
         for c in collectors.values(): c.remove()
     scores = {}
@@ -257,8 +355,6 @@ def score_aw(model: nn.Module, modules: dict[str, nn.Module], grids: dict[str, B
 SCORERS.update(gw=score_gw, aw=score_aw)
 
 # %% ../nbs/01_selection.ipynb #e9a87ddb
-def _block_set(blocks: Tensor) -> set[tuple[int, int]]: return {tuple(b) for b in blocks.tolist()}
-
 def selection_overlap(a: Selection, b: Selection) -> dict:
     "Jaccard index of the chosen blocks per matrix and overall, and the share of `a`'s blocks that `b` also chose."
     if set(a.grids) != set(b.grids): raise ValueError("The selections cover different matrices; compare selections of the same targets.")
