@@ -1,6 +1,8 @@
 """GPU check of the SMT layer's CUDA fast path (in-place blocks + Triton block gradients) against a float64 dense autograd reference,
 and of the Triton kernel against the PyTorch gather+bmm path, across shapes, block sizes, densities, dtypes and ragged edges;
-then mixed precision: float32 weights under bf16/fp16 autocast (Trainer(bf16=True)) against a dense layer under the same autocast.
+then mixed precision: float32 weights under bf16/fp16 autocast (Trainer(bf16=True)) against a dense layer under the same autocast;
+then the Hugging Face path on CUDA (in-place blocks): SMTTrainer in bf16 with adapter-only checkpoints and an exact resume, a NaN
+micro-batch skipped, disable_adapter giving the base exactly, unload giving the base weights bit for bit.
 Exits non-zero if any case fails. Usage: python benchmarks/check_cuda.py
 """
 import itertools
@@ -70,6 +72,53 @@ def autocast_case(out_f, in_f, b, density, dtype, path, T=1024, seed=0):
     return n, dict(y=rel(y, yr), gx=rel(x.grad, xr.grad), gdelta=rel(layer.smt_delta.grad, gather_blocks(w.grad, grid, layer.blocks)))
 
 
+def hf_stack_checks(tmp) -> dict:
+    "SMTTrainer(bf16) on a tiny Llama on CUDA: checkpoint/resume bit-exact, NaN step skipped, disable_adapter and unload exact."
+    import warnings
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from smt_nb.core import SMTConfig, prepare_smt, smt_layers
+    from smt_nb.train import SMTTrainer, smt_training_arguments
+
+    def tiny():
+        torch.manual_seed(0)
+        return LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2)).cuda()
+    cfg = SMTConfig(block_size=64, sparsity=0.1, method="mw", target_modules="all-linear")
+    g = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": t, "labels": t.clone()} for t in torch.randint(0, 128, (32, 64), generator=g)]
+    def trainer(model, out, steps):
+        args = smt_training_arguments(model, out, bf16=True, max_steps=steps, save_steps=2, per_device_train_batch_size=8,
+                                      learning_rate=1e-2, disable_tqdm=True, seed=0)
+        return SMTTrainer(model=model, args=args, train_dataset=rows)
+    straight = prepare_smt(tiny(), cfg)
+    paths = {l.path for l in smt_layers(straight).values()}
+    trainer(straight, f"{tmp}/a", 4).train()
+    resumed = prepare_smt(tiny(), cfg)
+    trainer(resumed, f"{tmp}/a", 4).train(resume_from_checkpoint=f"{tmp}/a/checkpoint-2")
+    exact = all(torch.equal(a.smt_delta, b.smt_delta) for a, b in zip(smt_layers(straight).values(), smt_layers(resumed).values()))
+    poisoned, calls = prepare_smt(tiny(), cfg), {"n": 0}
+    def nan_second(module, args, out):
+        calls["n"] += 1
+        return out * float("nan") if calls["n"] == 2 else out
+    poisoned.lm_head.register_forward_hook(nan_second)
+    t = trainer(poisoned, f"{tmp}/b", 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t.train()
+    finite = all(torch.isfinite(l.smt_delta).all().item() for l in smt_layers(poisoned).values())
+    base, ids = tiny(), torch.randint(0, 128, (2, 16), generator=g).cuda()
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    with torch.no_grad(): base_logits = base(ids).logits
+    model = prepare_smt(base, SMTConfig(block_size=64, sparsity=0.1, method="mw", target_modules="all-linear", init_std=0.02))
+    with torch.no_grad():
+        model(ids)  # the in-place path writes base + Δ into the weights here
+        with model.disable_adapter(): off = model(ids).logits
+    unloaded = model.unload()
+    return dict(paths=sorted(paths), resume_bit_exact=exact, nan_steps_skipped=t.nonfinite_guard.skipped, deltas_finite=finite,
+                disable_adapter_exact=torch.equal(off, base_logits),
+                unload_bitwise=all(torch.equal(v, before[k]) for k, v in unloaded.state_dict().items()))
+
+
 def main():
     torch.backends.cuda.matmul.allow_tf32 = False
     shapes = [(4096, 4096), (14336 // 4, 4096), (1000, 3000), (576, 192), (192, 576), (300, 4096)]  # ragged ones included
@@ -101,6 +150,11 @@ def main():
     repeats = {f"b={b} n={n} T={T}": kernel_repeats(T=T, b=b, n=n) for b, n, T in ((64, 3, 8192), (256, 1, 16384), (128, 5, 4096))}
     print("kernel gives the same bits on every call (token splits summed in a fixed order):", repeats)
     failed += not all(repeats.values())
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp: hf = hf_stack_checks(tmp)
+    print("Hugging Face path on CUDA:", hf)
+    failed += not (hf["paths"] == ["inplace"] and hf["resume_bit_exact"] and hf["nan_steps_skipped"] == 1 and hf["deltas_finite"]
+                   and hf["disable_adapter_exact"] and hf["unload_bitwise"])
     sys.exit(1 if failed else 0)
 
 

@@ -8,7 +8,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.optim.optimizer import register_optimizer_step_post_hook
 import warnings
+import weakref
 from transformers.pytorch_utils import Conv1D
 
 from .blocks import BlockGrid, gather_blocks, scatter_blocks
@@ -231,6 +233,7 @@ class SMTLinear(nn.Module):
         self.merged = False
         self._disabled = False        # PEFT's `disable_adapters`: forward runs the base layer alone
         self._written_version = None  # the delta version last written into the weight (in-place path)
+        self._stale = False           # an optimizer stepped the delta since that write (fused steps leave the version as it was)
 
     @property
     def weight(self) -> Tensor: return self.base_layer.weight  # as stored, so code that inspects `.weight` keeps working
@@ -262,14 +265,26 @@ def write_blocks(w: Tensor, grid: BlockGrid, blocks: Tensor, values: Tensor):
         values = values[k, (rows - blocks[:, :1] * b)[:, :, None], (cols - blocks[:, 1:] * b)[:, None, :]]
     w[rows[:, :, None], cols[:, None, :]] = values.to(w.dtype)           # one scatter, no host sync (no boolean masks)
 
+_WRITTEN_LAYERS: weakref.WeakSet = weakref.WeakSet()  # layers whose weight holds base + Δ (in-place path)
+
+def _blocks_stale_after_step(optimizer, args, kwargs):
+    "Fused optimizers (Trainer's default AdamW on CUDA) update parameters without bumping their version: mark stepped deltas stale."
+    if not _WRITTEN_LAYERS: return
+    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for layer in list(_WRITTEN_LAYERS):
+        if id(layer.smt_delta) in stepped: layer._stale = True
+
+register_optimizer_step_post_hook(_blocks_stale_after_step)  # every optimizer, once per process
+
 @patch
 @torch.no_grad()
 def _write_blocks_if_changed(self: SMTLinear):
-    "Write base + Δ into the weight's blocks unless the weight already holds this version of Δ."
-    if self._written_version == self.smt_delta._version: return
+    "Write base + Δ into the weight's blocks unless the weight already holds this Δ (its version, and no optimizer step since)."
+    if self._written_version == self.smt_delta._version and not self._stale: return
     merged = self.base_blocks + self.smt_delta.to(self.base_blocks.dtype)
     write_blocks(logical_weight(self.base_layer), self.grid, self.blocks, merged)
-    self._written_version = self.smt_delta._version
+    self._written_version, self._stale = self.smt_delta._version, False
+    _WRITTEN_LAYERS.add(self)
 
 def compute_dtype(x: Tensor) -> torch.dtype:
     "The dtype an SMT layer computes in: the active autocast dtype for `x`'s device, else `x`'s own dtype."
