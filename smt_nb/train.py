@@ -242,7 +242,6 @@ class SMTTrainerMixin:
         "Trainer's optimizer, whose step is skipped (with a warning) when a block gradient is NaN or inf."
         opt = super().create_optimizer(*args, **kwargs)
         if not getattr(opt, "_smt_guarded", False):
-            from smt_nb.train import NonFiniteGuard, smt_parameters
             guard, step = NonFiniteGuard(smt_parameters(self.model), self.max_nonfinite_skips), opt.step
             def guarded_step(*a, **kw): return step(*a, **kw) if guard.allow_step(where=f" at step {self.state.global_step + 1}") else None
             opt.step, opt._smt_guarded, self.nonfinite_guard = guarded_step, True, guard
