@@ -27,8 +27,8 @@ from .layers import dequantized_weight, column_strips, keep_4bit_differentiable
 # %% auto #0
 __all__ = ['SCORERS', 'ACCUMULATIONS', 'score_mw', 'score_random', 'Selection', 'name_of', 'make_selection', 'selection_to_dict',
            'selection_from_dict', 'save_selection', 'load_selection', 'union', 'intersection', 'difference', 'restrict',
-           'rebudget', 'row_block_sums', 'GradientStatistics', 'gradients_to_inputs_only', 'to_device', 'run_warmup',
-           'full_finetuning', 'score_gw', 'InputNorms', 'score_aw', 'selection_overlap']
+           'rebudget', 'row_block_sums', 'GradientStatistics', 'embedding_modules', 'gradients_to_inputs_only',
+           'to_device', 'run_warmup', 'full_finetuning', 'score_gw', 'InputNorms', 'score_aw', 'selection_overlap']
 
 # %% ../nbs/01_selection.ipynb #b7cf94aa
 def score_mw(model: nn.Module, modules: dict[str, nn.Module], grids: dict[str, BlockGrid], dataloader=None, config=None) -> dict[str, Tensor]:
@@ -231,19 +231,24 @@ class GradientStatistics:
     def remove(self): self._handle.remove()
 
 # %% ../nbs/01_selection.ipynb #d17fa7da
+def embedding_modules(model: nn.Module) -> list[nn.Module]:
+    "Every module that embeds tokens: the input embeddings and each `nn.Embedding` (an encoder-decoder's encoder and decoder each call their own)."
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return list(dict.fromkeys([*([emb] if emb is not None else []), *(m for m in model.modules() if isinstance(m, nn.Embedding))]))
+
 @contextmanager
 def gradients_to_inputs_only(model: nn.Module):
-    "Within the block, no parameter requires grad but backward still reaches every layer (through the embeddings' output)."
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if emb is None: raise ValueError("Warm-up needs model.get_input_embeddings() to start the backward pass; "
-                                     "for a custom model, define get_input_embeddings().")
+    "Within the block, no parameter requires grad but backward still reaches every layer (through the embeddings' outputs)."
+    embeddings = embedding_modules(model)
+    if not embeddings: raise ValueError("Warm-up needs token embeddings to start the backward pass (model.get_input_embeddings() or an "
+                                        "nn.Embedding); for a custom model, define get_input_embeddings().")
     keep_4bit_differentiable(model)  # a 4-bit layer repacked for CPU inference would pass no gradient
     flags = [(p, p.requires_grad) for p in model.parameters()]
     model.requires_grad_(False)
-    handle = emb.register_forward_hook(lambda m, args, out: out.requires_grad_(True))
+    handles = [e.register_forward_hook(lambda m, args, out: out.requires_grad_(True)) for e in embeddings]
     try: yield
     finally:
-        handle.remove()
+        for h in handles: h.remove()
         for p, f in flags:
             if f: p.requires_grad_(True)
 

@@ -97,3 +97,24 @@ def test_aw_matches_definition():
         norms = torch.cat(inputs[n]).norm(dim=0)
         expected = block_reduce(m.weight.abs() * norms[None, :], grids[n], "abs_mean")
         assert rel_err(scores[n], expected.detach()) < 1e-5
+
+
+@pytest.mark.parametrize("arch", ["t5", "bart"])
+def test_gw_reaches_encoder_and_decoder(arch):
+    "Encoder-decoders embed encoder and decoder tokens in two modules sharing one weight: the warm-up must start backward from both."
+    from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
+    torch.manual_seed(0)
+    if arch == "t5":
+        model, targets = T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                                             decoder_start_token_id=0)), ["q", "k", "v"]
+    else:
+        model, targets = BartForConditionalGeneration(BartConfig(vocab_size=64, d_model=32, encoder_layers=1, decoder_layers=1,
+                                                                 encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                                                                 decoder_ffn_dim=64, max_position_embeddings=64)), ["q_proj", "k_proj", "v_proj"]
+    g = torch.Generator().manual_seed(0)
+    warm = [dict(input_ids=torch.randint(2, 64, (2, 10), generator=g), labels=torch.randint(2, 64, (2, 6), generator=g)) for _ in range(2)]
+    sel = prepare_smt(model, SMTConfig(block_size=8, sparsity=0.1, warmup_steps=2, target_modules=targets, budget="per_matrix"),
+                      dataloader=warm).smt_selection
+    assert all(s.abs().sum() > 0 for s in sel.scores.values())  # every target, encoder and decoder, got a gradient
+    assert any(len(b) for n, b in sel.blocks.items() if n.startswith("encoder.") or ".encoder." in n)
+    assert any(len(b) for n, b in sel.blocks.items() if n.startswith("decoder.") or ".decoder." in n)
