@@ -31,13 +31,14 @@ from .layers import (SMTLinear, keep_4bit_differentiable, is_supported, is_bnb_q
 from .selection import Selection, SCORERS, ACCUMULATIONS, make_selection, selection_to_dict, selection_from_dict
 
 # %% auto #0
-__all__ = ['ALL_LINEAR', 'DEFAULT_TARGETS', 'MODEL_METHODS', 'SMT_ATTRIBUTES', 'ADAPTER_WEIGHTS', 'ADAPTER_CONFIG',
-           'ADAPTER_FORMAT', 'SKETCH_SIZE', 'ROUNDING', 'SMTConfig', 'default_targets', 'output_head_names',
-           'module_owners', 'check_not_shared', 'find_targets', 'make_grids', 'model_method', 'smt_layers',
-           'check_selection_fits', 'as_config', 'prepare_smt', 'trainable_report', 'print_trainable_parameters',
-           'block_sketch', 'storage_kind', 'fingerprint', 'base_model_name', 'adapter_meta', 'save_smt',
-           'check_fingerprint', 'resolve_adapter', 'read_adapter', 'load_smt', 'save_pretrained', 'push_to_hub',
-           'merged_float_linear', 'merge_and_unload', 'disable_adapter', 'unload', 'get_nb_trainable_parameters']
+__all__ = ['ALL_LINEAR', 'DEFAULT_TARGETS', 'CROSS_ATTENTION', 'MODEL_METHODS', 'SMT_ATTRIBUTES', 'ADAPTER_WEIGHTS',
+           'ADAPTER_CONFIG', 'ADAPTER_FORMAT', 'SKETCH_SIZE', 'ROUNDING', 'SMTConfig', 'default_targets',
+           'output_head_names', 'module_owners', 'check_not_shared', 'find_targets', 'make_grids', 'model_method',
+           'smt_layers', 'check_selection_fits', 'as_config', 'prepare_smt', 'trainable_report',
+           'print_trainable_parameters', 'block_sketch', 'storage_kind', 'fingerprint', 'base_model_name',
+           'adapter_meta', 'save_smt', 'check_fingerprint', 'resolve_adapter', 'read_adapter', 'load_smt',
+           'save_pretrained', 'push_to_hub', 'merged_float_linear', 'merge_and_unload', 'disable_adapter', 'unload',
+           'get_nb_trainable_parameters']
 
 # %% ../nbs/05_core.ipynb #c96047a2
 ALL_LINEAR = "all-linear"  # PEFT's shorthand: every linear layer but the output head
@@ -119,7 +120,19 @@ class SMTConfig:
 
 
 # %% ../nbs/05_core.ipynb #96bd3dd4
-DEFAULT_TARGETS = (("q_proj", "k_proj", "v_proj"), ("c_attn",), ("query_key_value",), ("qkv_proj",), ("Wqkv",))
+# (marker, targets): the first marker the model has a module of picks the attention projections to train by default
+DEFAULT_TARGETS = (
+    ("kv_a_proj_with_mqa", ("q_a_proj", "q_b_proj", "q_proj", "kv_a_proj_with_mqa", "kv_b_proj")),  # MLA: DeepSeek-V2/V3
+    ("q_proj", ("q_proj", "k_proj", "v_proj")),          # Llama, Qwen, Mistral, Gemma, OPT, BART, ...
+    ("c_attn", ("c_attn",)), ("query_key_value", ("query_key_value",)), ("qkv_proj", ("qkv_proj",)), ("Wqkv", ("Wqkv",)),  # fused QKV
+    ("query_proj", ("query_proj", "key_proj", "value_proj")),  # DeBERTa-v2
+    ("query", ("query", "key", "value")),                # BERT, RoBERTa, ALBERT, ...
+    ("q_lin", ("q_lin", "k_lin", "v_lin")),              # DistilBERT
+    ("q", ("q", "k", "v")),                              # T5
+    ("in_proj", ("in_proj",)),                           # Mamba: no attention; its input projection
+)
+# encoder-decoders: by default their decoder's cross-attention stays frozen (name it in target_modules to train it)
+CROSS_ATTENTION = r".*\.(encoder_attn|EncDecAttention|crossattention|cross_attn)\..*"
 
 def _matches(name: str, targets: list[str] | str) -> bool:
     if isinstance(targets, str): return re.fullmatch(targets, name) is not None
@@ -128,8 +141,8 @@ def _matches(name: str, targets: list[str] | str) -> bool:
 def default_targets(model: nn.Module) -> list[str]:
     "The Q/K/V projection names this architecture uses."
     names = [n for n, _ in model.named_modules()]
-    for group in DEFAULT_TARGETS:
-        if any(_matches(n, list(group)) for n in names): return list(group)
+    for marker, group in DEFAULT_TARGETS:
+        if any(_matches(n, [marker]) for n in names): return list(group)
     raise ValueError("Could not find attention projections to target; pass target_modules=[...] "
                      f"(linear layers here: {sorted({n.split('.')[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})}).")
 
@@ -176,6 +189,7 @@ def find_targets(model: nn.Module, target_modules: list[str] | str | None = None
         found = {n: m for n, m in model.named_modules() if eligible(n, m) and _matches(n, targets)}
         found = {n: m for n, m in found.items() if not any(n.startswith(o + ".") for o in found)}  # outermost match only
     if exclude_modules: found = {n: m for n, m in found.items() if not _matches(n, exclude_modules)}
+    if target_modules is None: found = {n: m for n, m in found.items() if not _matches(n, CROSS_ATTENTION)}
     if not found: raise ValueError(_no_match_message(model, targets, exclude_modules))
     for n, m in found.items():
         if not is_supported(m):
