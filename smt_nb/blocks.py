@@ -5,6 +5,7 @@
 # %% ../nbs/00_blocks.ipynb #2fe1cd8e
 from __future__ import annotations
 import math
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -15,8 +16,9 @@ from torch import Tensor
 # %% auto #0
 __all__ = ['STATISTICS', 'BUDGETS', 'TIE_RULES', 'BlockGrid', 'block_sizes', 'pad_to_grid', 'block_view', 'block_sum',
            'block_reduce', 'gather_blocks', 'scatter_blocks', 'block_mask', 'rank_blocks', 'topk_under_budget',
-           'module_type', 'check_groups', 'group_of', 'official_tie_key', 'official_tie_rank', 'select_top_blocks',
-           'n_trainable_values', 'lora_params', 'lora_rank_for', 'blocks_for_lora_rank', 'sparsity_for_blocks']
+           'module_type', 'name_matches', 'check_groups', 'group_of', 'official_tie_key', 'official_tie_rank',
+           'select_top_blocks', 'n_trainable_values', 'lora_params', 'lora_rank_for', 'blocks_for_lora_rank',
+           'sparsity_for_blocks']
 
 # %% ../nbs/00_blocks.ipynb #461f43e9
 @dataclass(frozen=True)
@@ -127,6 +129,11 @@ TIE_RULES = ("first", "official")  # equal scores: earlier position wins, or the
 def module_type(name: str) -> str:
     "The type part of a module name: 'model.layers.3.self_attn.v_proj' -> 'v_proj'."
     return name.rsplit(".", 1)[-1]
+
+def name_matches(name: str, targets: list[str] | str) -> bool:
+    "PEFT's rule: a list matches a name equal to or ending in `.entry`; a string is a regular expression for the whole name."
+    if isinstance(targets, str): return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)
 
 def check_groups(groups: dict[str, dict]) -> dict[str, dict]:
     "Validate group budgets: {name: {types: [...], n_blocks: k | sparsity: s, statistic: optional}}, types in one group each."

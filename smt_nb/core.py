@@ -25,7 +25,7 @@ from safetensors.torch import save_file, load_file
 
 import smt_nb
 from .atomic import atomic_write
-from .blocks import BlockGrid, STATISTICS, BUDGETS, TIE_RULES, gather_blocks, check_groups
+from .blocks import BlockGrid, STATISTICS, BUDGETS, TIE_RULES, gather_blocks, check_groups, name_matches
 from .layers import (SMTLinear, keep_4bit_differentiable, is_supported, is_bnb_quantized, logical_shape, dequantized_weight,
                            write_blocks, check_blocks)
 from .selection import Selection, SCORERS, ACCUMULATIONS, make_selection, selection_to_dict, selection_from_dict
@@ -134,15 +134,11 @@ DEFAULT_TARGETS = (
 # encoder-decoders: by default their decoder's cross-attention stays frozen (name it in target_modules to train it)
 CROSS_ATTENTION = r".*\.(encoder_attn|EncDecAttention|crossattention|cross_attn)\..*"
 
-def _matches(name: str, targets: list[str] | str) -> bool:
-    if isinstance(targets, str): return re.fullmatch(targets, name) is not None
-    return any(name == t or name.endswith("." + t) for t in targets)
-
 def default_targets(model: nn.Module) -> list[str]:
     "The Q/K/V projection names this architecture uses."
     names = [n for n, _ in model.named_modules()]
     for marker, group in DEFAULT_TARGETS:
-        if any(_matches(n, [marker]) for n in names): return list(group)
+        if any(name_matches(n, [marker]) for n in names): return list(group)
     raise ValueError("Could not find attention projections to target; pass target_modules=[...] "
                      f"(linear layers here: {sorted({n.split('.')[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})}).")
 
@@ -186,10 +182,10 @@ def find_targets(model: nn.Module, target_modules: list[str] | str | None = None
         heads = output_head_names(model)
         found = {n: m for n, m in model.named_modules() if eligible(n, m) and is_supported(m) and n not in heads}
     else:
-        found = {n: m for n, m in model.named_modules() if eligible(n, m) and _matches(n, targets)}
+        found = {n: m for n, m in model.named_modules() if eligible(n, m) and name_matches(n, targets)}
         found = {n: m for n, m in found.items() if not any(n.startswith(o + ".") for o in found)}  # outermost match only
-    if exclude_modules: found = {n: m for n, m in found.items() if not _matches(n, exclude_modules)}
-    if target_modules is None: found = {n: m for n, m in found.items() if not _matches(n, CROSS_ATTENTION)}
+    if exclude_modules: found = {n: m for n, m in found.items() if not name_matches(n, exclude_modules)}
+    if target_modules is None: found = {n: m for n, m in found.items() if not name_matches(n, CROSS_ATTENTION)}
     if not found: raise ValueError(_no_match_message(model, targets, exclude_modules))
     for n, m in found.items():
         if not is_supported(m):
@@ -434,8 +430,8 @@ def _current_fingerprints(model: nn.Module, sel: Selection, names: list[str]) ->
         m = model.get_submodule(n)
         if isinstance(m, SMTLinear): original = m.base_blocks
         else:
-            blocks = check_blocks(sel.blocks[n], sel.grids[n]).to(dequantized_weight(m).device)
-            original = gather_blocks(dequantized_weight(m).detach(), sel.grids[n], blocks)
+            w = dequantized_weight(m).detach()  # once: for a 4/8-bit base each call dequantizes the whole matrix
+            original = gather_blocks(w, sel.grids[n], check_blocks(sel.blocks[n], sel.grids[n]).to(w.device))
         prints[n] = fingerprint(original, logical_shape(m.base_layer if isinstance(m, SMTLinear) else m), storage_kind(m))
     return prints
 
@@ -446,7 +442,8 @@ def read_adapter(model: nn.Module, d: Path, check_base: bool = True) -> tuple[SM
     names = [n for n, b in sel.blocks.items() if len(b)]
     layers = smt_layers(model)
     if layers:
-        missing = [n for n in sel.grids if n not in dict(model.named_modules())]
+        modules = dict(model.named_modules())
+        missing = [n for n in sel.grids if n not in modules]
         if missing: raise ValueError(f"{source}: the selection names {missing[0]}, which this model does not have.")
         if set(layers) != set(names): raise ValueError(f"{source}: the adapter's modules differ from this model's SMT layers.")
         for n, layer in layers.items():

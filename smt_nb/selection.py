@@ -5,7 +5,6 @@
 # %% ../nbs/01_selection.ipynb #32c8f397
 from __future__ import annotations
 import json
-import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .blocks import (BlockGrid, block_reduce, block_sizes, block_sum, select_top_blocks, n_trainable_values, lora_rank_for,
-                           group_of)
+                           group_of, name_matches)
 from .layers import dequantized_weight, column_strips, keep_4bit_differentiable
 
 # %% auto #0
@@ -159,8 +158,7 @@ Selection.__or__, Selection.__and__, Selection.__sub__ = union, intersection, di
 
 def restrict(sel: Selection, modules: list[str] | str) -> Selection:
     "The part of `sel` on some modules: a list of names (exact or suffix, as target_modules) or a regex matching whole names."
-    def wanted(n): return (re.fullmatch(modules, n) is not None) if isinstance(modules, str) else any(n == m or n.endswith("." + m) for m in modules)
-    names = [n for n in sel.grids if wanted(n)]
+    names = [n for n in sel.grids if name_matches(n, modules)]
     if not names: raise ValueError(f"{modules!r} matches none of the selection's modules ({len(sel.grids)}, e.g. {next(iter(sel.grids))}).")
     return Selection({n: sel.blocks[n] for n in names}, {n: sel.grids[n] for n in names},
                      {n: s for n, s in sel.scores.items() if n in names}, dict(sel.meta, restricted_to=modules))
