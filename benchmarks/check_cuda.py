@@ -45,7 +45,7 @@ def one_case(out_f, in_f, b, density, dtype, path, T=1024, seed=0):
     # the Triton kernel against the PyTorch gather+bmm path, same inputs on the GPU
     g2 = gy.reshape(-1, out_f)
     torch_path = sampled_block_grad(g2.float(), column_strips(x.detach().float(), grid), layer.blocks[:, 0], layer.blocks[:, 1], grid)
-    triton_path = sddmm_blocks_triton(g2, x.detach(), layer.blocks[:, 0], layer.blocks[:, 1] * b, in_f, grid)
+    triton_path = sddmm_blocks_triton(g2, x.detach().reshape(-1, in_f), layer.blocks[:, 0], layer.blocks[:, 1], b)
     errs["kernel_vs_torch"] = rel(triton_path, torch_path)
     return n, errs
 
@@ -119,6 +119,85 @@ def hf_stack_checks(tmp) -> dict:
                 unload_bitwise=all(torch.equal(v, before[k]) for k, v in unloaded.state_dict().items()))
 
 
+def grouped_write_checks() -> dict:
+    "The grouped Triton write (all layers of a dtype in one launch) against PyTorch's per-layer write: same bits, ragged and Conv1D."
+    from transformers.pytorch_utils import Conv1D
+    from smt_nb.layers import write_layers, logical_weight
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        torch.manual_seed(0)
+        bases = [nn.Linear(3000, 1000), nn.Linear(4096, 4096), Conv1D(576, 192), nn.Linear(192, 576)]
+        layers = []
+        for base, b in zip(bases, (64, 256, 64, 128)):
+            base = base.to("cuda", dtype)
+            grid = BlockGrid(*logical_weight(base).shape, b)
+            n = max(1, grid.n_blocks // 5)
+            flat = torch.randperm(grid.n_blocks)[:n]
+            layers.append(SMTLinear(base, torch.stack([flat // grid.n_cols, flat % grid.n_cols], 1), b, init_std=0.05, path="inplace"))
+        expected = []
+        for l in layers:
+            with torch.no_grad(): l.smt_delta.mul_(1.7)
+            l._write_blocks(); expected.append(logical_weight(l.base_layer).detach().clone())  # PyTorch ops
+            l.unmerge(); l._written_version = -1
+        write_layers(layers)  # grouped by block size: one launch per group
+        out[str(dtype)[6:]] = all(torch.equal(logical_weight(l.base_layer).detach(), e) for l, e in zip(layers, expected))
+    return out
+
+
+def compile_checks(tmp) -> dict:
+    """torch.compile on CUDA (inductor, Triton block gradients): a decoder layer in one graph with eager's gradients; SMTTrainer with
+    torch_compile=True against the same run in eager mode; after compiled steps with fused AdamW the weights hold base + Δ."""
+    from torch._dynamo.utils import counters
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from smt_nb.core import SMTConfig, prepare_smt, smt_layers
+    from smt_nb.blocks import gather_blocks
+    from smt_nb.layers import logical_weight
+    from smt_nb.train import SMTTrainer, smt_training_arguments, smt_parameters
+
+    def tiny():
+        torch.manual_seed(0)
+        return LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2)).cuda()
+    cfg = SMTConfig(block_size=64, sparsity=0.1, method="mw", target_modules="all-linear", init_std=0.02)
+    out = {}
+    model = prepare_smt(tiny().to(torch.bfloat16), cfg)
+    block = model.model.layers[0]
+    x = torch.randn(2, 64, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    pos = model.model.rotary_emb(x, torch.arange(64, device="cuda")[None])
+    def grads(fn):
+        trained = smt_parameters(block)
+        for p in trained: p.grad = None
+        x.grad = None
+        fn(x, position_embeddings=pos).float().square().sum().backward()
+        return [x.grad.clone()] + [p.grad.clone() for p in trained]
+    eager = grads(block)
+    torch._dynamo.reset(); counters.clear()
+    compiled = grads(torch.compile(block, fullgraph=True))
+    out["decoder_layer_fullgraph"] = not counters["graph_break"]
+    out["decoder_layer_max_rel_err"] = max(rel(c, e) for c, e in zip(compiled, eager))
+
+    g = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": t, "labels": t.clone()} for t in torch.randint(0, 128, (32, 64), generator=g)]
+    def train(compile_):
+        m = prepare_smt(tiny(), SMTConfig(block_size=64, sparsity=0.1, method="mw", target_modules="all-linear"))
+        args = smt_training_arguments(m, f"{tmp}/c{compile_}", bf16=True, max_steps=4, save_strategy="no", per_device_train_batch_size=8,
+                                      learning_rate=1e-1, optim="sgd", disable_tqdm=True, seed=0,
+                                      torch_compile=compile_)
+        res = SMTTrainer(model=m, args=args, train_dataset=rows).train()
+        return m, res
+    torch._dynamo.reset(); counters.clear()
+    (m_eager, r_eager), (m_compiled, r_compiled) = train(False), train(True)
+    out["trainer_compiled_graphs"] = counters["stats"]["unique_graphs"]
+    out["trainer_graph_breaks"] = sum(counters["graph_break"].values())
+    out["trainer_loss_eager_compiled"] = [round(r_eager.training_loss, 5), round(r_compiled.training_loss, 5)]
+    out["trainer_max_rel_delta_diff"] = max(rel(a.smt_delta, b.smt_delta) for a, b in
+                                            zip(smt_layers(m_compiled).values(), smt_layers(m_eager).values()))
+    out["weights_hold_base_plus_delta"] = all(
+        torch.equal(gather_blocks(logical_weight(l.base_layer).detach(), l.grid, l.blocks),
+                    l.base_blocks + l.smt_delta.detach().to(l.base_blocks.dtype)) for l in smt_layers(m_compiled).values())
+    return out
+
+
 def main():
     torch.backends.cuda.matmul.allow_tf32 = False
     shapes = [(4096, 4096), (14336 // 4, 4096), (1000, 3000), (576, 192), (192, 576), (300, 4096)]  # ragged ones included
@@ -155,6 +234,13 @@ def main():
     print("Hugging Face path on CUDA:", hf)
     failed += not (hf["paths"] == ["inplace"] and hf["resume_bit_exact"] and hf["nan_steps_skipped"] == 1 and hf["deltas_finite"]
                    and hf["disable_adapter_exact"] and hf["unload_bitwise"])
+    grouped = grouped_write_checks()
+    print("grouped block writes equal PyTorch's bit for bit:", grouped)
+    failed += not all(grouped.values())
+    with tempfile.TemporaryDirectory() as tmp: comp = compile_checks(tmp)
+    print("torch.compile on CUDA:", comp)
+    failed += not (comp["decoder_layer_fullgraph"] and comp["decoder_layer_max_rel_err"] < 1e-2 and comp["trainer_compiled_graphs"] >= 1
+                   and comp["trainer_graph_breaks"] == 0 and comp["trainer_max_rel_delta_diff"] < 2e-2 and comp["weights_hold_base_plus_delta"])
     sys.exit(1 if failed else 0)
 
 

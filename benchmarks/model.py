@@ -1,7 +1,9 @@
-"""Whole-model training step on a GPU: a Llama-3.2-1B-shaped model (random weights), batch 4 × 1024 tokens, bf16, AdamW.
-Full fine-tuning, LoRA (peft, all linear layers, rank matched to SMT's trainable values), SMT at three sparsities, and the floor
-(frozen model, gradients flowing to the input). Tokens per second and peak memory, all in one run; plus the cost of GW selection
-(time and extra memory) against accumulating full gradients. Usage: python benchmarks/model.py [--json out.json] [--layers 16]
+"""Whole-model training step on a GPU, eager and under torch.compile: a Llama-3.2-1B-shaped model (or Llama-3-8B layer shapes),
+random weights, batch 4 × 1024 tokens, bf16, AdamW. The frozen floor (gradients flow to the input, nothing trains), full
+fine-tuning, LoRA (peft, all linear layers) and SMT at 1 % and at LoRA-r64's trainable values; SMT also with float32 weights under
+bf16 autocast. Every row of a shape comes from one run: tokens/s from the median step time (CUDA events), peak memory, kernel
+launches per step. Optionally the cost of GW selection (--gw).
+Usage: python benchmarks/model.py --shape 1b [--json out.json] [--layers 16] [--methods floor,smt_matched] [--modes eager,compiled]
 """
 import argparse
 import gc
@@ -11,21 +13,27 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from smt_nb.blocks import lora_params, lora_rank_for
+from smt_nb.blocks import lora_params
 from smt_nb.core import SMTConfig, prepare_smt, find_targets, make_grids
 from smt_nb.selection import score_gw
 from smt_nb.train import smt_parameters
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 BATCH, SEQ, WARMUP, STEPS = 4, 1024, 3, 10
+SHAPES = {  # Llama-3.2-1B and the layer shapes of Llama-3-8B
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_attention_heads=32, num_key_value_heads=8, layers=16),
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8, layers=4),
+}
+METHODS = ["floor", "full", "lora", "smt_1pct", "smt_matched", "smt_matched_autocast"]
 
 
-def build(layers):
-    cfg = LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=layers, num_attention_heads=32,
-                      num_key_value_heads=8, max_position_embeddings=2048, tie_word_embeddings=True, rope_theta=500000.0)
+def build(shape, layers, dtype=torch.bfloat16):
+    s = {k: v for k, v in SHAPES[shape].items() if k != "layers"}
+    cfg = LlamaConfig(vocab_size=128256, num_hidden_layers=layers, max_position_embeddings=2048, tie_word_embeddings=True,
+                      rope_theta=500000.0, **s)
     torch.manual_seed(0)
     with torch.device("cuda"):
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+        model = LlamaForCausalLM(cfg).to(dtype)
     model.config.use_cache = False
     return model
 
@@ -36,50 +44,57 @@ def batch():
     return dict(input_ids=ids, labels=ids)
 
 
-def run(name, model, params):
-    "Time WARMUP+STEPS training steps; report tokens/s and peak memory (model and optimizer included)."
-    opt = torch.optim.AdamW(params, lr=1e-5) if params else None
-    b = batch()
-    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
-    for i in range(WARMUP + STEPS):
-        if i == WARMUP: torch.cuda.synchronize(); t0 = time.perf_counter()
-        loss = model(**b).loss
-        loss.backward()
-        if opt: opt.step(); opt.zero_grad(set_to_none=True)
-    torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
-    trainable = sum(p.numel() for p in params) if params else 0
-    r = dict(method=name, tokens_per_s=BATCH * SEQ * STEPS / dt, peak_gib=torch.cuda.max_memory_allocated() / 2**30, trainable=trainable)
-    print(f"{name:<22} {r['tokens_per_s']:>9.0f} tok/s  {r['peak_gib']:6.2f} GiB  trainable {trainable / 1e6:8.2f} M", flush=True)
-    return r
-
-
-def gpu_busy(model, params):
-    "Wall time vs summed GPU kernel time per training step (2 profiled steps): tells host-bound from GPU-bound."
+def kernels_per_step(step):
+    "CUDA kernels, copies and fills per training step, and their summed GPU time in ms (profiler, 2 steps)."
     from torch.profiler import profile, ProfilerActivity
-    opt, b = (torch.optim.AdamW(params, lr=1e-5) if params else None), batch()
-    def step():
-        model(**b).loss.backward()
-        if opt: opt.step(); opt.zero_grad(set_to_none=True)
-    for _ in range(2): step()
-    torch.cuda.synchronize(); t0 = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as p:
         for _ in range(2): step()
         torch.cuda.synchronize()
-    wall = (time.perf_counter() - t0) / 2 * 1e3
-    busy = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in prof.key_averages()) / 2 / 1e3
-    return dict(wall_ms=wall, gpu_kernel_ms=busy)
+    device = [e for e in p.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return len(device) / 2, sum(e.device_time for e in device) / 2 / 1e3
+
+
+def run(name, model, params, compiled, autocast=False):
+    "Warm up (compiling, if asked), then time STEPS steps one by one with CUDA events: tokens/s from the median step."
+    opt = torch.optim.AdamW(params, lr=1e-5) if params else None
+    fn = torch.compile(model) if compiled else model
+    b = batch()
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            loss = fn(**b).loss
+        loss.backward()
+        if opt: opt.step(); opt.zero_grad(set_to_none=True)
+    torch.cuda.synchronize(); t0 = time.perf_counter()
+    for _ in range(WARMUP): step()
+    torch.cuda.synchronize(); warmup_s = time.perf_counter() - t0
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(STEPS):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record(); step(); end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    median = sorted(times)[len(times) // 2]
+    launches, gpu_ms = kernels_per_step(step)
+    trainable = sum(p.numel() for p in params) if params else 0
+    r = dict(method=name, compiled=compiled, tokens_per_s=BATCH * SEQ / median, step_ms=median * 1e3,
+             step_ms_spread=[min(times) * 1e3, max(times) * 1e3], peak_gib=torch.cuda.max_memory_allocated() / 2**30,
+             trainable=trainable, kernels_per_step=launches, gpu_kernel_ms=gpu_ms, warmup_s=warmup_s)
+    print(f"{name:<44} {r['tokens_per_s']:>9.0f} tok/s  {r['step_ms']:6.1f} ms/step ({gpu_ms:5.1f} in kernels)  {r['peak_gib']:6.2f} GiB  {launches:6.0f} kernels  "
+          f"trainable {trainable / 1e6:8.2f} M  warm-up {warmup_s:5.1f} s", flush=True)
+    return r
 
 
 def free():
     gc.collect(); torch.cuda.empty_cache()
 
 
-def gw_cost(layers):
+def gw_cost(shape, layers):
     "GW selection (hooks, mean_abs) vs accumulating full target gradients in .grad, 4 micro-batches each: time and extra peak memory."
     out = {}
     for variant in ("floor", "gw_hooks", "full_gradients"):
-        model = build(layers); model.requires_grad_(False)
+        model = build(shape, layers); model.requires_grad_(False)
         targets = find_targets(model, TARGETS)
         data = [batch() for _ in range(4)]
         torch.cuda.synchronize(); base = torch.cuda.memory_allocated(); torch.cuda.reset_peak_memory_stats(); t0 = time.perf_counter()
@@ -96,71 +111,89 @@ def gw_cost(layers):
         out[variant] = dict(seconds=time.perf_counter() - t0, extra_peak_gib=(torch.cuda.max_memory_allocated() - base) / 2**30)
         print(f"{variant:<22} {out[variant]['seconds']:.2f} s  extra peak {out[variant]['extra_peak_gib']:.2f} GiB", flush=True)
         del model, targets, data; free()
+    for v in ("gw_hooks", "full_gradients"): out[v]["extra_over_floor_gib"] = out[v]["extra_peak_gib"] - out["floor"]["extra_peak_gib"]
     return out
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", choices=list(SHAPES), default="1b")
     p.add_argument("--json", default=None)
-    p.add_argument("--layers", type=int, default=16)
+    p.add_argument("--layers", type=int, default=None)
     p.add_argument("--lora-rank", type=int, default=64)
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--modes", default="eager,compiled")
+    p.add_argument("--compiled-methods", default="floor,full,lora,smt_1pct,smt_matched", help="methods also run compiled")
+    p.add_argument("--gw", action="store_true", help="also measure the cost of GW selection")
+    p.add_argument("--cprofile", default=None, help="instead: profile the host side of 5 eager steps of this method (cProfile)")
     a = p.parse_args()
-    results = []
+    layers = a.layers or SHAPES[a.shape]["layers"]
+    methods, modes = a.methods.split(","), a.modes.split(",")
 
-    def measure(name, make):
-        "Build with `make() -> (model, params)`, time it, then free everything before the next method."
-        model, params = make()
-        results.append(run(name, model, params))
-        del model, params
-        gc.collect(); torch.cuda.empty_cache()
-        assert torch.cuda.memory_allocated() < 2**28, "memory left over from the previous method would skew the next peak"
-
-    def frozen():
-        model = build(a.layers); model.requires_grad_(False); model.enable_input_require_grads(); return model, []
-    def full():
-        model = build(a.layers); return model, list(model.parameters())
-    measure("floor (frozen)", frozen)
-    measure("full fine-tuning", full)
-
-    from peft import LoraConfig, get_peft_model
-    shapes = [(m.out_features, m.in_features) for m in find_targets(build(a.layers), TARGETS).values()]
-    gc.collect(); torch.cuda.empty_cache()
+    shapes = [(m.out_features, m.in_features) for m in find_targets(build(a.shape, layers), TARGETS).values()]
+    free()
     target_values, lora_values = sum(o * i for o, i in shapes), lora_params(a.lora_rank, shapes)
     matched = lora_values / target_values
 
-    def lora(rank):
-        model = get_peft_model(build(a.layers), LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=TARGETS))
+    def frozen():
+        model = build(a.shape, layers); model.requires_grad_(False); model.enable_input_require_grads(); return model, []
+    def full():
+        model = build(a.shape, layers); return model, list(model.parameters())
+    def lora():
+        from peft import LoraConfig, get_peft_model
+        r = a.lora_rank
+        model = get_peft_model(build(a.shape, layers), LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=TARGETS))
         return model, [p for p in model.parameters() if p.requires_grad]
-    def smt(sparsity):
-        model = prepare_smt(build(a.layers), SMTConfig(block_size=256, sparsity=sparsity, method="random", target_modules=TARGETS))
+    def smt(sparsity, dtype=torch.bfloat16):
+        model = prepare_smt(build(a.shape, layers, dtype), SMTConfig(block_size=256, sparsity=sparsity, method="random", target_modules=TARGETS))
         return model, smt_parameters(model)
-    for sparsity in (0.01, matched, 0.10):  # each SMT budget next to LoRA with the same number of trainable values
-        rank = a.lora_rank if sparsity == matched else max(1, round(lora_rank_for(sparsity * target_values, shapes)))
-        measure(f"LoRA r={rank} (peft)", lambda: lora(rank))
-        measure(f"SMT {sparsity:.2%}" + (f" (= LoRA r={a.lora_rank})" if sparsity == matched else ""), lambda: smt(sparsity))
-
-    busy = {}
-    for name, make in (("floor", frozen), ("smt_matched", lambda: smt(matched))):
+    makers = {"floor": ("floor (frozen)", frozen, False), "full": ("full fine-tuning", full, False),
+              "lora": (f"LoRA r={a.lora_rank} (peft)", lora, False), "smt_1pct": ("SMT 1%", lambda: smt(0.01), False),
+              "smt_matched": (f"SMT {matched:.2%} (= LoRA r={a.lora_rank})", lambda: smt(matched), False),
+              "smt_matched_autocast": (f"SMT {matched:.2%}, fp32 weights + bf16 autocast", lambda: smt(matched, torch.float32), True)}
+    if a.cprofile:
+        import cProfile, pstats
+        name, make, autocast = makers[a.cprofile]
         model, params = make()
-        busy[name] = gpu_busy(model, params)
-        del model, params; gc.collect(); torch.cuda.empty_cache()
-        print(f"{name} profiled: wall {busy[name]['wall_ms']:.1f} ms/step, GPU kernels {busy[name]['gpu_kernel_ms']:.1f} ms/step (profiler on)")
-
-    gw = gw_cost(a.layers)
-    for v in ("gw_hooks", "full_gradients"): gw[v]["extra_over_floor_gib"] = gw[v]["extra_peak_gib"] - gw["floor"]["extra_peak_gib"]
-    print(f"GW extra memory over the warm-up floor: hooks {gw['gw_hooks']['extra_over_floor_gib']:.2f} GiB, "
-          f"full gradients {gw['full_gradients']['extra_over_floor_gib']:.2f} GiB")
-    floor = results[0]
+        opt, b = torch.optim.AdamW(params, lr=1e-5) if params else None, batch()
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast): loss = model(**b).loss
+            loss.backward()
+            if opt: opt.step(); opt.zero_grad(set_to_none=True)
+        for _ in range(3): step()
+        torch.cuda.synchronize()
+        with cProfile.Profile() as prof:
+            for _ in range(5): step()
+            torch.cuda.synchronize()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        return
+    results = []
+    for mode in modes:
+        for key in [m for m in methods if mode == "eager" or m in a.compiled_methods.split(",")]:
+            name, make, autocast = makers[key]
+            model, params = make()
+            results.append(run(name + (" compiled" if mode == "compiled" else ""), model, params, mode == "compiled", autocast))
+            results[-1]["key"] = key
+            del model, params; free()
+            torch._dynamo.reset()
+            assert torch.cuda.memory_allocated() < 2**28, "memory left over from the previous method would skew the next peak"
     for r in results:
-        r["speed_vs_floor"] = r["tokens_per_s"] / floor["tokens_per_s"]; r["memory_vs_floor"] = r["peak_gib"] / floor["peak_gib"]
-    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, model=f"Llama-3.2-1B shape, {a.layers} layers, random weights",
-                batch=f"{BATCH} x {SEQ} tokens", dtype="bf16 weights, AdamW", steps=f"{WARMUP} warm-up + {STEPS} timed",
+        floor = next((f for f in results if f["key"] == "floor" and f["compiled"] == r["compiled"]), None)
+        if floor:
+            r["speed_vs_floor"] = r["tokens_per_s"] / floor["tokens_per_s"]; r["memory_vs_floor"] = r["peak_gib"] / floor["peak_gib"]
+    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, shape=a.shape,
+                model=f"Llama-{'3.2-1B' if a.shape == '1b' else '3-8B'} layer shapes, {layers} layers, random weights",
+                batch=f"{BATCH} x {SEQ} tokens", dtype="bf16 weights, AdamW (autocast row: float32 weights, bf16 autocast)",
+                steps=f"{WARMUP} warm-up (compiling) + {STEPS} timed one by one (median)", compile="torch.compile(model), default mode",
                 lora_values=lora_values, target_values=target_values)
-    print("\nmethod                  tok/s     vs floor   peak GiB  vs floor")
+    out = dict(meta=meta, results=results)
+    if a.gw: out["gw_selection"] = gw_cost(a.shape, layers)
+    print(f"\n{meta['model']}, {meta['device']}\nmethod                                          tok/s  vs floor  peak GiB  vs floor  kernels")
     for r in results:
-        print(f"{r['method']:<22} {r['tokens_per_s']:>8.0f}   {r['speed_vs_floor']:6.3f}   {r['peak_gib']:7.2f}   {r['memory_vs_floor']:6.3f}")
+        print(f"{r['method']:<44} {r['tokens_per_s']:>8.0f}  {r.get('speed_vs_floor', float('nan')):7.3f}  {r['peak_gib']:7.2f}  "
+              f"{r.get('memory_vs_floor', float('nan')):7.3f}  {r['kernels_per_step']:7.0f}")
     if a.json:
-        with open(a.json, "w") as f: json.dump(dict(meta=meta, results=results, gw_selection=gw, smt_profile=busy), f, indent=1)
+        with open(a.json, "w") as f: json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -29,15 +29,23 @@ def layer_figure(runs: dict):
 
 
 def model_figure(data: dict):
-    "Tokens/s and peak memory relative to the frozen floor for every method."
+    "Tokens/s and peak memory relative to the frozen floor for every method, eager and compiled side by side."
     res = data["results"]
-    names = [r["method"] for r in res]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
-    a.barh(names, [r["speed_vs_floor"] for r in res]); a.axvline(0.9, color="red", ls="--", lw=0.8, label="goal 0.9")
-    a.set_xlabel("tokens/s ÷ floor"); a.invert_yaxis(); a.legend(fontsize=7)
-    b.barh(names, [r["memory_vs_floor"] for r in res]); b.axvline(1.1, color="red", ls="--", lw=0.8, label="goal 1.1")
-    b.set_xlabel("peak memory ÷ floor"); b.invert_yaxis(); b.legend(fontsize=7)
-    fig.suptitle(f"{data['meta']['model']}, {data['meta']['batch']}, {data['meta']['device']}", fontsize=9)
+    keys = list(dict.fromkeys(r["key"] for r in res))
+    names = {r["key"]: r["method"].removesuffix(" compiled") for r in res}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.55 * len(keys) + 1.6))
+    for ax, metric, goal, label in ((axes[0], "speed_vs_floor", 0.9, "tokens/s ÷ floor (higher is better)"),
+                                    (axes[1], "memory_vs_floor", 1.12, "peak memory ÷ floor (lower is better)")):
+        for shift, compiled, colour in ((-0.2, False, "tab:blue"), (0.2, True, "tab:orange")):
+            rows = {r["key"]: r for r in res if r["compiled"] == compiled}
+            ys = [i + shift for i, k in enumerate(keys) if k in rows]
+            ax.barh(ys, [rows[k][metric] for k in keys if k in rows], 0.4, color=colour,
+                    label="torch.compile" if compiled else "eager")
+        ax.axvline(goal, color="red", ls="--", lw=0.8, label=f"goal {goal}")
+        ax.set_yticks(range(len(keys)), [names[k] for k in keys], fontsize=8); ax.invert_yaxis()
+        ax.set_xlabel(label); ax.legend(fontsize=7)
+    meta = data["meta"]
+    fig.suptitle(f"{meta['model']}, {meta['batch']}, {meta['device']} — each bar relative to the floor of its own mode", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -48,5 +56,6 @@ def load_layer_runs():
 
 if __name__ == "__main__":
     layer_figure(load_layer_runs()).savefig(RESULTS / "layer.png", dpi=110)
-    model_figure(json.loads((RESULTS / "model.json").read_text())).savefig(RESULTS / "model.png", dpi=110)
-    print("wrote", RESULTS / "layer.png", RESULTS / "model.png")
+    for shape in ("1b", "8b"):
+        model_figure(json.loads((RESULTS / f"model_{shape}.json").read_text())).savefig(RESULTS / f"model_{shape}.png", dpi=110)
+    print("wrote", RESULTS / "layer.png", RESULTS / "model_1b.png", RESULTS / "model_8b.png")

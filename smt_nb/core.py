@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 from torch import Tensor
+from torch.distributed.tensor import DTensor, distribute_tensor
 from safetensors import safe_open, SafetensorError
 from safetensors.torch import save_file, load_file
 
@@ -27,7 +28,7 @@ import smt_nb
 from .atomic import atomic_write
 from .blocks import BlockGrid, STATISTICS, BUDGETS, TIE_RULES, gather_blocks, check_groups, name_matches
 from .layers import (SMTLinear, keep_4bit_differentiable, is_supported, is_bnb_quantized, logical_shape, dequantized_weight,
-                           write_blocks, check_blocks)
+                           write_blocks, check_blocks, sync_blocks, PATHS)
 from .selection import Selection, SCORERS, ACCUMULATIONS, make_selection, selection_to_dict, selection_from_dict
 
 # %% auto #0
@@ -36,9 +37,9 @@ __all__ = ['ALL_LINEAR', 'DEFAULT_TARGETS', 'CROSS_ATTENTION', 'MODEL_METHODS', 
            'output_head_names', 'module_owners', 'check_not_shared', 'find_targets', 'make_grids', 'model_method',
            'smt_layers', 'check_selection_fits', 'as_config', 'prepare_smt', 'trainable_report',
            'print_trainable_parameters', 'block_sketch', 'storage_kind', 'fingerprint', 'base_model_name',
-           'adapter_meta', 'save_smt', 'check_fingerprint', 'resolve_adapter', 'read_adapter', 'load_smt',
-           'save_pretrained', 'push_to_hub', 'merged_float_linear', 'merge_and_unload', 'disable_adapter', 'unload',
-           'get_nb_trainable_parameters']
+           'adapter_meta', 'whole', 'assign_whole', 'is_sharded', 'save_smt', 'check_fingerprint', 'resolve_adapter',
+           'read_adapter', 'load_smt', 'save_pretrained', 'push_to_hub', 'merged_float_linear', 'merge_and_unload',
+           'disable_adapter', 'unload', 'switch_path', 'get_nb_trainable_parameters']
 
 # %% ../nbs/05_core.ipynb #c96047a2
 ALL_LINEAR = "all-linear"  # PEFT's shorthand: every linear layer but the output head
@@ -328,17 +329,34 @@ def adapter_meta(model: nn.Module) -> dict:
                 config=_config_dict(model.smt_config), selection=selection_to_dict(Selection(sel.blocks, sel.grids, {}, sel.meta)),
                 fingerprint={n: fingerprint(l.base_blocks, logical_shape(l.base_layer), storage_kind(l)) for n, l in smt_layers(model).items()})
 
+def whole(t: Tensor) -> Tensor:
+    "The whole tensor behind a parameter that FSDP2 may have sharded: a DTensor is gathered (a collective: every rank calls it)."
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+def assign_whole(param: Tensor, value: Tensor):
+    "Copy a whole tensor into `param`; an FSDP2 shard keeps its own part of it (each rank reads the same file: no communication)."
+    with torch.no_grad():
+        if isinstance(param, DTensor):
+            value = distribute_tensor(value.to(param.device, param.dtype), param.device_mesh, param.placements, src_data_rank=None)
+        param.copy_(value)
+
+def is_sharded(model: nn.Module) -> bool:
+    "Whether FSDP2 has sharded the SMT deltas of `model` (then saving gathers them on every rank and rank 0 writes)."
+    return any(isinstance(l.smt_delta, DTensor) for l in smt_layers(model).values())
+
 @model_method
 def save_smt(model: nn.Module, save_directory: str | Path):
     "Save the trained blocks, their indices, the config and a base fingerprint to `save_directory` (each file replaced atomically)."
     layers = smt_layers(model)
     if not layers: raise ValueError("This model has no SMT layers to save; call prepare_smt(model, ...) first.")
-    bad = [n for n, l in layers.items() if not torch.isfinite(l.smt_delta).all()]
+    deltas = {n: whole(l.smt_delta.detach()) for n, l in layers.items()}  # under FSDP2: gathered on every rank, deltas only
+    bad = [n for n, d in deltas.items() if not torch.isfinite(d).all()]
     if bad: raise ValueError(f"Not saved: the deltas of {bad[0]} (and {len(bad) - 1} more) are not finite; a diverged run must not "
                              "overwrite a good adapter. Lower the learning rate or resume from an earlier checkpoint.")
+    if is_sharded(model) and torch.distributed.get_rank() != 0: return  # one writer; every rank took part in the gathering
     out = Path(save_directory)
     meta = json.dumps(adapter_meta(model), indent=1)
-    tensors = {f"{n}.smt_delta": l.smt_delta.detach().cpu().contiguous() for n, l in layers.items()}
+    tensors = {f"{n}.smt_delta": d.cpu().contiguous() for n, d in deltas.items()}
     with atomic_write(out / ADAPTER_WEIGHTS) as tmp:  # first: the weights file carries the whole config, so it alone is complete
         save_file(tensors, tmp, metadata={"format": "pt", "library": "smt_nb", "smt_nb_adapter": meta})
     with atomic_write(out / ADAPTER_CONFIG) as tmp: tmp.write_text(meta)
@@ -472,12 +490,14 @@ def load_smt(model: nn.Module, load_directory: str | Path, check_base: bool = Tr
     try:
         if fresh: prepare_smt(model, config, selection=sel)
         with torch.no_grad():
-            for n, layer in smt_layers(model).items(): layer.smt_delta.copy_(tensors[f"{n}.smt_delta"])
+            for n, layer in smt_layers(model).items(): assign_whole(layer.smt_delta, tensors[f"{n}.smt_delta"])
+        sync_blocks(model)  # in-place layers: the weight holds base + the loaded Δ (compiled forwards do not check)
     except BaseException:
         if fresh and smt_layers(model): unload(model)  # back to the untouched base
         with torch.no_grad():
             for n, layer in smt_layers(model).items():
                 if n in before: layer.smt_delta.copy_(before[n])
+        sync_blocks(model)
         raise
     return model
 
@@ -562,6 +582,19 @@ def unload(model: nn.Module) -> nn.Module:
     for name, layer in smt_layers(model).items():
         layer.unmerge(); _set_module(model, name, layer.base_layer)
     _restore_plain_model(model)
+    return model
+
+@model_method
+def switch_path(model: nn.Module, path: str) -> nn.Module:
+    "Run every SMT layer on `path`; e.g. 'reference' before FSDP2 shards the base weights, which the in-place path writes into."
+    if path not in PATHS: raise ValueError(f"Unknown path {path!r}; choose one of {PATHS}.")
+    layers = smt_layers(model)
+    quantized = [n for n, l in layers.items() if l.quantized]
+    if quantized and path != "additive": raise ValueError(f"{quantized[0]} has a 4/8-bit base, which needs the additive path.")
+    for layer in layers.values():
+        layer.unmerge()  # the original blocks back in the weight
+        layer.path = path
+        if path == "inplace": layer._write_blocks()
     return model
 
 @model_method

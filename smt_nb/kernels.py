@@ -13,7 +13,8 @@ from torch import Tensor
 from .blocks import BlockGrid
 
 # %% auto #0
-__all__ = ['triton_available', 'kernel_applies', 'sddmm_blocks_triton', 'random_sddmm_problem', 'kernel_error', 'kernel_repeats']
+__all__ = ['triton_available', 'kernel_applies', 'launch_plan', 'symbolic_launch_plan', 'sddmm_blocks_triton',
+           'write_blocks_triton', 'random_sddmm_problem', 'kernel_error', 'kernel_repeats']
 
 # %% ../nbs/04a_kernels.ipynb #9299f46a
 import os
@@ -41,14 +42,14 @@ def _sddmm_kernel():
     import triton.language as tl
 
     @triton.jit
-    def sddmm_blocks(G, X, OUT, ROWS, XOFF, T, tokens_per_split, out_features, x_width, stride_g, stride_x,
+    def sddmm_blocks(G, X, OUT, ROWS, XCOL, T, tokens_per_split, out_features, x_width, stride_g, stride_x,
                      B: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, IEEE: tl.constexpr, EVEN: tl.constexpr):
         k = tl.program_id(0)                       # which selected block
         tile = tl.program_id(1)                    # which BM×BN tile of it
         split = tl.program_id(2)                   # which slice of the tokens
         tm, tn = tile // (B // BN), tile % (B // BN)
         row0 = tl.load(ROWS + k) * B               # first output feature of the block's row strip
-        col0 = tl.load(XOFF + k)                   # first column of its input strip in X
+        col0 = tl.load(XCOL + k) * B               # first column of its input strip in X
         offs_m = tm * BM + tl.arange(0, BM)
         offs_n = tn * BN + tl.arange(0, BN)
         g_cols, x_cols = row0 + offs_m, col0 + offs_n
@@ -75,28 +76,83 @@ def _sddmm_kernel():
 
 # %% ../nbs/04a_kernels.ipynb #7e72e25d
 @functools.cache
-def _sm_count(device) -> int: return torch.cuda.get_device_properties(device).multi_processor_count
+def _programs_target(device) -> int: return 2 * torch.cuda.get_device_properties(device).multi_processor_count
 
-def sddmm_blocks_triton(g2: Tensor, x: Tensor, rows: Tensor, x_offsets: Tensor, x_width: int, grid: BlockGrid,
-                        n_programs_target: int | None = None) -> Tensor:
-    "Selected b×b tiles of `g2ᵀ x` with Triton: `g2` (T, out), `x` (T, ≥x_width), block rows and x column offsets -> (n, b, b) fp32."
-    T, b, n = g2.shape[0], grid.block_size, len(rows)
-    g2, x = g2.contiguous(), x.contiguous()
-    tile = min(b, 64 if g2.dtype == torch.float32 else 128)
+@functools.lru_cache(maxsize=4096)
+def launch_plan(T: int, n: int, b: int, out_features: int, x_width: int, fp32: bool, n_programs_target: int) -> tuple:
+    "(tile, tiles per block, token tile, splits, tokens per split, unmasked) for one problem shape: host arithmetic done once per shape."
+    tile = min(b, 64 if fp32 else 128)
     tiles = (b // tile) ** 2
-    if n_programs_target is None: n_programs_target = 2 * _sm_count(g2.device) if g2.is_cuda else 1
-    bk = 32 if g2.dtype == torch.float32 else 64
-    splits = max(1, min(math.ceil(n_programs_target / max(1, n * tiles)), math.ceil(T / (4 * bk))))
+    bk = 32 if fp32 else 64
+    splits = max(1, min(math.ceil(n_programs_target / max(1, n * tiles)), math.ceil(T / (4 * bk))))  # enough programs to fill the GPU
     per_split = math.ceil(T / splits / bk) * bk
     splits = math.ceil(T / per_split)
-    if n == 0 or T == 0: return torch.zeros(n, b, b, device=g2.device, dtype=torch.float32)
+    even = out_features % b == 0 and x_width % b == 0 and T % per_split == 0 and per_split % bk == 0
+    return tile, tiles, bk, splits, per_split, even
+
+def symbolic_launch_plan(T, n: int, b: int, fp32: bool, n_programs_target: int) -> tuple:
+    "`launch_plan` for a token count only known symbolically (torch.compile with dynamic shapes): splits from the blocks alone, masked loads."
+    tile, bk = min(b, 64 if fp32 else 128), 32 if fp32 else 64
+    tiles = (b // tile) ** 2
+    splits = max(1, math.ceil(n_programs_target / max(1, n * tiles)))
+    per_split = ((T + splits - 1) // splits + bk - 1) // bk * bk  # a symbolic integer; splits past the end add zeros
+    return tile, tiles, bk, splits, per_split, False
+
+def sddmm_blocks_triton(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block_size: int,
+                        n_programs_target: int | None = None, launch=None) -> Tensor:
+    "Selected b×b tiles of `g2ᵀ x` with Triton: `g2` (T, out), `x` (T, W), block `k` at row strip `rows[k]`, column strip `cols[k]` of `x` -> (n, b, b) fp32."
+    T, n, b = g2.shape[0], rows.shape[0], block_size
+    if n == 0: return torch.zeros(n, b, b, device=g2.device, dtype=torch.float32)
+    if n_programs_target is None: n_programs_target = _programs_target(g2.device)
+    fp32 = g2.dtype == torch.float32
+    if isinstance(T, int):
+        if T == 0: return torch.zeros(n, b, b, device=g2.device, dtype=torch.float32)
+        tile, tiles, bk, splits, per_split, even = launch_plan(T, n, b, g2.shape[1], x.shape[1], fp32, n_programs_target)
+    else: tile, tiles, bk, splits, per_split, even = symbolic_launch_plan(T, n, b, fp32, n_programs_target)
+    g2, x = g2.contiguous(), x.contiguous()
     partial = torch.empty(splits, n, b, b, device=g2.device, dtype=torch.float32)  # every element is written by the kernel
-    even = grid.out_features % b == 0 and x_width % b == 0 and T % per_split == 0 and per_split % bk == 0
-    kernel = _sddmm_kernel()
-    kernel[(n, tiles, splits)](g2, x, partial, rows.contiguous(), x_offsets.contiguous(), T, per_split, grid.out_features, x_width,
-                               g2.stride(0), x.stride(0), B=b, BM=tile, BN=tile, BK=bk, IEEE=g2.dtype == torch.float32,
+    kernel = (launch or (lambda k: k))(_sddmm_kernel())  # `launch`: torch.library.wrap_triton inside a compiled graph
+    kernel[(n, tiles, splits)](g2, x, partial, rows.contiguous(), cols.contiguous(), T, per_split, g2.shape[1], x.shape[1],
+                               g2.stride(0), x.stride(0), B=b, BM=tile, BN=tile, BK=bk, IEEE=fp32,
                                EVEN=even, num_warps=4 if tile <= 64 else 8, num_stages=3)
     return partial[0] if splits == 1 else partial.sum(0)  # (n, b, b); torch's reduction is deterministic
+
+# %% ../nbs/04a_kernels.ipynb #889e6975
+@functools.cache
+def _write_kernel():
+    "Build the grouped block-write kernel on first use."
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def write_blocks(TABLE, B: tl.constexpr, BT: tl.constexpr, DTYPE: tl.constexpr):
+        k = tl.program_id(0)                                   # which block, over all layers of the group
+        tile = tl.program_id(1)                                # which BT×BT tile of it
+        row = TABLE + k * 9                                    # int64: weight, stride_out, stride_in, row0, col0, rows, cols, Δ, base
+        w = tl.load(row).to(tl.pointer_type(DTYPE))
+        stride_out, stride_in = tl.load(row + 1), tl.load(row + 2)
+        row0, col0 = tl.load(row + 3), tl.load(row + 4)
+        n_rows, n_cols = tl.load(row + 5), tl.load(row + 6)    # real rows and columns of this block (fewer at ragged edges)
+        delta = tl.load(row + 7).to(tl.pointer_type(tl.float32))
+        base = tl.load(row + 8).to(tl.pointer_type(DTYPE))
+        i = (tile // (B // BT)) * BT + tl.arange(0, BT)
+        j = (tile % (B // BT)) * BT + tl.arange(0, BT)
+        mask = (i[:, None] < n_rows) & (j[None, :] < n_cols)
+        d = tl.load(delta + i[:, None] * B + j[None, :], mask=mask)
+        b = tl.load(base + i[:, None] * B + j[None, :], mask=mask)
+        value = (b.to(tl.float32) + d.to(DTYPE).to(tl.float32)).to(DTYPE)  # PyTorch's base + Δ.to(dtype): one rounding
+        tl.store(w + (row0 + i[:, None]) * stride_out + (col0 + j[None, :]) * stride_in, value, mask=mask)
+
+    return write_blocks
+
+_TRITON_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+def write_blocks_triton(table: Tensor, n_blocks: int, block_size: int, dtype: torch.dtype):
+    "Write base + Δ for `n_blocks` blocks described by `table` (n_blocks, 9) int64 on the GPU, one launch; see above for the columns."
+    import triton.language as tl
+    tile = min(block_size, 64)
+    _write_kernel()[(n_blocks, (block_size // tile) ** 2)](table, B=block_size, BT=tile, DTYPE=getattr(tl, _TRITON_DTYPES[dtype]),
+                                                          num_warps=4)
 
 # %% ../nbs/04a_kernels.ipynb #94143f61
 def random_sddmm_problem(T, out_f, in_f, b, n, seed, device):
@@ -113,15 +169,15 @@ def kernel_error(T=40, out_f=45, in_f=70, b=16, n=5, splits_target=1, seed=0, de
     from smt_nb.layers import sampled_block_grad, column_strips, strip_plan
     grid, blocks, g2, x2 = random_sddmm_problem(T, out_f, in_f, b, n, seed, device)
     ref = sampled_block_grad(g2, column_strips(x2, grid), blocks[:, 0], blocks[:, 1], grid)
-    whole = sddmm_blocks_triton(g2, x2, blocks[:, 0], blocks[:, 1] * b, in_f, grid, n_programs_target=splits_target)
+    whole = sddmm_blocks_triton(g2, x2, blocks[:, 0], blocks[:, 1], b, n_programs_target=splits_target)
     strips, pos = strip_plan(blocks[:, 1])
     xs = column_strips(x2, grid, strips).reshape(T, -1)
-    from_strips = sddmm_blocks_triton(g2, xs, blocks[:, 0], pos * b, xs.shape[1], grid, n_programs_target=splits_target)
+    from_strips = sddmm_blocks_triton(g2, xs, blocks[:, 0], pos, b, n_programs_target=splits_target)
     return max(((o - ref).norm() / ref.norm()).item() for o in (whole, from_strips))
 
 def kernel_repeats(T=8192, out_f=576, in_f=1536, b=64, n=3, repeats=10, seed=0, device="cuda") -> bool:
     "Does the kernel give the same bits on every call with the same inputs? Few blocks and many tokens: many token splits."
     grid, blocks, g2, x2 = random_sddmm_problem(T, out_f, in_f, b, n, seed, device)
-    def once(): return sddmm_blocks_triton(g2, x2, blocks[:, 0], blocks[:, 1] * b, in_f, grid)
+    def once(): return sddmm_blocks_triton(g2, x2, blocks[:, 0], blocks[:, 1], b)
     first = once()
     return all(torch.equal(first, once()) for _ in range(repeats))

@@ -9,19 +9,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from torch.optim.optimizer import register_optimizer_step_post_hook
+import itertools
 import warnings
 import weakref
 from transformers.pytorch_utils import Conv1D
 
 from .blocks import BlockGrid, gather_blocks, scatter_blocks
-from .kernels import kernel_applies, sddmm_blocks_triton
+from .kernels import kernel_applies, sddmm_blocks_triton, write_blocks_triton, _TRITON_DTYPES
 
 # %% auto #0
 __all__ = ['SUPPORTED_LAYERS', 'PATHS', 'is_float_linear', 'logical_weight', 'is_bnb_quantized', 'is_supported', 'logical_shape',
            'dequantized_weight', 'strip_plan', 'column_strips', 'sampled_block_grad', 'block_gradients',
            'effective_weight', 'SMTLinearFunction', 'block_sparse_matmul', 'block_sparse_matmul_t',
            'BlockDeltaFunction', 'default_path', 'check_blocks', 'padding_mask', 'SMTLinear', 'write_blocks',
-           'compute_dtype', 'keep_4bit_differentiable']
+           'sync_blocks', 'write_layers', 'compute_dtype', 'InplaceSMTFunction', 'keep_4bit_differentiable']
 
 # %% ../nbs/04_layers.ipynb #b0187c0f
 SUPPORTED_LAYERS = (nn.Linear, Conv1D)
@@ -89,15 +90,22 @@ def sampled_block_grad(g2: Tensor, strips: Tensor, rows: Tensor, strip_idx: Tens
     return out
 
 # %% ../nbs/04_layers.ipynb #7f04f354
-def block_gradients(g2: Tensor, saved: Tensor, blocks: Tensor, block_strip: Tensor, grid: BlockGrid, keep_x: bool) -> Tensor:
-    "(n, b, b) gradients of the blocks from the output gradient `g2` (T, out) and the saved input (x, or its strips)."
-    b = grid.block_size
-    if kernel_applies(g2, b):
-        x = saved if keep_x else saved.reshape(saved.shape[0], -1)            # (T, in) or (T, S·b), read in place
-        offsets = (blocks[:, 1] if keep_x else block_strip) * b
-        return sddmm_blocks_triton(g2, x, blocks[:, 0], offsets, grid.in_features if keep_x else x.shape[1], grid)
-    strips = column_strips(saved, grid) if keep_x else saved                  # (T, S, b)
-    return sampled_block_grad(g2, strips, blocks[:, 0], blocks[:, 1] if keep_x else block_strip, grid)
+def _block_gradients(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block_size: int) -> Tensor:
+    if kernel_applies(g2, block_size): return sddmm_blocks_triton(g2, x, rows, cols, block_size)
+    grid = BlockGrid(g2.shape[1], x.shape[1], block_size)
+    return sampled_block_grad(g2, column_strips(x, grid), rows, cols, grid).float()
+
+@torch.library.triton_op("smt_nb::block_gradients", mutates_args=())
+def _block_gradients_op(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block_size: int) -> Tensor:
+    if kernel_applies(g2, block_size):  # the compiler sees the Triton kernel itself and launches it from its own code
+        return sddmm_blocks_triton(g2, x, rows, cols, block_size, launch=torch.library.wrap_triton)
+    grid = BlockGrid(g2.shape[1], x.shape[1], block_size)
+    return sampled_block_grad(g2, column_strips(x, grid), rows, cols, grid).float()
+
+def block_gradients(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block_size: int) -> Tensor:
+    "(n, b, b) float32 tiles of `g2ᵀ x` at row strips `rows` and column strips `cols`: `g2` (T, out), `x` (T, W), the input or its saved strips."
+    if torch.compiler.is_compiling(): return _block_gradients_op(g2, x, rows, cols, block_size)  # one opaque node in the graph
+    return _block_gradients(g2, x, rows, cols, block_size)
 
 # %% ../nbs/04_layers.ipynb #d37ea323
 def effective_weight(weight: Tensor, delta: Tensor, grid: BlockGrid, blocks: Tensor) -> Tensor:
@@ -109,26 +117,26 @@ def _as(t: Tensor | None, dtype: torch.dtype) -> Tensor | None: return None if t
 class SMTLinearFunction(torch.autograd.Function):
     "y = x (W + ΔW)ᵀ + bias with gradients for x and the block deltas only (`written`: W already holds the blocks)."
     @staticmethod
-    def forward(ctx, x, weight, bias, delta, blocks, strips, block_strip, grid, keep_x, written=False):
+    def forward(ctx, x, weight, bias, delta, blocks, rows, strips, x_cols, grid, keep_x, written=False):
         w = weight if written else effective_weight(weight, delta, grid, blocks)  # in the stored dtype: W + ΔW is not rounded twice
         y = F.linear(x, w.to(x.dtype), _as(bias, x.dtype))                   # (..., out), in x's (the compute) dtype
         x2 = x.reshape(-1, grid.in_features)                                 # (T, in)
-        saved = x2 if keep_x else column_strips(x2, grid, strips)            # (T, in) or (T, S, b)
-        ctx.save_for_backward(saved, weight, delta, blocks, block_strip)
+        saved = x2 if keep_x else column_strips(x2, grid, strips).flatten(1) # (T, in) or (T, S·b)
+        ctx.save_for_backward(saved, weight, delta, blocks, rows, x_cols)
         ctx.grid, ctx.keep_x, ctx.written = grid, keep_x, written
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        saved, weight, delta, blocks, block_strip = ctx.saved_tensors
+        saved, weight, delta, blocks, rows, x_cols = ctx.saved_tensors
         grid, gx, gdelta = ctx.grid, None, None
         if ctx.needs_input_grad[0]:
             w = weight if ctx.written else effective_weight(weight, delta, grid, blocks)
             gx = gy @ w.to(gy.dtype)                                            # (..., in)
         if ctx.needs_input_grad[3]:
             g2 = gy.reshape(-1, grid.out_features)                              # (T, out)
-            gdelta = block_gradients(g2, saved, blocks, block_strip, grid, ctx.keep_x).to(delta.dtype)  # float32, like the deltas
-        return gx, None, None, gdelta, None, None, None, None, None, None
+            gdelta = block_gradients(g2, saved, rows, x_cols, grid.block_size).to(delta.dtype)  # float32, like the deltas
+        return gx, None, None, gdelta, None, None, None, None, None, None, None
 
 # %% ../nbs/04_layers.ipynb #5bd05d32
 def block_sparse_matmul(x2: Tensor, delta: Tensor, blocks: Tensor, grid: BlockGrid) -> Tensor:
@@ -158,23 +166,23 @@ def block_sparse_matmul_t(g2: Tensor, delta: Tensor, blocks: Tensor, grid: Block
 class BlockDeltaFunction(torch.autograd.Function):
     "x ΔWᵀ for block-sparse ΔW, with gradients for x and the block deltas; added to a frozen base layer's output."
     @staticmethod
-    def forward(ctx, x, delta, blocks, strips, block_strip, grid, keep_x):
+    def forward(ctx, x, delta, blocks, rows, strips, x_cols, grid, keep_x):
         x2 = x.reshape(-1, grid.in_features)                                   # (T, in)
         y = block_sparse_matmul(x2, delta.to(x.dtype), blocks, grid)           # (T, out)
-        ctx.save_for_backward(x2 if keep_x else column_strips(x2, grid, strips), delta, blocks, block_strip)
+        ctx.save_for_backward(x2 if keep_x else column_strips(x2, grid, strips).flatten(1), delta, blocks, rows, x_cols)
         ctx.grid, ctx.keep_x, ctx.x_shape = grid, keep_x, x.shape
         return y.view(*x.shape[:-1], grid.out_features)
 
     @staticmethod
     def backward(ctx, gy):
-        saved, delta, blocks, block_strip = ctx.saved_tensors
+        saved, delta, blocks, rows, x_cols = ctx.saved_tensors
         grid, gx, gdelta = ctx.grid, None, None
         g2 = gy.reshape(-1, grid.out_features)                                 # (T, out)
         if ctx.needs_input_grad[0]:
             gx = block_sparse_matmul_t(g2, delta.to(gy.dtype), blocks, grid).view(ctx.x_shape)
         if ctx.needs_input_grad[1]:
-            gdelta = block_gradients(g2, saved, blocks, block_strip, grid, ctx.keep_x).to(delta.dtype)
-        return gx, gdelta, None, None, None, None, None
+            gdelta = block_gradients(g2, saved, rows, x_cols, grid.block_size).to(delta.dtype)
+        return gx, gdelta, None, None, None, None, None, None
 
 # %% ../nbs/04_layers.ipynb #00ea7c12
 PATHS = ("reference", "inplace", "additive")
@@ -203,6 +211,8 @@ def padding_mask(grid: BlockGrid, blocks: Tensor) -> Tensor:
     return gather_blocks(ones, grid, blocks)
 
 # %% ../nbs/04_layers.ipynb #b57b1d27
+_SERIALS = itertools.count()
+
 class SMTLinear(nn.Module):
     "A frozen `nn.Linear` or `Conv1D` plus trainable b×b blocks, stored as deltas in one (n, b, b) parameter."
     def __init__(self, base_layer: nn.Module, blocks: Tensor, block_size: int, init_std: float = 0.0, path: str | None = None):
@@ -218,22 +228,26 @@ class SMTLinear(nn.Module):
         self.grid = BlockGrid(*logical_shape(base_layer), block_size)
         w = dequantized_weight(base_layer).detach()                       # a view, or a temporary float copy for bitsandbytes
         blocks = check_blocks(blocks, self.grid).cpu()
+        self._blocks_cpu = blocks                                         # for host-side planning without a device sync
+        self._serial = next(_SERIALS)                                     # never reused, unlike id(): keys cached write tables
         strips, block_strip = strip_plan(blocks[:, 1])                   # index planning on the CPU, then moved to the weight
         blocks, strips, block_strip = blocks.to(w.device), strips.to(w.device), block_strip.to(w.device)
-        for name, t in dict(blocks=blocks, strips=strips, block_strip=block_strip,
-                            base_blocks=gather_blocks(w, self.grid, blocks).clone()).items():
+        # keep x itself when the strips cover most of its columns: no copy, and x is usually saved anyway
+        self.keep_x = len(strips) * block_size >= 0.5 * self.grid.in_features
+        x_cols = blocks[:, 1] if self.keep_x else block_strip  # each block's column strip in what backward keeps
+        for name, t in dict(blocks=blocks, rows=blocks[:, 0].contiguous(), strips=strips, x_cols=x_cols.contiguous(),
+                            base_blocks=gather_blocks(w, self.grid, blocks).clone(memory_format=torch.contiguous_format)).items():
             self.register_buffer(name, t, persistent=False)  # the adapter file stores what matters
         device = w.device
         del w  # for a quantized base this was a temporary dequantized copy: nothing dense stays alive
-        # keep x itself when the strips cover most of its columns: no copy, and x is usually saved anyway
-        self.keep_x = len(strips) * block_size >= 0.5 * self.grid.in_features
         delta = torch.zeros(len(blocks), block_size, block_size, device=device, dtype=torch.float32)
         if init_std: delta = torch.randn_like(delta) * init_std * padding_mask(self.grid, blocks)
         self.smt_delta = nn.Parameter(delta)  # fp32 whatever the base dtype, like PEFT's adapters
         self.merged = False
         self._disabled = False        # PEFT's `disable_adapters`: forward runs the base layer alone
         self._written_version = None  # the delta version last written into the weight (in-place path)
-        self._stale = False           # an optimizer stepped the delta since that write (fused steps leave the version as it was)
+        self.register_load_state_dict_post_hook(lambda module, incompatible_keys: module.write_changed_blocks())
+        if self.path == "inplace": self._write_blocks()  # base + Δ in the weight from the start: forward never writes
 
     @property
     def weight(self) -> Tensor: return self.base_layer.weight  # as stored, so code that inspects `.weight` keeps working
@@ -253,38 +267,98 @@ class SMTLinear(nn.Module):
 
 # %% ../nbs/04_layers.ipynb #3786cd2e
 from fastcore.basics import patch
+from torch.autograd.graph import increment_version
+from torch.distributed.tensor import DTensor
 
 def write_blocks(w: Tensor, grid: BlockGrid, blocks: Tensor, values: Tensor):
     "Write (n, b, b) `values` into the selected blocks of `w` (out, in) in place; other entries are not touched."
     b = grid.block_size
+    if grid.out_features % b == 0 and grid.in_features % b == 0:  # whole blocks: one scatter into a (R, C, b, b) view of w
+        w.view(grid.n_rows, b, grid.n_cols, b).transpose(1, 2)[blocks[:, 0], blocks[:, 1]] = values.to(w.dtype)
+        return
     ar = torch.arange(b, device=w.device)
     rows = (blocks[:, 0, None] * b + ar).clamp(max=grid.out_features - 1)  # (n, b): padding rows fold onto the block's last real row
     cols = (blocks[:, 1, None] * b + ar).clamp(max=grid.in_features - 1)   # (n, b)
-    if grid.out_features % b or grid.in_features % b:                      # ragged: padding entries repeat their real neighbour's value,
-        k = torch.arange(len(blocks), device=w.device)[:, None, None]       # so the duplicate writes all agree
-        values = values[k, (rows - blocks[:, :1] * b)[:, :, None], (cols - blocks[:, 1:] * b)[:, None, :]]
+    k = torch.arange(len(blocks), device=w.device)[:, None, None]           # ragged: padding entries repeat their real neighbour's
+    values = values[k, (rows - blocks[:, :1] * b)[:, :, None], (cols - blocks[:, 1:] * b)[:, None, :]]  # value: duplicate writes agree
     w[rows[:, :, None], cols[:, None, :]] = values.to(w.dtype)           # one scatter, no host sync (no boolean masks)
 
 _WRITTEN_LAYERS: weakref.WeakSet = weakref.WeakSet()  # layers whose weight holds base + Δ (in-place path)
 
-def _blocks_stale_after_step(optimizer, args, kwargs):
-    "Fused optimizers (Trainer's default AdamW on CUDA) update parameters without bumping their version: mark stepped deltas stale."
-    if not _WRITTEN_LAYERS: return
-    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    for layer in list(_WRITTEN_LAYERS):
-        if id(layer.smt_delta) in stepped: layer._stale = True
-
-register_optimizer_step_post_hook(_blocks_stale_after_step)  # every optimizer, once per process
-
 @patch
 @torch.no_grad()
-def _write_blocks_if_changed(self: SMTLinear):
-    "Write base + Δ into the weight's blocks unless the weight already holds this Δ (its version, and no optimizer step since)."
-    if self._written_version == self.smt_delta._version and not self._stale: return
+def _write_blocks(self: SMTLinear):
+    "Write base + Δ into the weight's blocks and remember which version of Δ that was."
     merged = self.base_blocks + self.smt_delta.to(self.base_blocks.dtype)
     write_blocks(logical_weight(self.base_layer), self.grid, self.blocks, merged)
-    self._written_version, self._stale = self.smt_delta._version, False
+    self._written_version = self.smt_delta._version
     _WRITTEN_LAYERS.add(self)
+
+@patch
+def write_changed_blocks(self: SMTLinear):
+    "Rewrite the blocks if the weight holds base + Δ of an older Δ (changed by hand since the last write)."
+    if self._written_version is not None and self._written_version != self.smt_delta._version: self._write_blocks()
+
+def sync_blocks(model: nn.Module) -> int:
+    "Rewrite the blocks of every in-place SMT layer of `model` whose Δ changed since its last write; returns how many were rewritten."
+    layers = [m for m in model.modules() if isinstance(m, SMTLinear) and m._written_version is not None
+              and m._written_version != m.smt_delta._version]
+    for layer in layers: layer._write_blocks()
+    return len(layers)
+
+@patch
+def __setstate__(self: SMTLinear, state: dict):
+    "Copies (`copy.deepcopy`, pickle) carry the weight with its blocks written: register them for the optimizer step hook too."
+    nn.Module.__setstate__(self, state)
+    if self._written_version is not None:
+        self._written_version = self.smt_delta._version  # the copied weight holds the copied Δ
+        _WRITTEN_LAYERS.add(self)
+
+_TABLES: dict = {}  # grouped-write tables, by the layers and addresses they describe
+
+def _block_table(layers: list) -> tuple[Tensor, int]:
+    "The (n, 9) int64 table of `write_blocks_triton` for every block of `layers` (built once per set of addresses, then cached)."
+    key = tuple((l._serial, logical_weight(l.base_layer).data_ptr(), l.smt_delta.data_ptr(), l.base_blocks.data_ptr()) for l in layers)
+    if key not in _TABLES:
+        parts = []
+        for l in layers:
+            w, b, blocks = logical_weight(l.base_layer), l.grid.block_size, l._blocks_cpu
+            n = len(blocks)
+            row0, col0, k = blocks[:, 0] * b, blocks[:, 1] * b, torch.arange(n)
+            parts.append(torch.stack([torch.full((n,), w.data_ptr()), torch.full((n,), w.stride(0)), torch.full((n,), w.stride(1)),
+                                      row0, col0, (l.grid.out_features - row0).clamp(max=b), (l.grid.in_features - col0).clamp(max=b),
+                                      l.smt_delta.data_ptr() + k * b * b * l.smt_delta.element_size(),
+                                      l.base_blocks.data_ptr() + k * b * b * l.base_blocks.element_size()], 1))
+        if len(_TABLES) > 64: _TABLES.clear()
+        table = torch.cat(parts)
+        _TABLES[key] = (table.to(logical_weight(layers[0].base_layer).device), len(table))
+    return _TABLES[key]
+
+def write_layers(layers: list):
+    "Write base + Δ into the weights of `layers`: one Triton launch per (device, dtype, block size) on CUDA, layer by layer elsewhere."
+    groups = {}
+    for layer in layers:
+        w, b = layer.base_layer.weight, layer.grid.block_size
+        if isinstance(w, DTensor):
+            raise RuntimeError("FSDP has sharded a weight that this SMT layer's in-place path writes into; call "
+                               "switch_path(model, 'reference') after prepare_smt and before fully_shard.")
+        grouped = w.dtype in _TRITON_DTYPES and layer.smt_delta.is_contiguous() and layer.base_blocks.is_contiguous()  # the table's addressing
+        if grouped and kernel_applies(w, b): groups.setdefault((w.device, w.dtype, b), []).append(layer)
+        else: layer._write_blocks()
+    for (_, dtype, b), group in groups.items():
+        table, n = _block_table(group)
+        write_blocks_triton(table, n, b, dtype)
+        increment_version([l.base_layer.weight for l in group])  # as an in-place PyTorch write would: saved copies stay checked
+        for layer in group:
+            layer._written_version = layer.smt_delta._version
+
+def _write_stepped_blocks(optimizer, args, kwargs):
+    "After any optimizer step: write base + Δ of every stepped delta into its weight (fused optimizers leave versions as they were)."
+    if not _WRITTEN_LAYERS: return
+    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    write_layers([l for l in list(_WRITTEN_LAYERS) if id(l.smt_delta) in stepped and l._written_version is not None])
+
+register_optimizer_step_post_hook(_write_stepped_blocks)  # every optimizer, once per process
 
 def compute_dtype(x: Tensor) -> torch.dtype:
     "The dtype an SMT layer computes in: the active autocast dtype for `x`'s device, else `x`'s own dtype."
@@ -301,18 +375,43 @@ def _check_input(self: SMTLinear, x: Tensor):
         raise TypeError(f"Input is {x.dtype} but the base weight is {self.weight.dtype}: cast the model and inputs to one dtype "
                         "(model.to(dtype)) or run under torch.autocast.")
 
+class InplaceSMTFunction(torch.autograd.Function):
+    "The in-place path in eager mode, kept lean (it runs for every layer, every step): y = x Wᵀ + bias with W holding base + Δ."
+    @staticmethod
+    def forward(ctx, x, weight, bias, delta, layer):
+        y = F.linear(x, weight, bias)
+        x2 = x.reshape(-1, x.shape[-1])                                           # (T, in)
+        ctx.layer = layer
+        ctx.save_for_backward(x2 if layer.keep_x else column_strips(x2, layer.grid, layer.strips).flatten(1), weight)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        saved, weight = ctx.saved_tensors
+        layer, gx, gdelta = ctx.layer, None, None
+        if ctx.needs_input_grad[0]: gx = gy @ weight                              # (..., in)
+        if ctx.needs_input_grad[3]:
+            gdelta = _block_gradients(gy.reshape(-1, gy.shape[-1]), saved, layer.rows, layer.x_cols, layer.grid.block_size)
+        return gx, None, None, gdelta, None
+
 @patch
 def forward(self: SMTLinear, x: Tensor) -> Tensor:
+    if self.path == "inplace" and not (self.merged or self._disabled or torch.compiler.is_compiling()):
+        if self._written_version != self.smt_delta._version: self._write_blocks()  # Δ changed by hand since the last write
+        w = logical_weight(self.base_layer)
+        if x.dtype == w.dtype and not torch.is_autocast_enabled(x.device.type):
+            try: return InplaceSMTFunction.apply(x, w, self.base_layer.bias, self.smt_delta, self)
+            except RuntimeError: self._check_input(x); raise  # a clear message for the usual mistakes, else the original error
     self._check_input(x)
     if self.merged or self.disable_adapters: return self.base_layer(x)
     x = x.to(compute_dtype(x))  # under autocast, as autocast's own linear: compute in its dtype; autograd casts the gradient back
     if self.path == "additive":
-        delta_out = BlockDeltaFunction.apply(x, self.smt_delta, self.blocks, self.strips, self.block_strip, self.grid, self.keep_x)
+        delta_out = BlockDeltaFunction.apply(x, self.smt_delta, self.blocks, self.rows, self.strips, self.x_cols, self.grid, self.keep_x)
         return self.base_layer(x) + delta_out.to(x.dtype)
     written = self.path == "inplace"
-    if written: self._write_blocks_if_changed()
-    return SMTLinearFunction.apply(x, logical_weight(self.base_layer), self.bias, self.smt_delta,
-                                   self.blocks, self.strips, self.block_strip, self.grid, self.keep_x, written)
+    if written and not torch.compiler.is_compiling(): self.write_changed_blocks()  # a version check; compiled graphs skip it
+    return SMTLinearFunction.apply(x, logical_weight(self.base_layer), self.bias, self.smt_delta, self.blocks, self.rows,
+                                   self.strips, self.x_cols, self.grid, self.keep_x, written)
 
 # %% ../nbs/04_layers.ipynb #881d7372
 @patch
@@ -326,7 +425,7 @@ def merge(self: SMTLinear):
     "Write base + Δ into the base weight; forward then runs the base layer alone."
     if self.merged: return
     if self.quantized: raise TypeError("A 4/8-bit weight cannot take float blocks in place; merge_and_unload(model) returns a dequantized float layer instead.")
-    self._write_blocks_if_changed()
+    self._write_blocks()
     self.merged = True
 
 @patch
@@ -341,6 +440,7 @@ def unmerge(self: SMTLinear):
 def enable_adapters(self: SMTLinear, enabled: bool):
     "PEFT's switch: `False` restores the original blocks in the weight and runs the base layer alone; `True` adds the deltas again."
     if not enabled: self.unmerge()  # the in-place path and merge() leave base + Δ in the weight: put the original back
+    elif self._disabled and self.path == "inplace": self._write_blocks()
     self._disabled = not enabled
 
 # %% ../nbs/04_layers.ipynb #dc3d4ed3

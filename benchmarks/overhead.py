@@ -1,0 +1,83 @@
+"""Host time per call of each piece of an SMT layer's training step, on tensors so small that the GPU waits for the host:
+wall time per call is then the Python and launch overhead. Also kernel launches per step, counted by the profiler.
+Usage: python benchmarks/overhead.py [--json out.json]
+"""
+import argparse
+import json
+import time
+
+import torch
+import torch.nn as nn
+
+from smt_nb.blocks import BlockGrid
+from smt_nb.kernels import sddmm_blocks_triton
+from smt_nb.layers import SMTLinear, block_gradients
+
+DTYPE, B = torch.bfloat16, 64
+
+
+def host_us(fn, calls=2000):
+    "Median over 5 rounds of wall microseconds per call, synchronizing only at the end of each round."
+    for _ in range(50): fn()
+    torch.cuda.synchronize()
+    rounds = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(calls): fn()
+        torch.cuda.synchronize()
+        rounds.append((time.perf_counter() - t0) / calls * 1e6)
+    return sorted(rounds)[2]
+
+
+def kernels_per_call(fn, calls=10):
+    "CUDA kernels (and memcpy/memset) launched per call, from the profiler's device events."
+    from torch.profiler import profile, ProfilerActivity
+    for _ in range(3): fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as p:
+        for _ in range(calls): fn()
+        torch.cuda.synchronize()
+    device_events = [e for e in p.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return len(device_events) / calls
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    torch.manual_seed(0)
+    out_f = in_f = 256
+    T = 64
+    x = torch.randn(T, in_f, device="cuda", dtype=DTYPE, requires_grad=True)
+    gy = torch.randn(T, out_f, device="cuda", dtype=DTYPE)
+    lin = nn.Linear(in_f, out_f, bias=False, device="cuda", dtype=DTYPE).requires_grad_(False)
+    blocks = torch.tensor([[0, 0], [1, 2], [3, 3]])
+    layer = SMTLinear(nn.Linear(in_f, out_f, bias=False, device="cuda", dtype=DTYPE), blocks, B, path="inplace")
+    rows, cols = layer.rows, layer.x_cols
+    g2 = gy
+
+    @torch.library.custom_op("overhead::noop", mutates_args=())
+    def noop(t: torch.Tensor) -> torch.Tensor: return t.new_empty(1)
+
+    pieces = {
+        "floor: linear forward + input gradient": lambda: torch.autograd.grad(lin(x), [x], gy),
+        "smt in-place: forward + both gradients": lambda: torch.autograd.grad(layer(x), [x, layer.smt_delta], gy),
+        "smt in-place: forward only": lambda: layer(x),
+        "block_gradients (Triton kernel + wrapper)": lambda: block_gradients(g2, x.detach(), rows, cols, B),
+        "sddmm_blocks_triton": lambda: sddmm_blocks_triton(g2, x.detach(), rows, cols, B),
+        "block write after a step (_write_blocks)": lambda: layer._write_blocks(),
+        "registered op call (torch.ops.smt_nb.block_gradients)": lambda: torch.ops.smt_nb.block_gradients(g2, x.detach(), rows, cols, B),
+        "custom op that does nothing (dispatcher cost)": lambda: noop(x),
+        "one empty torch kernel (x.new_empty + zero_)": lambda: torch.empty(1, device="cuda").zero_(),
+    }
+    res = {}
+    for name, fn in pieces.items():
+        res[name] = dict(host_us=host_us(fn), kernels=kernels_per_call(fn))
+        print(f"{name:<58} {res[name]['host_us']:8.1f} µs/call  {res[name]['kernels']:5.1f} kernels/call", flush=True)
+    if a.json:
+        meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, shape=[out_f, in_f], tokens=T, block_size=B)
+        with open(a.json, "w") as f: json.dump(dict(meta=meta, results=res), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""SMT under FSDP2 on CPU processes (gloo): 2 sharded ranks against 1 process on the same combined batches — the same selection,
+the same trained deltas, one adapter that loads onto an unsharded base with the same logits, and half the base on each rank;
+the in-place path, which would write into sharded weights, is refused at the first optimizer step."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from smt_nb.core import load_smt, prepare_smt, smt_layers
+from conftest import ARCHS
+
+TESTS = Path(__file__).parent
+
+
+def torchrun(script: str, out: Path, port: int, nproc: int = 2):
+    exe = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    env = dict(os.environ, PYTHONPATH=str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    return subprocess.run([exe, "--nproc_per_node", str(nproc), "--master_port", str(port), str(TESTS / script), str(out)],
+                          capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_fsdp2_two_cpu_processes_match_single_process(tmp_path):
+    import fsdp_worker as w
+    run = torchrun("fsdp_worker.py", tmp_path, 29541)
+    assert run.returncode == 0, run.stderr[-3000:]
+    blocks = [json.loads((tmp_path / f"blocks_rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert blocks[0] == blocks[1]                                     # every rank selects the same blocks
+    assert all(r["reloaded"] for r in ranks)                          # load_smt onto a sharded model restores each rank's part
+    assert ranks[0]["files"] == ["adapter_config.json", "adapter_model.safetensors"]  # one adapter, written once
+    for r in ranks: assert r["local"] <= 0.55 * r["total"], r         # each rank holds about half of the base
+    assert all("switch_path(model, 'reference')" in r["refused"] for r in ranks)  # in-place writes into shards: refused, naming the fix
+
+    data = w.full_batches()                                           # one process on the combined batches
+    single = prepare_smt(ARCHS["llama"](), w.config(), dataloader=data)
+    assert blocks[0] == {n: b.tolist() for n, b in single.smt_selection.blocks.items()}
+    opt = torch.optim.SGD([l.smt_delta for l in smt_layers(single).values()], lr=w.LR)
+    for b in data:
+        single(**b).loss.backward(); opt.step(); opt.zero_grad()
+    loaded = load_smt(ARCHS["llama"](), tmp_path / "adapter")         # the FSDP adapter on an unsharded base
+    for n, l in smt_layers(single).items():
+        want, got = l.smt_delta.detach(), smt_layers(loaded)[n].smt_delta.detach()
+        assert ((got - want).norm() / want.norm()).item() < 1e-5, n
+    with torch.no_grad(): logits = loaded(input_ids=w.probe()).logits
+    torch.testing.assert_close(logits, torch.load(tmp_path / "logits.pt"), rtol=1e-5, atol=1e-5)
