@@ -34,12 +34,13 @@ from .selection import Selection, SCORERS, ACCUMULATIONS, make_selection, select
 # %% auto #0
 __all__ = ['ALL_LINEAR', 'DEFAULT_TARGETS', 'CROSS_ATTENTION', 'MODEL_METHODS', 'SMT_ATTRIBUTES', 'ADAPTER_WEIGHTS',
            'ADAPTER_CONFIG', 'ADAPTER_FORMAT', 'SKETCH_SIZE', 'ROUNDING', 'SMTConfig', 'default_targets',
-           'output_head_names', 'module_owners', 'check_not_shared', 'find_targets', 'make_grids', 'model_method',
-           'smt_layers', 'check_selection_fits', 'as_config', 'prepare_smt', 'trainable_report',
-           'print_trainable_parameters', 'block_sketch', 'storage_kind', 'fingerprint', 'base_model_name',
-           'adapter_meta', 'whole', 'assign_whole', 'is_sharded', 'save_smt', 'check_fingerprint', 'resolve_adapter',
-           'read_adapter', 'load_smt', 'save_pretrained', 'push_to_hub', 'merged_float_linear', 'merge_and_unload',
-           'disable_adapter', 'unload', 'switch_path', 'get_nb_trainable_parameters']
+           'output_head_names', 'module_owners', 'check_not_shared', 'find_targets', 'weights_read_outside_forward',
+           'check_targets_run', 'make_grids', 'model_method', 'smt_layers', 'check_selection_fits', 'as_config',
+           'prepare_smt', 'trainable_report', 'print_trainable_parameters', 'block_sketch', 'storage_kind',
+           'fingerprint', 'base_model_name', 'adapter_meta', 'whole', 'assign_whole', 'is_sharded', 'save_smt',
+           'check_fingerprint', 'resolve_adapter', 'read_adapter', 'load_smt', 'save_pretrained', 'push_to_hub',
+           'merged_float_linear', 'merge_and_unload', 'disable_adapter', 'unload', 'switch_path',
+           'get_nb_trainable_parameters']
 
 # %% ../nbs/05_core.ipynb #c96047a2
 ALL_LINEAR = "all-linear"  # PEFT's shorthand: every linear layer but the output head
@@ -199,6 +200,46 @@ def find_targets(model: nn.Module, target_modules: list[str] | str | None = None
                       "computed from the model's logits.")
     return found
 
+# %% ../nbs/05_core.ipynb #e2f65b8a
+def _dummy_forward(model: nn.Module, dummy: dict, device) -> Tensor | None:
+    "The model's output on its dummy inputs, as one float tensor (None if it cannot run on them)."
+    try: out = model(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in dummy.items()})
+    except Exception: return None  # e.g. a model that needs pixel values: not probed
+    first = out[0] if isinstance(out, (tuple, list)) else next(iter(out.values())) if isinstance(out, dict) else out
+    return first.float() if isinstance(first, Tensor) and first.is_floating_point() else None
+
+def weights_read_outside_forward(model: nn.Module, targets: dict[str, nn.Module]) -> list[str]:
+    "Targets whose module never runs on the model's dummy inputs although their weight shapes the output."
+    dummy = getattr(model, "dummy_inputs", None)
+    params = list(model.parameters())
+    if not isinstance(dummy, dict) or not dummy or not params or params[0].device.type == "meta": return []
+    called = set()
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=n: called.add(name)) for n, m in targets.items()]
+    devices = [p.device for p in params[:1] if p.is_cuda]
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad(): ran = _dummy_forward(model, dummy, params[0].device) is not None
+        silent = {n: m for n, m in targets.items() if n not in called and m.weight.is_floating_point()}
+        if not ran or not silent: return []
+        flags = {n: m.weight.requires_grad for n, m in silent.items()}
+        for m in silent.values(): m.weight.requires_grad_(True)  # only these: no full-size gradients of the other targets
+        try:
+            with torch.random.fork_rng(devices=devices): out = _dummy_forward(model, dummy, params[0].device)
+            if out is None or not out.requires_grad: return []
+            used = torch.autograd.grad(out.sum(), [m.weight for m in silent.values()], allow_unused=True)
+        finally:
+            for n, m in silent.items(): m.weight.requires_grad_(flags[n])
+        return [n for n, g in zip(silent, used) if g is not None]
+    finally:
+        for h in hooks: h.remove()
+
+def check_targets_run(model: nn.Module, targets: dict[str, nn.Module]):
+    "Refuse targets whose weight the model reads without calling them (their SMT blocks would never train)."
+    bypassed = weights_read_outside_forward(model, targets)
+    if bypassed:
+        raise ValueError(f"{bypassed[0]} (and {len(bypassed) - 1} more) is never called by the model, which reads its weight directly "
+                         "(as Mamba's CUDA kernels read dt_proj.weight): SMT blocks there would never train. Leave it out, e.g. "
+                         f"exclude_modules={[n.rsplit('.', 1)[-1] for n in bypassed][:1]}.")
+
 # %% ../nbs/05_core.ipynb #b7cd1768
 def make_grids(targets: dict[str, nn.Module], block_size: int) -> dict[str, BlockGrid]:
     "Block grids of the target matrices, refusing a block size that covers every matrix whole."
@@ -253,12 +294,15 @@ def prepare_smt(model: nn.Module, config: SMTConfig | dict | None = None, datalo
     keep_4bit_differentiable(model)
     if selection is None:
         targets = find_targets(model, config.target_modules, config.exclude_modules)
+        check_targets_run(model, targets)
         selection = make_selection(model, targets, make_grids(targets, config.block_size), config.method, config.sparsity,
                                    config.n_blocks, config.budget, dataloader, config, config.type_shares, config.groups, config.ties)
     else:
         check_selection_fits(model, selection)
         config = replace(config, block_size=selection.block_size, target_modules=list(selection.grids), exclude_modules=None)
-        check_not_shared(model, {n: model.get_submodule(n) for n, b in selection.blocks.items() if len(b)})
+        chosen = {n: model.get_submodule(n) for n, b in selection.blocks.items() if len(b)}
+        check_not_shared(model, chosen)
+        check_targets_run(model, chosen)
     model._smt_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}  # unload() puts them back
     model.requires_grad_(False)
     for name, blocks in selection.blocks.items():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from smt_nb.core import prepare_smt, smt_layers, load_smt, switch_path
 from conftest import ARCHS, VOCAB
@@ -23,10 +23,10 @@ def probe():
     return torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(11))
 
 
-def fully_shard_model(model):
+def fully_shard_model(model, **options):
     "The plain FSDP2 recipe: every decoder layer, then the root."
-    for layer in model.model.layers: fully_shard(layer)
-    fully_shard(model)
+    for layer in model.model.layers: fully_shard(layer, **options)
+    fully_shard(model, **options)
     return model
 
 
@@ -60,7 +60,20 @@ def main(out: Path):
     writer(**data[0]).loss.backward()
     try: opt.step(); refused = ""
     except RuntimeError as e: refused = str(e)  # the in-place path must not write into sharded weights
-    (out / f"rank{rank}.json").write_text(json.dumps(dict(local=local, total=total, reloaded=reloaded, files=files, refused=refused)))
+    # bf16 compute (FSDP's MixedPrecisionPolicy) with activation checkpointing: the sharded deltas, their gradients and the
+    # optimizer stay float32; the result stays close to the float32 run's
+    mixed = prepare_smt(ARCHS["llama"](), config(), selection=model.smt_selection)
+    mixed.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(use_reentrant=False))
+    fully_shard_model(mixed, mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32))
+    opt = torch.optim.SGD([l.smt_delta for l in smt_layers(mixed).values()], lr=LR)
+    mixed.train()
+    for b in data:
+        mixed(**b).loss.backward(); opt.step(); opt.zero_grad()
+    mixed_dtypes = sorted({str(l.smt_delta.dtype) for l in smt_layers(mixed).values()})
+    mixed_error = max(((a.smt_delta.full_tensor() - b.smt_delta.full_tensor()).norm() / b.smt_delta.full_tensor().norm()).item()
+                      for a, b in zip(smt_layers(mixed).values(), smt_layers(model).values()))
+    (out / f"rank{rank}.json").write_text(json.dumps(dict(local=local, total=total, reloaded=reloaded, files=files, refused=refused,
+                                                          mixed_dtypes=mixed_dtypes, mixed_error=mixed_error)))
     if rank == 0: torch.save(logits, out / "logits.pt")
     dist.destroy_process_group()
 

@@ -1,6 +1,7 @@
 """prepare_smt across architectures: SMT training equals masked dense training; save/load and merge round trips."""
 import pytest
 import torch
+import torch.nn as nn
 
 from smt_nb.blocks import block_mask
 from smt_nb.core import SMTConfig, prepare_smt, smt_layers, load_smt, save_smt, merge_and_unload, trainable_report
@@ -90,3 +91,25 @@ def test_selection_is_reusable():
     assert {n: l.blocks.tolist() for n, l in smt_layers(a).items()} == {n: l.blocks.tolist() for n, l in smt_layers(b).items()}
     with pytest.raises(ValueError, match="another model"):
         prepare_smt(ARCHS["gpt2"](), selection=a.smt_selection)
+
+
+def test_targets_whose_weight_is_read_outside_forward_are_refused():
+    "Mamba's CUDA path reads dt_proj.weight without calling dt_proj: wrapping it would leave its blocks untrained, so prepare_smt refuses."
+    from smt_nb.core import weights_read_outside_forward
+
+    class ReadsWeight(nn.Module):
+        dummy_inputs = {"x": torch.ones(2, 8)}
+        def __init__(self):
+            super().__init__()
+            self.proj, self.other, self.unused = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+        def forward(self, x): return self.other(x) @ self.proj.weight.t()
+
+    model = ReadsWeight()
+    rng = torch.get_rng_state()
+    assert weights_read_outside_forward(model, dict(proj=model.proj, other=model.other, unused=model.unused)) == ["proj"]
+    assert torch.equal(torch.get_rng_state(), rng) and all(p.grad is None for p in model.parameters())  # no side effects
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match="never called by the model"):
+        prepare_smt(ReadsWeight(), SMTConfig(block_size=4, sparsity=0.5, method="random", target_modules=["proj"]))
+    ok = prepare_smt(ReadsWeight(), SMTConfig(block_size=4, sparsity=0.5, method="random", target_modules=["other", "unused"]))
+    assert sorted(smt_layers(ok)) == ["other", "unused"]  # never routed to is not an error

@@ -1,6 +1,7 @@
 """SMT under FSDP2 on CPU processes (gloo): 2 sharded ranks against 1 process on the same combined batches — the same selection,
 the same trained deltas, one adapter that loads onto an unsharded base with the same logits, and half the base on each rank;
-the in-place path, which would write into sharded weights, is refused at the first optimizer step."""
+the in-place path, which would write into sharded weights, is refused at the first optimizer step; bf16 compute through FSDP's
+MixedPrecisionPolicy with activation checkpointing keeps float32 deltas."""
 import json
 import os
 import shutil
@@ -34,6 +35,8 @@ def test_fsdp2_two_cpu_processes_match_single_process(tmp_path):
     assert ranks[0]["files"] == ["adapter_config.json", "adapter_model.safetensors"]  # one adapter, written once
     for r in ranks: assert r["local"] <= 0.55 * r["total"], r         # each rank holds about half of the base
     assert all("switch_path(model, 'reference')" in r["refused"] for r in ranks)  # in-place writes into shards: refused, naming the fix
+    for r in ranks:  # bf16 compute (MixedPrecisionPolicy) + activation checkpointing: float32 deltas, close to the float32 run
+        assert r["mixed_dtypes"] == ["torch.float32"] and r["mixed_error"] < 3e-2, r
 
     data = w.full_batches()                                           # one process on the combined batches
     single = prepare_smt(ARCHS["llama"](), w.config(), dataloader=data)

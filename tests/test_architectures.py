@@ -1,0 +1,102 @@
+"""SMT across the architectures of transformers, each built tiny from its own config class (nothing downloaded): default targets
+found, GW selection, one SGD step equal to the dense step masked to the chosen blocks, save → load and merge exact, generate."""
+import inspect
+
+import pytest
+import torch
+import transformers as tf
+
+from smt_nb.blocks import gather_blocks
+from smt_nb.core import SMTConfig, load_smt, merge_and_unload, prepare_smt, smt_layers
+from transformers.pytorch_utils import Conv1D
+
+V = 128
+SMALL = dict(  # every size attribute a config class may use, shrunk; attributes a class lacks are left alone
+    vocab_size=V, hidden_size=64, d_model=64, n_embd=64, dim=64, embed_dim=64, word_embed_proj_dim=64,
+    num_hidden_layers=2, n_layer=2, num_layers=2, n_layers=2, encoder_layers=1, decoder_layers=1, num_decoder_layers=1,
+    num_attention_heads=4, n_head=4, n_heads=4, encoder_attention_heads=4, decoder_attention_heads=4, num_key_value_heads=2,
+    multi_query_group_num=2, num_kv_heads=2, d_kv=16, kv_channels=16, rotary_dim=8, decoder_vocab_size=V,
+    intermediate_size=96, ffn_dim=96, d_ff=96, n_inner=96, hidden_dim=96, encoder_ffn_dim=96, decoder_ffn_dim=96, ffn_hidden_size=96,
+    moe_intermediate_size=32, shared_expert_intermediate_size=32, num_experts=4, num_local_experts=4, n_routed_experts=4,
+    num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1, q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16,
+    qk_rope_head_dim=8, v_head_dim=16, max_position_embeddings=128, n_positions=128, n_ctx=128, seq_length=128,
+    embedding_size=64, state_size=8, time_step_rank=8, conv_kernel=4, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    decoder_start_token_id=0, use_cache=False, tie_word_embeddings=False)
+OVERRIDES = {  # where a class's own defaults do not fit the sizes above
+    "gpt_neo": dict(attention_types=[[["global", "local"], 1]]),
+    "deepseek_v2": dict(num_key_value_heads=4), "deepseek_v3": dict(num_key_value_heads=4, n_group=2, topk_group=1),
+    "helium": dict(head_dim=16)}
+DROPOUT = ("dropout", "attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout_prob",
+           "attention_probs_dropout_prob", "activation_dropout", "classifier_dropout")
+
+CAUSAL = ["llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3_text", "phi", "phi3",
+          "gpt2", "gpt_neo", "gpt_neox", "gptj", "opt", "bloom", "falcon", "stablelm", "starcoder2", "olmo", "olmo2", "olmoe",
+          "cohere", "granite", "granitemoe", "codegen", "biogpt", "xglm", "persimmon", "deepseek_v2", "deepseek_v3", "glm", "glm4",
+          "helium", "nemotron", "smollm3", "mamba", "falcon_mamba", "gpt_bigcode", "mpt"]
+MASKED = ["bert", "roberta", "albert", "distilbert", "deberta-v2", "electra", "xlm-roberta"]
+SEQ2SEQ = ["t5", "bart", "mbart", "pegasus", "marian"]
+AUTO = {**{t: tf.AutoModelForCausalLM for t in CAUSAL}, **{t: tf.AutoModelForMaskedLM for t in MASKED},
+        **{t: tf.AutoModelForSeq2SeqLM for t in SEQ2SEQ}}
+
+
+TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
+
+
+def build(model_type: str, seed: int = 0):
+    "A tiny, dropout-free model of `model_type`, in eval mode (the dense reference must see the same function)."
+    cls = tf.CONFIG_MAPPING[model_type]
+    accepted = inspect.signature(cls.__init__).parameters
+    kwargs = {k: v for k, v in SMALL.items() if k in accepted or k in TOKEN_IDS}  # the constructor derives the rest (head sizes, layer types)
+    kwargs.update({k: 0.0 for k in DROPOUT if k in accepted}, **OVERRIDES.get(model_type, {}))
+    config = cls(**kwargs)
+    torch.manual_seed(seed)
+    return AUTO[model_type].from_config(config).eval()
+
+
+def batch(model_type: str):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, V, (2, 10), generator=g)
+    if model_type in SEQ2SEQ: return dict(input_ids=ids, labels=torch.randint(3, V, (2, 6), generator=g))
+    return dict(input_ids=ids, labels=ids.clone())
+
+
+def logical_grad(module):
+    "The (out, in) gradient of a linear layer's weight (GPT-2's Conv1D stores (in, out))."
+    return module.weight.grad.t() if isinstance(module, Conv1D) else module.weight.grad
+
+
+def relative(a, b): return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("model_type", list(AUTO))
+def test_architecture_end_to_end(model_type, tmp_path):
+    data = batch(model_type)
+    config = SMTConfig(block_size=16, sparsity=0.1, method="gw", warmup_steps=1, budget="per_matrix")
+    model = prepare_smt(build(model_type), config, dataloader=[data])
+    layers = smt_layers(model)
+    assert layers, "no default targets"
+
+    # dense reference: the same model, its target weights trainable, everything else frozen
+    dense = build(model_type)
+    dense.requires_grad_(False)
+    for n in layers: dense.get_submodule(n).weight.requires_grad_(True)
+    dense(**data).loss.backward()
+    grads = {n: logical_grad(dense.get_submodule(n)) for n in layers}
+    lr = 0.1
+    opt = torch.optim.SGD([l.smt_delta for l in layers.values()], lr=lr)
+    model(**data).loss.backward(); opt.step(); opt.zero_grad()
+    for n, l in layers.items():
+        want = -lr * gather_blocks(grads[n], l.grid, l.blocks)
+        assert relative(l.smt_delta.detach(), want) < 1e-4, n
+
+    with torch.no_grad(): logits = model(**data).logits
+    model.save_pretrained(tmp_path)
+    loaded = load_smt(build(model_type), tmp_path)
+    assert all(torch.equal(a.smt_delta, b.smt_delta) for a, b in zip(layers.values(), smt_layers(loaded).values()))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**data).logits, logits)
+        merged = merge_and_unload(loaded)
+        torch.testing.assert_close(merged(**data).logits, logits, rtol=1e-4, atol=1e-5)
+    if model_type in CAUSAL:
+        out = merged.generate(data["input_ids"][:1, :4], max_new_tokens=2, do_sample=False, pad_token_id=0)
+        assert out.shape == (1, 6)
