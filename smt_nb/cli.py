@@ -89,7 +89,7 @@ def run_demo(out: str = "smt_demo", model_name: str = SMOLLM2, data: str = "chat
     r = trainable_report(model)
     print(f"trainable: {r['trainable']:,} values in {r['n_blocks']} blocks of {block_size}² ({r['target_sparsity']:.2%} of the targets, "
           f"{r['percent']:.3f}% of the model) = LoRA rank {r['lora_rank']:.1f} on the same matrices")
-    plot_selection(model.smt_selection, filter=r"layers\.0\.").savefig(out / "selection_layer0.png", dpi=90)
+    plot_selection(model.smt_selection, chosen_only=True, max_panels=8).savefig(out / "selection_chosen.png", dpi=90)  # where blocks went
     plot_selection_overview(model.smt_selection).savefig(out / "selection_overview.png", dpi=90)
     losses = train_smt(model, train_dl, steps=steps, lr=lr, progress=progress)
     loss_after, answer_after = evaluate_loss(model, test_batches), generate(model, tok, question)
@@ -99,7 +99,7 @@ def run_demo(out: str = "smt_demo", model_name: str = SMOLLM2, data: str = "chat
     print(f"training loss: {losses[0]:.3f} (first step) -> {sum(losses[-5:]) / len(losses[-5:]):.3f} (mean of the last 5 of {steps} steps)")
     print(f"held-out loss: {loss_before:.3f} -> {loss_after:.3f}")
     print(f"Q: {question}\n  before: {answer_before}\n  after:  {answer_after}")
-    print(f"wrote {out}/selection_layer0.png, {out}/selection_overview.png and the adapter in {out}/adapter ({report['seconds']:.0f} s)")
+    print(f"wrote {out}/selection_chosen.png, {out}/selection_overview.png and the adapter in {out}/adapter ({report['seconds']:.0f} s)")
     return report
 
 # %% ../nbs/09_cli.ipynb #6de4efa7

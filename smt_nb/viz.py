@@ -17,41 +17,71 @@ from .blocks import n_trainable_values
 from .selection import Selection, selection_overlap
 
 # %% auto #0
-__all__ = ['plot_block_scores', 'plot_selection', 'selection_table', 'plot_selection_overview', 'plot_overlap',
-           'plot_selection_diff']
+__all__ = ['SCORE_LABELS', 'score_label', 'plot_block_scores', 'describe', 'matrices_by_blocks', 'plot_selection',
+           'selection_table', 'plot_selection_overview', 'plot_overlap', 'plot_selection_diff']
 
 # %% ../nbs/02_viz.ipynb #806de696
-def _block_axes(ax):
-    "Label a block-grid image's axes with integer block indices."
-    ax.set_xlabel("input block"); ax.set_ylabel("output block")
-    for axis in (ax.xaxis, ax.yaxis): axis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+def _block_axes(ax, shape=None):
+    "Label a block-grid image's axes with integer block indices (every index on small grids, none between rows)."
+    ax.set_xlabel("input block (column strip)"); ax.set_ylabel("output block (row strip)")
+    for axis, n in zip((ax.yaxis, ax.xaxis), shape or (None, None)):
+        if n is not None and n <= 12: axis.set_ticks(range(n))
+        else: axis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
 
-def plot_block_scores(scores: Tensor | None, blocks: Tensor, ax=None, title: str = "", cmap: str = "viridis", shape=None):
-    "Heatmap of (R, C) block `scores` with the chosen `blocks` (n, 2) outlined in red; returns the axes."
+SCORE_LABELS = {"gw": "GW: |warm-up gradient|", "aw": "AW: |weight| × input norm", "mw": "MW: mean |weight|", "random": "random score"}
+
+def score_label(sel: Selection) -> str:
+    "What the colours of a selection's heatmaps mean, in words."
+    method = sel.meta.get("method", "")
+    label = SCORE_LABELS.get(method, "block score")
+    return label + (f", {sel.meta['statistic']}" if method == "gw" and sel.meta.get("statistic") else "")
+
+def plot_block_scores(scores: Tensor | None, blocks: Tensor, ax=None, title: str = "", cmap: str = "viridis", shape=None,
+                      label: str = "block score", vmin: float | None = None, vmax: float | None = None):
+    "Heatmap of (R, C) block `scores` with the chosen `blocks` (n, 2) outlined in red, colour bar labelled `label`; returns the axes."
     if ax is None: _, ax = plt.subplots(figsize=(4, 4))
     if scores is None:
         if shape is None: raise ValueError("Without scores, pass the grid `shape` (R, C) to draw the blocks on.")
-        scores = torch.zeros(shape)
+        scores, label, vmin, vmax = torch.zeros(shape), "chosen (1) or not (0)", 0, 1
         for r, c in blocks.tolist(): scores[r, c] = 1.0
-    im = ax.imshow(scores.float().cpu().numpy(), cmap=cmap, aspect="auto", interpolation="nearest")
+    im = ax.imshow(scores.float().cpu().numpy(), cmap=cmap, aspect="auto", interpolation="nearest", vmin=vmin, vmax=vmax)
     for r, c in blocks.tolist():
         ax.add_patch(patches.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
-    ax.set_title(title, fontsize=9); _block_axes(ax)
-    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title(title, fontsize=9); _block_axes(ax, tuple(scores.shape))
+    bar = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label(label, fontsize=7); bar.ax.tick_params(labelsize=7)
     return ax
 
 # %% ../nbs/02_viz.ipynb #f5e48776
-def plot_selection(sel: Selection, filter: str | None = None, max_panels: int = 12, ncols: int = 4, title: str | None = None):
-    "One score heatmap per target matrix (optionally those matching the regex `filter`), chosen blocks outlined; returns the figure."
-    names = [n for n in sel.grids if filter is None or re.search(filter, n)][:max_panels]
-    if not names: raise ValueError(f"No matrix name matches {filter!r}; names look like {next(iter(sel.grids))!r}.")
+def describe(sel: Selection) -> str:
+    "A selection in words: method, blocks, and the fraction of the target weights that trains."
+    total = sum(g.numel for g in sel.grids.values())
+    n = sel.n_blocks
+    return (f"{sel.meta.get('method', 'custom').upper()} selection: {n} block{'s' if n != 1 else ''} of {sel.block_size}×{sel.block_size}, "
+            f"{sel.n_trainable:,} values = {sel.n_trainable / total:.2%} of the target weights")
+
+def matrices_by_blocks(sel: Selection, filter: str | None = None) -> list[str]:
+    "Target matrices (optionally matching the regex `filter`) that hold chosen blocks, most blocks first."
+    names = [n for n in sel.grids if len(sel.blocks[n]) and (filter is None or re.search(filter, n))]
+    return sorted(names, key=lambda n: -len(sel.blocks[n]))
+
+def plot_selection(sel: Selection, filter: str | None = None, max_panels: int = 12, ncols: int = 4, title: str | None = None,
+                   shared_scale: bool = True, chosen_only: bool = False):
+    "One score heatmap per target matrix (matching the regex `filter`; with `chosen_only`, those holding blocks, most first), one colour scale."
+    names = matrices_by_blocks(sel, filter) if chosen_only else [n for n in sel.grids if filter is None or re.search(filter, n)]
+    names = names[:max_panels]
+    if not names: raise ValueError(f"No matrix {'with chosen blocks ' if chosen_only else ''}matches {filter!r}; names look like {next(iter(sel.grids))!r}.")
     nrows = -(-len(names) // ncols)
-    fig, axes = plt.subplots(nrows, min(ncols, len(names)), figsize=(3.6 * min(ncols, len(names)), 3.2 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, min(ncols, len(names)), figsize=(3.8 * min(ncols, len(names)), 3.3 * nrows), squeeze=False)
+    shown = [sel.scores[n].float() for n in names if sel.scores.get(n) is not None]
+    vmin, vmax = (min(s.min().item() for s in shown), max(s.max().item() for s in shown)) if shared_scale and shown else (None, None)
     for ax, n in zip(axes.flat, names):
-        plot_block_scores(sel.scores.get(n), sel.blocks[n], ax=ax, title=n.replace("model.", ""), shape=sel.grids[n].shape)
+        k = len(sel.blocks[n])
+        plot_block_scores(sel.scores.get(n), sel.blocks[n], ax=ax, title=f"{n.replace('model.', '')}\n{k} chosen block{'s' if k != 1 else ''}",
+                          shape=sel.grids[n].shape, label=score_label(sel), vmin=vmin, vmax=vmax)
     for ax in list(axes.flat)[len(names):]: ax.axis("off")
-    fig.suptitle(title or repr(sel), fontsize=10)
-    fig.tight_layout()
+    fig.suptitle(title or describe(sel) + (" — one colour scale for all panels" if shared_scale and len(names) > 1 else ""), fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
     return fig
 
 # %% ../nbs/02_viz.ipynb #544cefaa
@@ -74,12 +104,18 @@ def plot_selection_overview(sel: Selection, ax=None, title: str | None = None):
     "Heatmap of the trained fraction of every (layer, module type) matrix; returns the figure."
     layers, types, frac = selection_table(sel)
     if ax is None: _, ax = plt.subplots(figsize=(1.2 * len(types) + 2, 0.35 * len(layers) + 1.5))
-    im = ax.imshow(100 * frac.numpy(), cmap="magma", aspect="auto", vmin=0)
+    pct = 100 * frac
+    im = ax.imshow(pct.numpy(), cmap="magma", aspect="auto", vmin=0)
+    top = float(pct.nan_to_num(0).max()) or 1.0
+    size = 8 if len(layers) <= 16 else 6
     for i in range(len(layers)):
         for j in range(len(types)):
-            if not torch.isnan(frac[i, j]): ax.text(j, i, f"{100 * frac[i, j]:.1f}", ha="center", va="center", fontsize=7, color="cyan")
+            if torch.isnan(frac[i, j]) or frac[i, j] == 0: continue  # empty cells stay black and unlabelled
+            ax.text(j, i, f"{pct[i, j]:.1f}", ha="center", va="center", fontsize=size,
+                    color="black" if pct[i, j] > 0.6 * top else "white")  # dark text on the bright end of magma, light on the dark
     ax.set_xticks(range(len(types)), types); ax.set_yticks(range(len(layers)), layers)
-    ax.set_xlabel("module type"); ax.set_ylabel("layer"); ax.set_title(title or f"% of each matrix that trains ({sel.meta.get('method', '?')})", fontsize=9)
+    if len(layers) > 16: ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("module type"); ax.set_ylabel("layer"); ax.set_title(title or f"% of each matrix that trains ({sel.meta.get('method', '?').upper()} selection)", fontsize=9)
     ax.figure.colorbar(im, ax=ax, label="% trained")
     return ax.figure
 
@@ -106,6 +142,6 @@ def plot_selection_diff(a: Selection, b: Selection, name: str, labels: tuple[str
     if ax is None: _, ax = plt.subplots(figsize=(4, 4))
     ax.imshow(grid.numpy(), cmap=cmap, vmin=-0.5, vmax=3.5, aspect="auto", interpolation="nearest")
     handles = [patches.Patch(color=cmap(k), label=t) for k, t in ((1, f"only {labels[0]}"), (2, f"only {labels[1]}"), (3, "both"))]
-    ax.legend(handles=handles, fontsize=7, loc="upper right", framealpha=0.9)
-    ax.set_title(name, fontsize=9); _block_axes(ax)
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)  # beside the grid: hides no block
+    ax.set_title(name.replace("model.", ""), fontsize=9); _block_axes(ax, tuple(g.shape))
     return ax

@@ -13,10 +13,10 @@ from .blocks import BlockGrid, STATISTICS, block_reduce, select_top_blocks
 from .core import find_targets
 from .layers import dequantized_weight, logical_shape
 from .selection import Selection, GradientStatistics, InputNorms, gradients_to_inputs_only, run_warmup
-from .viz import plot_block_scores, plot_selection_overview
+from .viz import plot_block_scores, plot_selection_overview, score_label, describe, matrices_by_blocks
 
 # %% auto #0
-__all__ = ['METHODS', 'collect_score_sources', 'scores_from_sources', 'SelectionExplorer']
+__all__ = ['METHODS', 'HELP', 'collect_score_sources', 'scores_from_sources', 'SelectionExplorer', 'matrix_options']
 
 # %% ../nbs/03_widgets.ipynb #0816c549
 def collect_score_sources(model: nn.Module, targets: dict[str, nn.Module], dataloader=None, warmup_steps: int = 8,
@@ -79,36 +79,53 @@ from fastcore.basics import patch
 @patch
 def figure(self: SelectionExplorer, method: str = None, statistic: str = "mean_abs", sparsity: float = 0.05, block_size: int = None,
            module: str | None = None):
-    "Heatmap of one matrix's scores and chosen blocks beside the layers × types overview; returns the figure."
+    "Heatmap of one matrix (by default the one holding most blocks) beside the layers × types overview; returns the figure."
     sel = self.selection(method, statistic, sparsity, block_size)
-    module = module or next(iter(self.targets))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw=dict(width_ratios=[1, 1.1]))
-    plot_block_scores(sel.scores[module], sel.blocks[module], ax=left, title=module)
+    module = module or (matrices_by_blocks(sel) or list(self.targets))[0]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw=dict(width_ratios=[1, 1.1]))
+    k = len(sel.blocks[module])
+    plot_block_scores(sel.scores[module], sel.blocks[module], ax=left, title=f"{module.replace('model.', '')}: {k} chosen block{'s' if k != 1 else ''}",
+                      label=score_label(sel))
     plot_selection_overview(sel, ax=right, title="% of each matrix that trains")
-    fig.suptitle(f"{sel.meta['method'].upper()}{' ' + statistic if sel.meta['method'] == 'gw' else ''}, block {sel.block_size}, "
-                 f"sparsity {sparsity:.2%}: {sel.n_blocks} blocks, {sel.n_trainable:,} trainable values ≈ LoRA rank {sel.lora_rank:.1f}", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle(f"{describe(sel)} (asked for {sparsity:.2%}; ≈ LoRA rank {sel.lora_rank:.1f})", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
     return fig
 
 # %% ../nbs/03_widgets.ipynb #252bf0fa
+HELP = ("<b>gw</b>: blocks whose weights got the largest warm-up gradients (the paper's default) · <b>aw</b>: largest |weight| × input "
+        "activation · <b>mw</b>: largest |weight|, no data needed · <b>random</b>: a baseline. GW statistic: <b>mean_abs</b> = mean of "
+        "|gradient| over a block's entries (signs cannot cancel), <b>abs_mean</b> = |mean gradient| (the official code's choice), "
+        "<b>l2</b> / <b>max_abs</b> = the block's gradient norm / largest entry.")
+
+def matrix_options(sel: Selection) -> list[tuple[str, str]]:
+    "(label, name) for the matrix list: every target with how many chosen blocks it holds."
+    return [(f"{n.replace('model.', '')} — {len(b)} block{'s' if len(b) != 1 else ''}", n) for n, b in sel.blocks.items()]
+
 @patch
 def widget(self: SelectionExplorer):
-    "An ipywidgets panel: method, statistic, sparsity, block size and matrix controls over a live figure."
+    "An ipywidgets panel: method, statistic, sparsity (percent), block size and matrix controls over a live figure."
     import ipywidgets as W
     from IPython.display import display
     method = W.Dropdown(options=self.methods, description="method")
     statistic = W.Dropdown(options=list(STATISTICS), value="mean_abs", description="statistic")
-    sparsity = W.FloatLogSlider(value=0.05, base=10, min=-3, max=-0.3, step=0.05, description="sparsity", readout_format=".2%")
+    sparsity = W.FloatLogSlider(value=5.0, base=10, min=-1, max=1.7, step=0.05, description="sparsity %", readout_format=".2f")
     block = W.Dropdown(options=self.block_sizes, description="block size")
-    module = W.Dropdown(options=list(self.targets), description="matrix", layout=W.Layout(width="480px"))
-    out = W.Output()
+    first = self.selection(self.methods[0], "mean_abs", 0.05, self.block_sizes[0])
+    module = W.Dropdown(options=matrix_options(first), value=(matrices_by_blocks(first) or list(self.targets))[0],
+                        description="matrix", layout=W.Layout(width="520px"))
+    out, busy = W.Output(), {"relabel": False}
 
     def redraw(*_):
+        if busy["relabel"]: return  # relabelling the matrix list below fires its own change event
         statistic.disabled = method.value != "gw"
+        sel = self.selection(method.value, statistic.value, sparsity.value / 100, block.value)
+        busy["relabel"], current = True, module.value
+        module.options, module.value = matrix_options(sel), current
+        busy["relabel"] = False
         with out:
             out.clear_output(wait=True)
-            fig = self.figure(method.value, statistic.value, sparsity.value, block.value, module.value)
+            fig = self.figure(method.value, statistic.value, sparsity.value / 100, block.value, module.value)
             display(fig); plt.close(fig)
     for w in (method, statistic, sparsity, block, module): w.observe(redraw, names="value")
     redraw()
-    return W.VBox([W.HBox([method, statistic, block]), W.HBox([sparsity, module]), out])
+    return W.VBox([W.HBox([method, statistic, block]), W.HBox([sparsity, module]), W.HTML(f"<small>{HELP}</small>"), out])
