@@ -146,7 +146,8 @@ def grouped_write_checks() -> dict:
 
 def compile_checks(tmp) -> dict:
     """torch.compile on CUDA (inductor, Triton block gradients): a decoder layer in one graph with eager's gradients; SMTTrainer with
-    torch_compile=True against the same run in eager mode; after compiled steps with fused AdamW the weights hold base + Δ."""
+    torch_compile=True against the same run in eager mode (SGD, so that rounding differences are not amplified); after the
+    compiled steps the weights hold base + Δ."""
     from torch._dynamo.utils import counters
     from transformers import LlamaConfig, LlamaForCausalLM
     from smt_nb.core import SMTConfig, prepare_smt, smt_layers

@@ -215,7 +215,7 @@ def weights_read_outside_forward(model: nn.Module, targets: dict[str, nn.Module]
     if not isinstance(dummy, dict) or not dummy or not params or params[0].device.type == "meta": return []
     called = set()
     hooks = [m.register_forward_pre_hook(lambda mod, args, name=n: called.add(name)) for n, m in targets.items()]
-    devices = [p.device for p in params[:1] if p.is_cuda]
+    devices = list(range(torch.cuda.device_count())) if any(p.is_cuda for p in params) else []  # every GPU's generator kept
     try:
         with torch.random.fork_rng(devices=devices), torch.no_grad(): ran = _dummy_forward(model, dummy, params[0].device) is not None
         silent = {n: m for n, m in targets.items() if n not in called and m.weight.is_floating_point()}
@@ -397,13 +397,15 @@ def save_smt(model: nn.Module, save_directory: str | Path):
     bad = [n for n, d in deltas.items() if not torch.isfinite(d).all()]
     if bad: raise ValueError(f"Not saved: the deltas of {bad[0]} (and {len(bad) - 1} more) are not finite; a diverged run must not "
                              "overwrite a good adapter. Lower the learning rate or resume from an earlier checkpoint.")
-    if is_sharded(model) and torch.distributed.get_rank() != 0: return  # one writer; every rank took part in the gathering
-    out = Path(save_directory)
-    meta = json.dumps(adapter_meta(model), indent=1)
-    tensors = {f"{n}.smt_delta": d.cpu().contiguous() for n, d in deltas.items()}
-    with atomic_write(out / ADAPTER_WEIGHTS) as tmp:  # first: the weights file carries the whole config, so it alone is complete
-        save_file(tensors, tmp, metadata={"format": "pt", "library": "smt_nb", "smt_nb_adapter": meta})
-    with atomic_write(out / ADAPTER_CONFIG) as tmp: tmp.write_text(meta)
+    sharded = is_sharded(model)
+    if not sharded or torch.distributed.get_rank() == 0:  # under FSDP2 one writer; every rank took part in the gathering
+        out = Path(save_directory)
+        meta = json.dumps(adapter_meta(model), indent=1)
+        tensors = {f"{n}.smt_delta": d.cpu().contiguous() for n, d in deltas.items()}
+        with atomic_write(out / ADAPTER_WEIGHTS) as tmp:  # first: the weights file carries the whole config, so it alone is complete
+            save_file(tensors, tmp, metadata={"format": "pt", "library": "smt_nb", "smt_nb_adapter": meta})
+        with atomic_write(out / ADAPTER_CONFIG) as tmp: tmp.write_text(meta)
+    if sharded: torch.distributed.barrier()  # no rank goes on (to read the adapter, say) before it is written
 
 # %% ../nbs/05_core.ipynb #e005e38a
 ROUNDING = {"float64": 1e-5, "float32": 1e-5, "float16": 2e-3, "bfloat16": 1e-2, "int8": 4e-2}  # else (4-bit): 0.25
@@ -564,13 +566,16 @@ def save_pretrained(model: nn.Module, save_directory: str | Path, is_main_proces
                         "same arguments, adapter-only checkpoints, exact resume.")
     unknown = set(kwargs) - _SAVE_OPTIONS_FOR_WHOLE_MODELS
     if unknown: raise TypeError(f"save_pretrained of an SMT model does not take {sorted(unknown)}; use model.push_to_hub(repo_id) to upload.")
-    if is_main_process: save_smt(model, save_directory)
+    if is_main_process or is_sharded(model): save_smt(model, save_directory)  # FSDP2: every rank gathers, rank 0 writes
 
 @model_method
 def push_to_hub(model: nn.Module, repo_id: str, revision: str | None = None, private: bool | None = None, token: str | bool | None = None,
                 commit_message: str = "Upload SMT adapter", create_pr: bool = False):
     "Upload the SMT adapter to a hub repository (created if missing); returns the commit info."
     from huggingface_hub import HfApi
+    if is_sharded(model) and torch.distributed.get_rank() != 0:  # FSDP2: this rank helps gather the deltas, rank 0 uploads
+        with tempfile.TemporaryDirectory() as tmp: save_smt(model, tmp)
+        return None
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     with tempfile.TemporaryDirectory() as tmp:
@@ -638,7 +643,7 @@ def switch_path(model: nn.Module, path: str) -> nn.Module:
     for layer in layers.values():
         layer.unmerge()  # the original blocks back in the weight
         layer.path = path
-        if path == "inplace": layer._write_blocks()
+        if path == "inplace" and not layer.disable_adapters: layer._write_blocks()
     return model
 
 @model_method

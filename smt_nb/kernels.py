@@ -56,7 +56,7 @@ def _sddmm_kernel():
         acc = tl.zeros((BM, BN), dtype=tl.float32)
         t_start = split * tokens_per_split
         for t0 in range(0, tokens_per_split, BK):
-            offs_t = t_start + t0 + tl.arange(0, BK)
+            offs_t = (t_start + t0 + tl.arange(0, BK)).to(tl.int64)  # token × width passes 2³¹ on wide layers and long batches
             if EVEN:  # no ragged edge and whole token tiles: unmasked (vectorised) loads
                 g = tl.load(G + offs_t[:, None] * stride_g + g_cols[None, :])
                 x = tl.load(X + offs_t[:, None] * stride_x + x_cols[None, :])

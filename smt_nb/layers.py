@@ -22,7 +22,8 @@ __all__ = ['SUPPORTED_LAYERS', 'PATHS', 'is_float_linear', 'logical_weight', 'is
            'dequantized_weight', 'strip_plan', 'column_strips', 'sampled_block_grad', 'block_gradients',
            'effective_weight', 'SMTLinearFunction', 'block_sparse_matmul', 'block_sparse_matmul_t',
            'BlockDeltaFunction', 'default_path', 'check_blocks', 'padding_mask', 'SMTLinear', 'write_blocks',
-           'sync_blocks', 'write_layers', 'compute_dtype', 'InplaceSMTFunction', 'keep_4bit_differentiable']
+           'sync_blocks', 'groupable', 'write_layers', 'compute_dtype', 'InplaceSMTFunction',
+           'keep_4bit_differentiable']
 
 # %% ../nbs/04_layers.ipynb #b0187c0f
 SUPPORTED_LAYERS = (nn.Linear, Conv1D)
@@ -213,6 +214,10 @@ def padding_mask(grid: BlockGrid, blocks: Tensor) -> Tensor:
 # %% ../nbs/04_layers.ipynb #b57b1d27
 _SERIALS = itertools.count()
 
+def _rewrite_after_load(module: nn.Module, incompatible_keys):
+    "After load_state_dict: the delta or the base weight may be new tensors with the same version numbers, so rewrite unconditionally."
+    if module._written_version is not None and not module._disabled: module._write_blocks()
+
 class SMTLinear(nn.Module):
     "A frozen `nn.Linear` or `Conv1D` plus trainable b×b blocks, stored as deltas in one (n, b, b) parameter."
     def __init__(self, base_layer: nn.Module, blocks: Tensor, block_size: int, init_std: float = 0.0, path: str | None = None):
@@ -246,7 +251,7 @@ class SMTLinear(nn.Module):
         self.merged = False
         self._disabled = False        # PEFT's `disable_adapters`: forward runs the base layer alone
         self._written_version = None  # the delta version last written into the weight (in-place path)
-        self.register_load_state_dict_post_hook(lambda module, incompatible_keys: module.write_changed_blocks())
+        self.register_load_state_dict_post_hook(_rewrite_after_load)
         if self.path == "inplace": self._write_blocks()  # base + Δ in the weight from the start: forward never writes
 
     @property
@@ -301,7 +306,7 @@ def write_changed_blocks(self: SMTLinear):
 
 def sync_blocks(model: nn.Module) -> int:
     "Rewrite the blocks of every in-place SMT layer of `model` whose Δ changed since its last write; returns how many were rewritten."
-    layers = [m for m in model.modules() if isinstance(m, SMTLinear) and m._written_version is not None
+    layers = [m for m in model.modules() if isinstance(m, SMTLinear) and m._written_version is not None and not m._disabled
               and m._written_version != m.smt_delta._version]
     for layer in layers: layer._write_blocks()
     return len(layers)
@@ -310,15 +315,15 @@ def sync_blocks(model: nn.Module) -> int:
 def __setstate__(self: SMTLinear, state: dict):
     "Copies (`copy.deepcopy`, pickle) carry the weight with its blocks written: register them for the optimizer step hook too."
     nn.Module.__setstate__(self, state)
-    if self._written_version is not None:
-        self._written_version = self.smt_delta._version  # the copied weight holds the copied Δ
-        _WRITTEN_LAYERS.add(self)
+    if self._written_version is not None and not self._disabled:
+        self._write_blocks()  # rewrite: the original's weight may not have held its latest Δ (changed by hand, no forward since)
 
 _TABLES: dict = {}  # grouped-write tables, by the layers and addresses they describe
 
 def _block_table(layers: list) -> tuple[Tensor, int]:
     "The (n, 9) int64 table of `write_blocks_triton` for every block of `layers` (built once per set of addresses, then cached)."
-    key = tuple((l._serial, logical_weight(l.base_layer).data_ptr(), l.smt_delta.data_ptr(), l.base_blocks.data_ptr()) for l in layers)
+    key = tuple((l._serial, logical_weight(l.base_layer).data_ptr(), logical_weight(l.base_layer).stride(), l.smt_delta.data_ptr(),
+                 l.base_blocks.data_ptr(), l.base_layer.weight.dtype) for l in layers)
     if key not in _TABLES:
         parts = []
         for l in layers:
@@ -334,6 +339,12 @@ def _block_table(layers: list) -> tuple[Tensor, int]:
         _TABLES[key] = (table.to(logical_weight(layers[0].base_layer).device), len(table))
     return _TABLES[key]
 
+def groupable(layer: SMTLinear) -> bool:
+    "Whether the grouped write's addressing fits this layer: float32 contiguous deltas, contiguous original blocks in the weight's dtype."
+    w = layer.base_layer.weight
+    return (w.dtype in _TRITON_DTYPES and layer.base_blocks.dtype == w.dtype and layer.smt_delta.dtype == torch.float32
+            and layer.smt_delta.is_contiguous() and layer.base_blocks.is_contiguous())
+
 def write_layers(layers: list):
     "Write base + Δ into the weights of `layers`: one Triton launch per (device, dtype, block size) on CUDA, layer by layer elsewhere."
     groups = {}
@@ -342,8 +353,7 @@ def write_layers(layers: list):
         if isinstance(w, DTensor):
             raise RuntimeError("FSDP has sharded a weight that this SMT layer's in-place path writes into; call "
                                "switch_path(model, 'reference') after prepare_smt and before fully_shard.")
-        grouped = w.dtype in _TRITON_DTYPES and layer.smt_delta.is_contiguous() and layer.base_blocks.is_contiguous()  # the table's addressing
-        if grouped and kernel_applies(w, b): groups.setdefault((w.device, w.dtype, b), []).append(layer)
+        if groupable(layer) and kernel_applies(w, b): groups.setdefault((w.device, w.dtype, b), []).append(layer)
         else: layer._write_blocks()
     for (_, dtype, b), group in groups.items():
         table, n = _block_table(group)
@@ -356,7 +366,7 @@ def _write_stepped_blocks(optimizer, args, kwargs):
     "After any optimizer step: write base + Δ of every stepped delta into its weight (fused optimizers leave versions as they were)."
     if not _WRITTEN_LAYERS: return
     stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    write_layers([l for l in list(_WRITTEN_LAYERS) if id(l.smt_delta) in stepped and l._written_version is not None])
+    write_layers([l for l in list(_WRITTEN_LAYERS) if id(l.smt_delta) in stepped and l._written_version is not None and not l._disabled])
 
 register_optimizer_step_post_hook(_write_stepped_blocks)  # every optimizer, once per process
 
@@ -428,20 +438,26 @@ def merge(self: SMTLinear):
     self._write_blocks()
     self.merged = True
 
+_REWRITE = -1  # `_written_version` of an active in-place layer whose weight holds the original blocks: rewritten at the next chance
+
 @patch
 @torch.no_grad()
 def unmerge(self: SMTLinear):
-    "Restore the original block values exactly."
+    "Restore the original block values exactly (an active in-place layer writes base + Δ again at its next eager forward, step or sync)."
     if not self.merged and self._written_version is None: return
     write_blocks(logical_weight(self.base_layer), self.grid, self.blocks, self.base_blocks)
-    self.merged, self._written_version = False, None
+    self.merged = False
+    self._written_version = _REWRITE if self.path == "inplace" and not self._disabled else None
 
 @patch
 def enable_adapters(self: SMTLinear, enabled: bool):
     "PEFT's switch: `False` restores the original blocks in the weight and runs the base layer alone; `True` adds the deltas again."
-    if not enabled: self.unmerge()  # the in-place path and merge() leave base + Δ in the weight: put the original back
-    elif self._disabled and self.path == "inplace": self._write_blocks()
-    self._disabled = not enabled
+    if not enabled:
+        self._disabled = True
+        self.unmerge()  # the in-place path and merge() leave base + Δ in the weight: put the original back
+    else:
+        was_disabled, self._disabled = self._disabled, False
+        if was_disabled and self.path == "inplace": self._write_blocks()
 
 # %% ../nbs/04_layers.ipynb #dc3d4ed3
 def keep_4bit_differentiable(model: nn.Module) -> int:

@@ -260,10 +260,11 @@ class SMTTrainerMixin:
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _save(self, output_dir: str | None = None, state_dict=None):
-        from smt_nb.core import save_smt
-        if not self.args.should_save: return  # one writer in distributed runs
+        from smt_nb.core import save_smt, is_sharded
+        if not (self.args.should_save or is_sharded(self.model)): return  # one writer in distributed runs
         out = Path(output_dir or self.args.output_dir)
-        save_smt(self.model, out)
+        save_smt(self.model, out)  # FSDP2: every rank gathers the deltas, rank 0 writes
+        if not self.args.should_save: return
         if self.processing_class is not None: self.processing_class.save_pretrained(out)
         torch.save(self.args, out / "training_args.bin")
 

@@ -47,7 +47,7 @@ def main(out: Path):
     opt = torch.optim.SGD([l.smt_delta for l in smt_layers(model).values()], lr=LR)
     for b in data:
         model(**b).loss.backward(); opt.step(); opt.zero_grad()
-    model.save_pretrained(out / "adapter")  # every rank: the deltas are gathered, rank 0 writes
+    model.save_pretrained(out / "adapter", is_main_process=rank == 0)  # accelerate's habit; sharded: every rank gathers, rank 0 writes
     dist.barrier()
     twin = fully_shard_model(prepare_smt(ARCHS["llama"](), config(), selection=model.smt_selection))
     load_smt(twin, out / "adapter")         # onto a sharded model: each rank keeps its part

@@ -79,7 +79,13 @@ def test_compiled_training_matches_eager(path):
     eager_model, compiled_model = copy.deepcopy(start), copy.deepcopy(start)
     eager = train(eager_model, eager_model)
     torch._dynamo.reset()
-    compiled = train(compiled_model, torch.compile(compiled_model, backend="aot_eager"))
+    writes, original = [], SMTLinear._write_blocks
+    def counted(self): writes.append(self); return original(self)
+    SMTLinear._write_blocks = counted
+    try: compiled = train(compiled_model, torch.compile(compiled_model, backend="aot_eager"))
+    finally: SMTLinear._write_blocks = original
+    if path == "inplace":  # every write came from the step hook: one per layer per step, none from a forward
+        assert len(writes) == len(data) * len(smt_layers(compiled_model))
     for n in eager: assert relative(compiled[n], eager[n]) < 1e-5, n
     if path == "inplace":  # the optimizer step hook wrote the blocks; the compiled forward never wrote
         before = smt_layers(start)
@@ -121,3 +127,77 @@ def test_trainer_with_torch_compile_trains_like_eager(tmp_path):
     assert counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"], dict(counters["graph_break"])  # compiled, no breaks
     assert compiled_out.global_step == 3 and abs(compiled_out.training_loss - eager_out.training_loss) < 1e-4
     for n in eager: assert relative(compiled[n], eager[n]) < 1e-4, n
+
+
+# ---------------------------------------------------------------- in-place bookkeeping: the weight always holds base + Δ
+def inplace_layer(seed=0):
+    torch.manual_seed(seed)
+    return SMTLinear(nn.Linear(70, 45), torch.tensor([[0, 0], [2, 4], [1, 2]]), 16, init_std=0.1, path="inplace")
+
+
+def holds(layer) -> bool:
+    "Does the weight hold base + Δ in every block?"
+    w = logical_weight(layer.base_layer).detach()
+    return torch.equal(gather_blocks(w, layer.grid, layer.blocks), layer.base_blocks + layer.smt_delta.detach() * layer_padding(layer))
+
+
+def layer_padding(layer):
+    from smt_nb.layers import padding_mask
+    return padding_mask(layer.grid, layer.blocks)
+
+
+def test_copies_and_pickles_write_their_own_delta(tmp_path):
+    layer = inplace_layer()
+    with torch.no_grad(): layer.smt_delta.mul_(2)          # by hand, no forward since: the weight still holds the old Δ
+    copy_ = copy.deepcopy(layer)
+    assert holds(copy_)                                     # the copy wrote its Δ
+    torch.save(layer, tmp_path / "layer.pt")                # the load hook must pickle (a module-level function, no lambda)
+    loaded = torch.load(tmp_path / "layer.pt", weights_only=False)
+    assert holds(loaded)
+    opt = torch.optim.SGD([loaded.smt_delta], lr=0.5)
+    loaded(torch.randn(4, 70)).square().sum().backward(); opt.step()
+    assert holds(loaded)                                    # registered for the step hook
+
+
+def test_load_state_dict_always_rewrites():
+    layer, other = inplace_layer(0), inplace_layer(1)
+    layer.load_state_dict({"smt_delta": other.smt_delta.detach().clone() * 3}, strict=False, assign=True)  # a new tensor, version 0
+    assert holds(layer)
+    fresh = nn.Linear(70, 45).weight.detach()
+    layer.load_state_dict({"base_layer.weight": fresh}, strict=False)  # the weight replaced: the blocks are written on it again
+    assert holds(layer)
+
+
+def test_unmerge_then_compiled_steps_write_delta_again():
+    layer = inplace_layer()
+    layer.merge(); layer.unmerge()                          # the original blocks are back in the weight
+    assert not holds(layer) and sync_blocks(layer) == 1 and holds(layer)
+    layer.unmerge()
+    opt = torch.optim.SGD([layer.smt_delta], lr=0.1)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, backend="aot_eager")
+    compiled(torch.randn(4, 70)).square().sum().backward(); opt.step()
+    assert holds(layer)                                     # the step hook rewrote it; the compiled forward never looks
+
+
+def test_disabled_layers_stay_base_through_steps_and_path_switches():
+    from smt_nb.core import switch_path
+    layer = inplace_layer()
+    w0 = logical_weight(layer.base_layer).detach().clone()
+    layer.unmerge(); original = logical_weight(layer.base_layer).detach().clone()
+    layer.enable_adapters(False)
+    holder = nn.Sequential(layer)
+    switch_path(holder, "inplace")                          # must not write Δ into a disabled layer
+    torch.optim.SGD([layer.smt_delta], lr=0.1).step()       # nor may a step (no gradient: nothing moves, the hook still runs)
+    assert sync_blocks(holder) == 0
+    assert torch.equal(logical_weight(layer.base_layer).detach(), original)
+    layer.enable_adapters(True)
+    assert holds(layer) and not torch.equal(w0, original)
+
+
+def test_grouped_writes_only_take_float32_contiguous_deltas():
+    from smt_nb.layers import groupable
+    layer = SMTLinear(nn.Linear(70, 45).to(torch.bfloat16), torch.tensor([[0, 0]]), 16, path="inplace")
+    assert groupable(layer)
+    layer.smt_delta.data = layer.smt_delta.data.to(torch.bfloat16)  # what model.to(torch.bfloat16) does to an SMT model
+    assert not groupable(layer)                             # the kernel reads float32 deltas: this layer is written by PyTorch ops
