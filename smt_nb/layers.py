@@ -300,16 +300,15 @@ def _write_blocks(self: SMTLinear):
     _WRITTEN_LAYERS.add(self)
 
 @patch
-def write_changed_blocks(self: SMTLinear):
-    "Rewrite the blocks if the weight holds base + Δ of an older Δ (changed by hand since the last write)."
-    if self._written_version is not None and self._written_version != self.smt_delta._version: self._write_blocks()
+def write_changed_blocks(self: SMTLinear) -> bool:
+    "Rewrite the blocks if the weight holds base + Δ of an older Δ (changed by hand since the last write); True if it wrote."
+    stale = self._written_version is not None and not self._disabled and self._written_version != self.smt_delta._version
+    if stale: self._write_blocks()
+    return stale
 
 def sync_blocks(model: nn.Module) -> int:
     "Rewrite the blocks of every in-place SMT layer of `model` whose Δ changed since its last write; returns how many were rewritten."
-    layers = [m for m in model.modules() if isinstance(m, SMTLinear) and m._written_version is not None and not m._disabled
-              and m._written_version != m.smt_delta._version]
-    for layer in layers: layer._write_blocks()
-    return len(layers)
+    return sum(m.write_changed_blocks() for m in model.modules() if isinstance(m, SMTLinear))
 
 @patch
 def __setstate__(self: SMTLinear, state: dict):
