@@ -78,12 +78,15 @@ def _sddmm_kernel():
 @functools.cache
 def _programs_target(device) -> int: return 2 * torch.cuda.get_device_properties(device).multi_processor_count
 
+def _tiles(b: int, fp32: bool) -> tuple[int, int, int]:
+    "(tile side, tiles per block, token tile) for this block size and input dtype."
+    tile = min(b, 64 if fp32 else 128)
+    return tile, (b // tile) ** 2, 32 if fp32 else 64
+
 @functools.lru_cache(maxsize=4096)
 def launch_plan(T: int, n: int, b: int, out_features: int, x_width: int, fp32: bool, n_programs_target: int) -> tuple:
     "(tile, tiles per block, token tile, splits, tokens per split, unmasked) for one problem shape: host arithmetic done once per shape."
-    tile = min(b, 64 if fp32 else 128)
-    tiles = (b // tile) ** 2
-    bk = 32 if fp32 else 64
+    tile, tiles, bk = _tiles(b, fp32)
     splits = max(1, min(math.ceil(n_programs_target / max(1, n * tiles)), math.ceil(T / (4 * bk))))  # enough programs to fill the GPU
     per_split = math.ceil(T / splits / bk) * bk
     splits = math.ceil(T / per_split)
@@ -92,8 +95,7 @@ def launch_plan(T: int, n: int, b: int, out_features: int, x_width: int, fp32: b
 
 def symbolic_launch_plan(T, n: int, b: int, fp32: bool, n_programs_target: int) -> tuple:
     "`launch_plan` for a token count only known symbolically (torch.compile with dynamic shapes): splits from the blocks alone, masked loads."
-    tile, bk = min(b, 64 if fp32 else 128), 32 if fp32 else 64
-    tiles = (b // tile) ** 2
+    tile, tiles, bk = _tiles(b, fp32)
     splits = max(1, math.ceil(n_programs_target / max(1, n * tiles)))
     per_split = ((T + splits - 1) // splits + bk - 1) // bk * bk  # a symbolic integer; splits past the end add zeros
     return tile, tiles, bk, splits, per_split, False

@@ -91,17 +91,15 @@ def sampled_block_grad(g2: Tensor, strips: Tensor, rows: Tensor, strip_idx: Tens
     return out
 
 # %% ../nbs/04_layers.ipynb #7f04f354
-def _block_gradients(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block_size: int) -> Tensor:
-    if kernel_applies(g2, block_size): return sddmm_blocks_triton(g2, x, rows, cols, block_size)
+def _block_gradients(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block_size: int, launch=None) -> Tensor:
+    if kernel_applies(g2, block_size): return sddmm_blocks_triton(g2, x, rows, cols, block_size, launch=launch)
     grid = BlockGrid(g2.shape[1], x.shape[1], block_size)
     return sampled_block_grad(g2, column_strips(x, grid), rows, cols, grid).float()
 
 @torch.library.triton_op("smt_nb::block_gradients", mutates_args=())
 def _block_gradients_op(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block_size: int) -> Tensor:
-    if kernel_applies(g2, block_size):  # the compiler sees the Triton kernel itself and launches it from its own code
-        return sddmm_blocks_triton(g2, x, rows, cols, block_size, launch=torch.library.wrap_triton)
-    grid = BlockGrid(g2.shape[1], x.shape[1], block_size)
-    return sampled_block_grad(g2, column_strips(x, grid), rows, cols, grid).float()
+    # wrap_triton: the compiler sees the Triton kernel itself and launches it from its own code
+    return _block_gradients(g2, x, rows, cols, block_size, launch=torch.library.wrap_triton)
 
 def block_gradients(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block_size: int) -> Tensor:
     "(n, b, b) float32 tiles of `g2ᵀ x` at row strips `rows` and column strips `cols`: `g2` (T, out), `x` (T, W), the input or its saved strips."
@@ -406,7 +404,7 @@ class InplaceSMTFunction(torch.autograd.Function):
 @patch
 def forward(self: SMTLinear, x: Tensor) -> Tensor:
     if self.path == "inplace" and not (self.merged or self._disabled or torch.compiler.is_compiling()):
-        if self._written_version != self.smt_delta._version: self._write_blocks()  # Δ changed by hand since the last write
+        self.write_changed_blocks()  # Δ changed by hand since the last write
         w = logical_weight(self.base_layer)
         if x.dtype == w.dtype and not torch.is_autocast_enabled(x.device.type):
             try: return InplaceSMTFunction.apply(x, w, self.base_layer.bias, self.smt_delta, self)
