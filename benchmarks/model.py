@@ -27,13 +27,17 @@ SHAPES = {  # Llama-3.2-1B and the layer shapes of Llama-3-8B
 METHODS = ["floor", "full", "lora", "smt_1pct", "smt_matched", "smt_matched_autocast"]
 
 
-def build(shape, layers, dtype=torch.bfloat16):
+def build(shape, layers, dtype=torch.bfloat16, tie=True):
+    "Random weights on the current CUDA device; `tie=False` gives Llama-3-8B's separate lm_head."
     s = {k: v for k, v in SHAPES[shape].items() if k != "layers"}
-    cfg = LlamaConfig(vocab_size=128256, num_hidden_layers=layers, max_position_embeddings=2048, tie_word_embeddings=True,
+    cfg = LlamaConfig(vocab_size=128256, num_hidden_layers=layers, max_position_embeddings=2048, tie_word_embeddings=tie,
                       rope_theta=500000.0, **s)
     torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(cfg).to(dtype)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # initialised in `dtype` directly: an 8B model never exists in float32
+    try:
+        with torch.device("cuda"): model = LlamaForCausalLM(cfg).to(dtype)
+    finally: torch.set_default_dtype(default)
     model.config.use_cache = False
     return model
 

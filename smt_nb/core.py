@@ -643,7 +643,8 @@ def switch_path(model: nn.Module, path: str) -> nn.Module:
     for layer in layers.values():
         layer.unmerge()  # the original blocks back in the weight
         layer.path = path
-        if path == "inplace" and not layer.disable_adapters: layer._write_blocks()
+        if path != "inplace": layer._written_version = None  # nothing to keep written: the step hook must leave this weight alone
+        elif not layer.disable_adapters: layer._write_blocks()
     return model
 
 @model_method

@@ -195,6 +195,22 @@ def test_disabled_layers_stay_base_through_steps_and_path_switches():
     assert holds(layer) and not torch.equal(w0, original)
 
 
+@pytest.mark.parametrize("path", ["reference", "additive"])
+def test_switching_away_from_inplace_stops_the_writes(path):
+    "The step hook must leave a layer alone once it left the in-place path: its forward adds Δ itself (else Δ counts twice)."
+    from smt_nb.core import switch_path
+    layer = inplace_layer()
+    holder = nn.Sequential(layer)
+    switch_path(holder, path)
+    original = logical_weight(layer.base_layer).detach().clone()
+    x = torch.randn(5, 70)
+    opt = torch.optim.SGD([layer.smt_delta], lr=0.1)
+    layer(x).square().sum().backward(); opt.step()
+    assert torch.equal(logical_weight(layer.base_layer).detach(), original)   # untouched by the step hook
+    dense = layer.base_layer.weight.detach() + layer.delta_weight()
+    torch.testing.assert_close(layer(x), x @ dense.T + layer.base_layer.bias)  # base + Δ once
+
+
 def test_grouped_writes_only_take_float32_contiguous_deltas():
     from smt_nb.layers import groupable
     layer = SMTLinear(nn.Linear(70, 45).to(torch.bfloat16), torch.tensor([[0, 0]]), 16, path="inplace")
