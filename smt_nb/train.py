@@ -228,7 +228,7 @@ def _declared_as_adapter_model(model):
         if declare: model.__dict__.pop("_hf_peft_config_loaded", None)
 
 class SMTTrainerMixin:
-    "Turns a `transformers.Trainer` subclass into one for SMT models: adapter-only checkpoints, and resuming or loading the best model from them."
+    "Turns a `transformers.Trainer` subclass into one for SMT models: adapter-only checkpoints (under FSDP too), and resuming or loading the best model from them."
     def __init__(self, *args, **kwargs):
         model = kwargs.get("model", args[0] if args else None)
         if _uses_fused_lm_head(type(self)) and model is not None and hasattr(model, "get_output_embeddings"):
@@ -237,6 +237,26 @@ class SMTTrainerMixin:
                 raise ValueError(f"{type(self).__name__} computes log-probabilities from lm_head.weight directly, so SMT blocks on the LM "
                                  "head would never train: prepare the model without it (exclude_modules=['lm_head']).")
         with _declared_as_adapter_model(model): super().__init__(*args, **kwargs)
+        from smt_nb.core import smt_layers, switch_path
+        if self._fsdp and any(l.path == "inplace" for l in smt_layers(self.model).values()):
+            switch_path(self.model, "reference")  # FSDP2 will shard the base weights the in-place path writes into
+
+    @property
+    def _fsdp(self) -> bool: return bool(getattr(self, "is_fsdp_enabled", False))
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        "As Trainer's; under FSDP the adapter alone: every rank gathers the deltas (never the base), rank 0 writes."
+        if not self._fsdp: return super().save_model(output_dir, _internal_call)
+        self._save(output_dir)
+        if self.args.push_to_hub and not _internal_call: self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str):
+        "As Trainer's; under FSDP without the sharded copy of the whole model Trainer adds (the adapter is saved beside it)."
+        if not self._fsdp: return super()._save_optimizer_and_scheduler(output_dir)
+        from accelerate.utils import save_fsdp_optimizer
+        from transformers.trainer import SCHEDULER_NAME
+        save_fsdp_optimizer(self.accelerator.state.fsdp_plugin, self.accelerator, self.optimizer, self.model, output_dir)  # deltas' states
+        if self.args.should_save: torch.save(self.lr_scheduler.state_dict(), Path(output_dir) / SCHEDULER_NAME)
 
     def create_optimizer(self, *args, **kwargs):
         "Trainer's optimizer, whose step is skipped (with a warning) when a block gradient is NaN or inf."

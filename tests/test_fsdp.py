@@ -1,7 +1,8 @@
 """SMT under FSDP2 on CPU processes (gloo): 2 sharded ranks against 1 process on the same combined batches — the same selection,
 the same trained deltas, one adapter that loads onto an unsharded base with the same logits, and half the base on each rank;
 the in-place path, which would write into sharded weights, is refused at the first optimizer step; bf16 compute through FSDP's
-MixedPrecisionPolicy with activation checkpointing keeps float32 deltas."""
+MixedPrecisionPolicy with activation checkpointing keeps float32 deltas. Then the same through accelerate's FSDP plugin and
+through SMTTrainer with `fsdp=True`: adapter-only checkpoints that resume exactly, with either state-dict type."""
 import json
 import os
 import shutil
@@ -24,6 +25,20 @@ def torchrun(script: str, out: Path, port: int, nproc: int = 2):
                           capture_output=True, text=True, timeout=600, env=env)
 
 
+def single_process():
+    "One process trained with SGD on the combined batches of both ranks."
+    import fsdp_worker as w
+    data = w.full_batches()
+    single = prepare_smt(ARCHS["llama"](), w.config(), dataloader=data)
+    opt = torch.optim.SGD([l.smt_delta for l in smt_layers(single).values()], lr=w.LR)
+    for b in data:
+        single(**b).loss.backward(); opt.step(); opt.zero_grad()
+    return single
+
+
+def norm_error(got, want) -> float: return ((got - want).norm() / want.norm()).item()
+
+
 def test_fsdp2_two_cpu_processes_match_single_process(tmp_path):
     import fsdp_worker as w
     run = torchrun("fsdp_worker.py", tmp_path, 29541)
@@ -38,15 +53,39 @@ def test_fsdp2_two_cpu_processes_match_single_process(tmp_path):
     for r in ranks:  # bf16 compute (MixedPrecisionPolicy) + activation checkpointing: float32 deltas, close to the float32 run
         assert r["mixed_dtypes"] == ["torch.float32"] and r["mixed_error"] < 3e-2, r
 
-    data = w.full_batches()                                           # one process on the combined batches
-    single = prepare_smt(ARCHS["llama"](), w.config(), dataloader=data)
+    single = single_process()
     assert blocks[0] == {n: b.tolist() for n, b in single.smt_selection.blocks.items()}
-    opt = torch.optim.SGD([l.smt_delta for l in smt_layers(single).values()], lr=w.LR)
-    for b in data:
-        single(**b).loss.backward(); opt.step(); opt.zero_grad()
     loaded = load_smt(ARCHS["llama"](), tmp_path / "adapter")         # the FSDP adapter on an unsharded base
     for n, l in smt_layers(single).items():
         want, got = l.smt_delta.detach(), smt_layers(loaded)[n].smt_delta.detach()
         assert ((got - want).norm() / want.norm()).item() < 1e-5, n
     with torch.no_grad(): logits = loaded(input_ids=w.probe()).logits
     torch.testing.assert_close(logits, torch.load(tmp_path / "logits.pt"), rtol=1e-5, atol=1e-5)
+
+
+def test_fsdp2_through_accelerate_and_trainer(tmp_path):
+    from fsdp_trainer_worker import STATE_DICT_TYPES
+    run = torchrun("fsdp_trainer_worker.py", tmp_path, 29542)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"trainer_rank{r}.json").read_text()) for r in (0, 1)]
+    single = single_process()
+    # accelerate's plugin: sharded (half the base each), and trained like one process on the combined batches
+    for r in ranks: assert r["accelerate"]["fsdp"] and r["accelerate"]["local"] <= 0.55 * r["accelerate"]["total"], r
+    deltas = torch.load(tmp_path / "accelerate_deltas.pt")
+    loaded = load_smt(ARCHS["llama"](), tmp_path / "accelerate_adapter")   # its adapter, written once, on an unsharded base
+    for n, l in smt_layers(single).items():
+        assert norm_error(deltas[n], l.smt_delta.detach()) < 1e-5, n
+        assert torch.equal(smt_layers(loaded)[n].smt_delta.detach(), deltas[n]), n
+    # SMTTrainer(fsdp=True): checkpoints hold the adapter and the optimizer state, never the base; resuming is exact
+    for kind in STATE_DICT_TYPES:
+        for run_name in ("straight", "resumed"):
+            r = ranks[0][f"{kind}_{run_name}"]
+            assert r["fsdp"] and r["paths"] == ["reference"], r  # in-place layers moved to the reference path before sharding
+            assert r["steps_run"] == (4 if run_name == "straight" else 2), r  # the resumed run starts after checkpoint-2
+            assert {"adapter_config.json", "adapter_model.safetensors", "trainer_state.json", "scheduler.pt"} <= set(r["checkpoint"]), r
+            assert not any("pytorch_model" in f or f.endswith(".safetensors") and f != "adapter_model.safetensors" for f in r["checkpoint"]), r
+        straight, resumed = (torch.load(tmp_path / f"trainer_{kind}_{x}.pt") for x in ("straight", "resumed"))
+        assert straight.keys() == resumed.keys() and all(torch.equal(straight[n], resumed[n]) for n in straight), kind
+        final = load_smt(ARCHS["llama"](), tmp_path / kind / "checkpoint-4")  # the last checkpoint's adapter on an unsharded base
+        assert all(torch.equal(l.smt_delta.detach(), straight[n]) for n, l in smt_layers(final).items()), kind
+        assert any(straight[n].abs().sum() > 0 for n in straight), kind     # it trained
