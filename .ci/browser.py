@@ -67,13 +67,18 @@ def private_dirs(root: Path) -> dict:
 def start_lab(work: Path, port: int, token: str, env: dict) -> subprocess.Popen:
     lab = shutil.which("jupyter-lab") or str(Path(sys.executable).parent / "jupyter-lab")
     args = [lab, "--no-browser", "--ip=127.0.0.1", f"--port={port}", f"--IdentityProvider.token={token}", "--allow-root", f"--ServerApp.root_dir={work}",
-            "--ServerApp.open_browser=False", "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-    log = open(work.parent / "jupyter-lab.log", "w")
-    return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            "--ServerApp.open_browser=False", "--ServerApp.port_retries=0", "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    with open(work.parent / "jupyter-lab.log", "w") as log:  # the child keeps its own copy of the handle
+        return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def stop(proc: subprocess.Popen):
+def stop(proc: subprocess.Popen, port: int, token: str):
+    "Shut the kernels down through the server (they run in sessions of their own), then end jupyter-lab."
     if proc.poll() is not None: return
+    try:
+        for k in api(port, token, "/api/kernels"):
+            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/api/kernels/{k['id']}?token={token}", method="DELETE"), timeout=10)
+    except OSError: pass  # the server is going anyway
     os.killpg(proc.pid, signal.SIGTERM)
     try: proc.wait(timeout=15)
     except subprocess.TimeoutExpired: os.killpg(proc.pid, signal.SIGKILL); proc.wait()
@@ -87,11 +92,18 @@ def figure_src(panel) -> str:
     return panel.locator(".widget-output img").first.get_attribute("src") or ""
 
 
+def output_errors(page) -> list[str]:
+    return [f"output: {t[:500]}" for t in page.locator(".jp-OutputArea-output").all_text_contents() if ERROR_IN_OUTPUT.search(t)]
+
+
 def change_and_check(page, panel, name: str, change, out: Path, step: int):
-    "Apply `change` to the panel; the figure must be redrawn differently within 60 s."
+    "Apply `change` to the panel; the figure must be redrawn differently within 60 s, with no error in any output."
     before = figure_src(panel)
     change()
-    wait_for(lambda: (src := figure_src(panel)) and src != before, f"the figure after changing {name}", 60)
+    def redrawn():
+        if errors := output_errors(page): raise AssertionError(f"after changing {name}: " + "; ".join(errors))
+        return (src := figure_src(panel)) and src != before
+    wait_for(redrawn, f"the figure after changing {name}", 60)
     panel.screenshot(path=str(out / f"{step:02d}_{name}.png"))
     print(f"  {name}: the figure changed", flush=True)
 
@@ -126,21 +138,22 @@ def drive(port: int, token: str, n_code: int, out: Path, env: dict):
         wait_for(all_ran, "all cells to run", 300, every=1)
         print(f"ran {n_code} code cells in {time.monotonic() - t0:.0f} s", flush=True)
         page.screenshot(path=str(out / "00_after_run_all.png"), full_page=True)
-        for text in page.locator(".jp-OutputArea-output").all_text_contents():
-            if ERROR_IN_OUTPUT.search(text): problems.append(f"output: {text[:500]}")
+        problems += output_errors(page)
         panel = page.locator(".widget-vbox", has=page.locator(".widget-output img")).last
         panel.scroll_into_view_if_needed()
         method, statistic, block, module = (panel.locator(".widget-dropdown select").nth(i) for i in range(4))
         readout = panel.locator(".widget-readout").first
-        steps = [("method", lambda: method.select_option("gw")),            # GW, so that the statistic control is active
-                 ("statistic", lambda: statistic.select_option("abs_mean")),
+        steps = [("method", lambda: choose_other(method)),              # whichever method it shows now, another one
+                 ("method_gw", lambda: method.select_option("gw")),     # the statistic acts only under GW (skipped if already there)
+                 ("statistic", lambda: statistic.select_option("abs_mean" if statistic.input_value() != "abs_mean" else "mean_abs")),
                  ("block_size", lambda: choose_other(block)),
                  ("sparsity", lambda: (readout.click(), page.keyboard.press("Control+A"), page.keyboard.type("10"), page.keyboard.press("Enter"))),
                  ("matrix", lambda: choose_other(module))]
-        if method.input_value() == "gw": steps[0] = ("method", lambda: method.select_option("mw"))
         for i, (name, change) in enumerate(steps, 1):
-            if name == "statistic" and method.input_value() != "gw": method.select_option("gw")
+            if name == "method_gw" and method.input_value() == "gw": continue  # already on GW
             change_and_check(page, panel, name, change, out, i)
+        if statistic.is_disabled(): problems.append("the statistic control stayed disabled under GW")
+        problems += output_errors(page)
         sparsity_text = readout.text_content().strip()
         if sparsity_text != "10.00": problems.append(f"sparsity readout shows {sparsity_text!r} after typing 10 (percent)")
         page.screenshot(path=str(out / "99_final.png"), full_page=True)
@@ -166,7 +179,7 @@ def main(out: Path):
         print((root / "jupyter-lab.log").read_text()[-3000:], file=sys.stderr)
         raise
     finally:
-        stop(lab)
+        stop(lab, port, token)
         shutil.copy(root / "jupyter-lab.log", out / "jupyter-lab.log")
         shutil.rmtree(root, ignore_errors=True)
     if problems:

@@ -142,14 +142,15 @@ def compare(shape, gpus, out: Path):
     "Load the FSDP and the DDP adapters onto fresh bases on one GPU: their deltas and logits side by side."
     spec, torch_device = SHAPES[shape], torch.cuda.current_device()
     probe = torch.randint(0, VOCAB, (1, 256), device="cuda", generator=torch.Generator(device="cuda").manual_seed(7))
-    loaded, logits = {}, {}
+    loaded, logits, blocks = {}, {}, {}
     for mode in ("fsdp", "ddp"):
         model = load_smt(build(spec.get("shape", shape), spec["layers"], tie=spec["tie"]), out / f"adapter_{shape}_{mode}{gpus}")  # a fresh base
         loaded[mode] = {n: l.smt_delta.detach().clone() for n, l in smt_layers(model).items()}
+        blocks[mode] = {n: l.blocks.tolist() for n, l in smt_layers(model).items()}
         with torch.no_grad(): logits[mode] = model(input_ids=probe).logits.float()
         del model; torch.cuda.empty_cache()
     a, b = (torch.cat([d[n].flatten() for n in sorted(d)]) for d in (loaded["fsdp"], loaded["ddp"]))
-    res = dict(shape=shape, gpus=gpus, device=torch.cuda.get_device_name(torch_device), same_blocks=loaded["fsdp"].keys() == loaded["ddp"].keys(),
+    res = dict(shape=shape, gpus=gpus, device=torch.cuda.get_device_name(torch_device), same_blocks=blocks["fsdp"] == blocks["ddp"],
                fsdp_vs_ddp_delta_norm_rel=((a - b).norm() / b.norm()).item(), delta_norm=b.norm().item(),
                fsdp_vs_ddp_logits_max_abs=(logits["fsdp"] - logits["ddp"]).abs().max().item(),
                logits_abs_max=logits["ddp"].abs().max().item())

@@ -634,10 +634,11 @@ def unload(model: nn.Module) -> nn.Module:
     return model
 
 @model_method
-def switch_path(model: nn.Module, path: str) -> nn.Module:
-    "Run every SMT layer on `path`; e.g. 'reference' before FSDP2 shards the base weights, which the in-place path writes into."
+def switch_path(model: nn.Module, path: str, from_path: str | None = None) -> nn.Module:
+    "Run every SMT layer (or those now on `from_path`) on `path`; e.g. 'reference' before FSDP2 shards the base weights, which the in-place path writes into."
     if path not in PATHS: raise ValueError(f"Unknown path {path!r}; choose one of {PATHS}.")
-    layers = smt_layers(model)
+    if from_path is not None and from_path not in PATHS: raise ValueError(f"Unknown from_path {from_path!r}; choose one of {PATHS}.")
+    layers = {n: l for n, l in smt_layers(model).items() if from_path is None or l.path == from_path}
     quantized = [n for n, l in layers.items() if l.quantized]
     if quantized and path != "additive": raise ValueError(f"{quantized[0]} has a 4/8-bit base, which needs the additive path.")
     for layer in layers.values():

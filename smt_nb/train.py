@@ -72,6 +72,8 @@ def evaluate_loss(model: nn.Module, batches: Iterable[dict]) -> float:
     model.train(was_training)
     return sum(losses) / len(losses)
 
+from torch.distributed.tensor import DTensor
+
 class NonFiniteGuard:
     "Decides whether an optimizer step may run: not when the loss or a gradient is NaN/inf (the step is skipped, with a warning)."
     def __init__(self, params: list[nn.Parameter], max_consecutive: int = 10):
@@ -79,9 +81,14 @@ class NonFiniteGuard:
         self.params, self.max_consecutive, self.skipped, self.consecutive = params, max_consecutive, 0, 0
 
     def grads_finite(self) -> bool:
-        "One reduction and one host sync for all gradients."
+        "One reduction and one host sync for all gradients; under FSDP2 (sharded gradients) every rank reaches the same verdict."
         grads = [p.grad for p in self.params if p.grad is not None]
-        return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        local = [g.to_local() if isinstance(g, DTensor) else g for g in grads]           # each rank checks its own shards
+        finite = torch.stack([torch.isfinite(g).all() for g in local]).all() if local else torch.tensor(True)
+        if any(isinstance(g, DTensor) for g in grads):  # skip on every rank or on none: the shards must stay one model
+            finite = finite.to(torch.int32)
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        return bool(finite)
 
     def allow_step(self, loss: float = 0.0, where: str = "") -> bool:
         if math.isfinite(loss) and self.grads_finite():
@@ -237,12 +244,18 @@ class SMTTrainerMixin:
                 raise ValueError(f"{type(self).__name__} computes log-probabilities from lm_head.weight directly, so SMT blocks on the LM "
                                  "head would never train: prepare the model without it (exclude_modules=['lm_head']).")
         with _declared_as_adapter_model(model): super().__init__(*args, **kwargs)
-        from smt_nb.core import smt_layers, switch_path
-        if self._fsdp and any(l.path == "inplace" for l in smt_layers(self.model).values()):
-            switch_path(self.model, "reference")  # FSDP2 will shard the base weights the in-place path writes into
+        if self._fsdp: self._prepare_for_fsdp()
 
     @property
     def _fsdp(self) -> bool: return bool(getattr(self, "is_fsdp_enabled", False))
+
+    def _prepare_for_fsdp(self):
+        "FSDP2 only (FSDP1 flattens the deltas into one buffer); in-place layers move to the reference path before the base is sharded."
+        from smt_nb.core import switch_path
+        version = getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1)
+        if version != 2: raise ValueError(f"SMT trains under FSDP2 only, but this Trainer is set up for FSDP{version} (which flattens the "
+                                          "deltas into one buffer per module): pass fsdp_config={'version': 2, ...}.")
+        switch_path(self.model, "reference", from_path="inplace")  # FSDP2 will shard the base weights the in-place path writes into
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         "As Trainer's; under FSDP the adapter alone: every rank gathers the deltas (never the base), rank 0 writes."
@@ -263,7 +276,9 @@ class SMTTrainerMixin:
         opt = super().create_optimizer(*args, **kwargs)
         if not getattr(opt, "_smt_guarded", False):
             guard, step = NonFiniteGuard(smt_parameters(self.model), self.max_nonfinite_skips), opt.step
-            def guarded_step(*a, **kw): return step(*a, **kw) if guard.allow_step(where=f" at step {self.state.global_step + 1}") else None
+            def guarded_step(*a, **kw):
+                guard.params = [p for g in opt.param_groups for p in g["params"]]  # as the optimizer holds them now (FSDP2 swaps them)
+                return step(*a, **kw) if guard.allow_step(where=f" at step {self.state.global_step + 1}") else None
             opt.step, opt._smt_guarded, self.nonfinite_guard = guarded_step, True, guard
         return opt
 

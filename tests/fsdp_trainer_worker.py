@@ -9,7 +9,8 @@ runs here as it does on GPUs.
      SGD on each rank's half of every batch, `save_pretrained` on every rank.
   2. Trainer (`SMTTrainer`, `fsdp=True, fsdp_config={"version": 2, ...}`) with each state-dict type: 4 steps straight with
      checkpoints every 2, then a fresh run resumed from checkpoint-2, on in-place layers (the trainer must move them to the
-     reference path before FSDP2 shards their weights).
+     reference path before FSDP2 shards their weights); a run whose gradient turns NaN on one rank at step 3 (both ranks skip that
+     step).
 Usage: torchrun --nproc_per_node 2 tests/fsdp_trainer_worker.py OUT_DIR
 """
 import json
@@ -73,13 +74,18 @@ def trainer_rows():
     return [{k: v[i] for k, v in b.items()} for b in full_batches() for i in range(b["input_ids"].shape[0])]
 
 
-def through_trainer(out: Path, rank: int, world: int, state_dict_type: str, resume: bool) -> dict:
+def through_trainer(out: Path, rank: int, world: int, state_dict_type: str, resume: bool, poison_step: int | None = None) -> dict:
+    "4 steps (or from checkpoint-2 on); `poison_step`: rank 0 makes one delta's gradient NaN before that step's optimizer step."
     from transformers import TrainingArguments, TrainerCallback
     from smt_nb.train import SMTTrainer
     class CountSteps(TrainerCallback):
         steps = 0
         def on_step_end(self, *args, **kwargs): CountSteps.steps += 1
-    args = TrainingArguments(output_dir=str(out / state_dict_type), max_steps=4, save_steps=2, per_device_train_batch_size=2,
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            if state.global_step + 1 == poison_step and rank == 0:
+                next(iter(smt_layers(model).values())).smt_delta.grad.to_local().view(-1)[0] = float("nan")
+    folder = out / f"{state_dict_type}{'_nan' if poison_step else ''}"
+    args = TrainingArguments(output_dir=str(folder), max_steps=4, save_steps=2, per_device_train_batch_size=2,
                              learning_rate=1e-2, lr_scheduler_type="constant", weight_decay=0.0, report_to=[], use_cpu=True,
                              dataloader_drop_last=True, seed=0, disable_tqdm=True,
                              fsdp=True, fsdp_config={"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"],
@@ -87,11 +93,12 @@ def through_trainer(out: Path, rank: int, world: int, state_dict_type: str, resu
     model = switch_path(prepare_smt(ARCHS["llama"](), config(), dataloader=shard(full_batches(), rank, world)), "inplace")
     trainer = SMTTrainer(model=model, args=args, train_dataset=trainer_rows(), callbacks=[CountSteps()])
     paths = sorted({l.path for l in smt_layers(model).values()})
-    trainer.train(resume_from_checkpoint=str(out / state_dict_type / "checkpoint-2") if resume else None)
+    trainer.train(resume_from_checkpoint=str(folder / "checkpoint-2") if resume else None)
     deltas = whole_deltas(trainer.model)  # a gather: every rank takes part
-    if rank == 0: torch.save(deltas, out / f"trainer_{state_dict_type}_{'resumed' if resume else 'straight'}.pt")
-    return dict(fsdp=trainer.is_fsdp_enabled, paths=paths, steps_run=CountSteps.steps,
-                checkpoint=sorted(p.name for p in (out / state_dict_type / "checkpoint-2").iterdir()))
+    if rank == 0: torch.save(deltas, out / f"trainer_{folder.name}_{'resumed' if resume else 'straight'}.pt")
+    return dict(fsdp=trainer.is_fsdp_enabled, paths=paths, steps_run=CountSteps.steps, skipped=trainer.nonfinite_guard.skipped,
+                finite=all(bool(torch.isfinite(d).all()) for d in deltas.values()),
+                checkpoint=sorted(p.name for p in (folder / f"checkpoint-{4 if resume else 2}").iterdir()))
 
 
 def main(out: Path):
@@ -103,6 +110,7 @@ def main(out: Path):
         for resume in (False, True):
             report[f"{kind}_{'resumed' if resume else 'straight'}"] = through_trainer(out, rank, world, kind, resume)
             dist.barrier()
+    report["nan_step"] = through_trainer(out, rank, world, "FULL_STATE_DICT", False, poison_step=3)  # skipped on both ranks
     (out / f"trainer_rank{rank}.json").write_text(json.dumps(report))
     dist.destroy_process_group()
 

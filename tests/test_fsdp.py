@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from smt_nb.core import load_smt, prepare_smt, smt_layers
+from smt_nb.core import SMTConfig, load_smt, prepare_smt, smt_layers
 from conftest import ARCHS
 
 TESTS = Path(__file__).parent
@@ -83,9 +83,26 @@ def test_fsdp2_through_accelerate_and_trainer(tmp_path):
             assert r["fsdp"] and r["paths"] == ["reference"], r  # in-place layers moved to the reference path before sharding
             assert r["steps_run"] == (4 if run_name == "straight" else 2), r  # the resumed run starts after checkpoint-2
             assert {"adapter_config.json", "adapter_model.safetensors", "trainer_state.json", "scheduler.pt"} <= set(r["checkpoint"]), r
+            assert ("optimizer.bin" if kind == "FULL_STATE_DICT" else "optimizer_0") in r["checkpoint"], r  # the deltas' optimizer state
+            assert r["skipped"] == 0, r
             assert not any("pytorch_model" in f or f.endswith(".safetensors") and f != "adapter_model.safetensors" for f in r["checkpoint"]), r
         straight, resumed = (torch.load(tmp_path / f"trainer_{kind}_{x}.pt") for x in ("straight", "resumed"))
         assert straight.keys() == resumed.keys() and all(torch.equal(straight[n], resumed[n]) for n in straight), kind
         final = load_smt(ARCHS["llama"](), tmp_path / kind / "checkpoint-4")  # the last checkpoint's adapter on an unsharded base
         assert all(torch.equal(l.smt_delta.detach(), straight[n]) for n, l in smt_layers(final).items()), kind
         assert any(straight[n].abs().sum() > 0 for n in straight), kind     # it trained
+    for r in ranks:  # a NaN gradient in rank 0's shard: both ranks skip that step (else their shards would stop being one model)
+        assert r["nan_step"]["skipped"] == 1 and r["nan_step"]["steps_run"] == 4 and r["nan_step"]["finite"], r["nan_step"]
+
+
+def test_trainer_refuses_fsdp1():
+    "FSDP1 flattens the deltas into one buffer per module (accelerate builds its plugin only on accelerators, so the check is called directly)."
+    from types import SimpleNamespace
+    from smt_nb.train import SMTTrainerMixin
+    import pytest
+    model = prepare_smt(ARCHS["llama"](), SMTConfig(block_size=16, sparsity=0.1, method="mw", target_modules=["q_proj"]))
+    trainer = SimpleNamespace(model=model, accelerator=SimpleNamespace(state=SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=1))))
+    with pytest.raises(ValueError, match=r"FSDP2 only.*'version': 2"): SMTTrainerMixin._prepare_for_fsdp(trainer)
+    trainer.accelerator.state.fsdp_plugin.fsdp_version = 2
+    SMTTrainerMixin._prepare_for_fsdp(trainer)                     # FSDP2: accepted, in-place layers (none on CPU) moved
+    assert {l.path for l in smt_layers(model).values()} == {"reference"}
