@@ -93,9 +93,9 @@ def figure(self: SelectionExplorer, method: str = None, statistic: str = "mean_a
 
 # %% ../nbs/03_widgets.ipynb #252bf0fa
 HELP = ("<b>gw</b>: blocks whose weights got the largest warm-up gradients (the paper's default) · <b>aw</b>: largest |weight| × input "
-        "activation · <b>mw</b>: largest |weight|, no data needed · <b>random</b>: a baseline. GW statistic: <b>mean_abs</b> = mean of "
-        "|gradient| over a block's entries (signs cannot cancel), <b>abs_mean</b> = |mean gradient| (the official code's choice), "
-        "<b>l2</b> / <b>max_abs</b> = the block's gradient norm / largest entry.")
+        "activation · <b>mw</b>: largest |weight|, no data needed · <b>random</b>: a baseline. GW statistic of each block of the summed "
+        "gradient: <b>mean_abs</b> = |mean| (signed entries can cancel; the official SMT score, the default), <b>abs_mean</b> = mean of "
+        "|entries| (they cannot), <b>l1</b> / <b>l2</b> = the sum of |entries| / the norm, <b>mean</b> = the signed mean.")
 
 def matrix_options(sel: Selection) -> list[tuple[str, str]]:
     "(label, name) for the matrix list: every target with how many chosen blocks it holds."
