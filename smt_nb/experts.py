@@ -183,7 +183,7 @@ class SMTExperts(nn.Module):
         if bad.any(): raise ValueError(f"Block {blocks[bad][0].tolist()} lies outside {name}'s {E} experts × {self.grid.shape} blocks.")
         if len(torch.unique(blocks, dim=0)) != len(blocks): raise ValueError(f"{name}: a block is listed twice.")
         blocks = blocks[torch.argsort(blocks[:, 0] * self.grid.numel + blocks[:, 1] * self.grid.n_cols + blocks[:, 2])]
-        object.__setattr__(self, "_owner", weakref.ref(owner))           # not a submodule: the owner holds this module
+        object.__setattr__(self, "_owner", owner)                         # not a submodule (the owner holds this module); copies follow
         W.requires_grad_(False)                                           # the base is frozen; Δ trains
         self.register_buffer("blocks", blocks.to(W.device))
         self._experts = {}                                                # expert -> (positions in Δ, row strips, column strips)
@@ -199,7 +199,12 @@ class SMTExperts(nn.Module):
         _EXPERT_MODULES.add(self)
 
     @property
-    def weight(self) -> Tensor: return getattr(self._owner(), self.param_name)
+    def weight(self) -> Tensor: return getattr(self._owner, self.param_name)
+
+    def __setstate__(self, state: dict):
+        "Copies (`copy.deepcopy`, pickle) are written after optimizer steps too."
+        nn.Module.__setstate__(self, state)
+        _EXPERT_MODULES.add(self)
 
     def on_call(self, kind: str, where, x: Tensor, w: Tensor, func):
         "One matmul of the owner on this weight (see ExpertCalls): its output, with Δ's block gradients on the way back."
@@ -237,9 +242,10 @@ def _write_stepped_experts(optimizer, args, kwargs):
 
 register_optimizer_step_post_hook(_write_stepped_experts)
 
-def _route_expert_calls(owner: nn.Module, handlers: dict[str, Callable]):
-    "While `owner` runs forward, send its expert matmuls on each named weight to that weight's handler (hooks; returns their handles)."
+def _route_expert_calls(owner: nn.Module, handlers_of: Callable[[nn.Module], dict[str, Callable]]):
+    "While `owner` runs forward, send its expert matmuls on each named weight to `handlers_of(owner)[name]` (hooks; returns their handles)."
     def enter(module, args):
+        handlers = handlers_of(module)  # looked up on the module that runs: a copy of the model routes to its own blocks
         mode = ExpertCalls({n: getattr(module, n) for n in handlers}, lambda name, *call: handlers[name](*call))
         module.__dict__.setdefault("_smt_expert_modes", []).append(mode)
         mode.__enter__()
@@ -257,8 +263,9 @@ def install_experts(model: nn.Module, params: dict[str, tuple[nn.Module, str]], 
         module = SMTExperts(owner, pname, torch.cat(triples) if triples else torch.zeros(0, 3, dtype=torch.long), block_size)
         owner.add_module(f"{pname}_smt", module)
         out[name] = module
-        owners.setdefault(id(owner), (owner, {}))[1][pname] = module.on_call
-    for owner, handlers in owners.values(): owner.__dict__["_smt_expert_hooks"] = _route_expert_calls(owner, handlers)
+        owners.setdefault(id(owner), (owner, []))[1].append(pname)
+    for owner, pnames in owners.values():
+        owner.__dict__["_smt_expert_hooks"] = _route_expert_calls(owner, lambda m, pnames=tuple(pnames): {p: getattr(m, f"{p}_smt").on_call for p in pnames})
     return out
 
 # %% ../nbs/04c_experts.ipynb #2db4001c
@@ -271,7 +278,7 @@ def _routed(params: dict[str, tuple[nn.Module, str]], make_handler):
     "While inside: each targeted weight's expert matmuls go to `make_handler(name)` (see ExpertCalls)."
     owners = {}
     for name, (owner, pname) in params.items(): owners.setdefault(id(owner), (owner, {}))[1][pname] = make_handler(name)
-    handles = [h for owner, handlers in owners.values() for h in _route_expert_calls(owner, handlers)]
+    handles = [h for owner, handlers in owners.values() for h in _route_expert_calls(owner, lambda m, handlers=handlers: handlers)]
     try: yield
     finally:
         for h in handles: h.remove()
