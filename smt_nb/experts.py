@@ -140,31 +140,31 @@ def _runner(kind: str, where, func):
     "The intercepted call, as a function of (input, weight)."
     return func if kind in ("linear", "matmul") else (lambda a, b: func(a, b, offs=where))
 
+def _input_gradient(kind: str, where, func, gy: Tensor, w: Tensor) -> Tensor:
+    "The input's gradient of one intercepted call: gy w for x wᵀ, gy wᵀ for x w; a grouped call's is the grouped call with wᵀ."
+    if kind == "linear": return gy @ w
+    if kind == "matmul": return gy @ w.transpose(-2, -1)
+    return func(gy, w.transpose(-2, -1), offs=where)                          # per expert: gy_e (w_e)ᵀ
+
 class ExpertCallFunction(torch.autograd.Function):
-    """An expert matmul as the model made it (`run`), whose backward gives the input's gradient and hands each expert's input rows
-    and output gradient rows to `on_backward(expert, x_rows, g_rows)` — the tiles of Δ's gradient for training, statistics for GW."""
+    """An expert matmul as the model made it, whose backward gives the input's gradient and hands each expert's input rows and
+    output-gradient rows to `on_backward(expert, x_rows, g_rows, gdelta)` — which fills Δ's gradient for training (`gdelta`, zeros
+    shaped like Δ) or adds statistics for GW (`delta` None: no gradient of Δ)."""
     @staticmethod
-    def forward(ctx, x, w, delta, run, kind, where, on_backward):
+    def forward(ctx, x, w, delta, func, kind, where, on_backward):
         ctx.save_for_backward(x, w)
-        ctx.run, ctx.kind, ctx.where, ctx.on_backward = run, kind, where, on_backward
-        return run(x, w)
+        ctx.func, ctx.kind, ctx.where, ctx.on_backward, ctx.delta = func, kind, where, on_backward, delta
+        return _runner(kind, where, func)(x, w)
 
     @staticmethod
     def backward(ctx, gy):
         x, w = ctx.saved_tensors
-        gx = None
-        if ctx.needs_input_grad[0]:
-            with torch.enable_grad():                                           # the input's gradient exactly as autograd gives it for this call
-                xr = x.detach().requires_grad_(True)
-                gx, = torch.autograd.grad(ctx.run(xr, w.detach()), xr, gy)
+        gx = _input_gradient(ctx.kind, ctx.where, ctx.func, gy, w) if ctx.needs_input_grad[0] else None
+        gdelta = torch.zeros_like(ctx.delta) if ctx.needs_input_grad[2] else None
         x2, g2 = x.reshape(-1, x.shape[-1]), gy.reshape(-1, gy.shape[-1])          # (T, in), (T, out)
-        parts = [(e, ctx.on_backward(e, x2[rows], g2[rows])) for e, rows in _expert_groups(ctx.kind, ctx.where, x2)]
-        return gx, None, _assemble(parts) if ctx.needs_input_grad[2] else None, None, None, None, None
+        for e, rows in _expert_groups(ctx.kind, ctx.where, x2): ctx.on_backward(e, x2[rows], g2[rows], gdelta)
+        return gx, None, gdelta, None, None, None, None
 
-def _assemble(parts):
-    "Sum the per-expert gradients of Δ (each a full-size tensor or None)."
-    grads = [g for _, g in parts if g is not None]
-    return torch.stack(grads).sum(0) if len(grads) > 1 else (grads[0] if grads else None)
 
 # %% ../nbs/04c_experts.ipynb #49bf3683
 _EXPERT_MODULES: weakref.WeakSet = weakref.WeakSet()
@@ -209,13 +209,11 @@ class SMTExperts(nn.Module):
     def on_call(self, kind: str, where, x: Tensor, w: Tensor, func):
         "One matmul of the owner on this weight (see ExpertCalls): its output, with Δ's block gradients on the way back."
         if kind in ("linear", "matmul") and where not in self._experts: return None  # an expert without blocks: the frozen matmul as it is
-        def block_gradient(e, x_rows, g_rows):
-            if e not in self._experts: return None
+        def block_gradient(e, x_rows, g_rows, gdelta):
+            if e not in self._experts: return
             idx, rows, cols = self._experts[e]
-            g = torch.zeros_like(self.smt_delta)
-            g[idx] = _stored_gradient_tiles(kind, x_rows, g_rows, rows, cols, self.grid.block_size)
-            return g
-        return ExpertCallFunction.apply(x, w, self.smt_delta, _runner(kind, where, func), kind, where, block_gradient)
+            gdelta[idx] = _stored_gradient_tiles(kind, x_rows, g_rows, rows, cols, self.grid.block_size)
+        return ExpertCallFunction.apply(x, w, self.smt_delta, func, kind, where, block_gradient)
 
     @torch.no_grad()
     def write(self, delta: bool = True):
@@ -309,14 +307,13 @@ def score_experts_gw(model: nn.Module, params: dict[str, tuple[nn.Module, str]],
         def on_call(kind, where, x, w, func):
             if not x.requires_grad: return None                                     # no backward follows
             calls[name] += 1
-            def add_block_sums(e, x_rows, g_rows):
+            def add_block_sums(e, x_rows, g_rows, gdelta):
                 a, c = (g_rows, x_rows) if kind in ("linear", "grouped_t") else (x_rows, g_rows)  # stored gradient = aᵀc
                 a_sums = _strip_sums(a.float(), grid.n_rows, grid.block_size)               # (T, R)
                 c_sums = _strip_sums(c.float(), grid.n_cols, grid.block_size)               # (T, C)
                 t = totals[f"{name}.{e}"]
                 totals[f"{name}.{e}"] = t.to(a_sums.device) + a_sums.t() @ c_sums
-                return None
-            return ExpertCallFunction.apply(x, w, None, _runner(kind, where, func), kind, where, add_block_sums)
+            return ExpertCallFunction.apply(x, w, None, func, kind, where, add_block_sums)
         return on_call
     with gradients_to_inputs_only(model), _routed(params, handler):
         run_warmup(model, dataloader, steps, grad_accum, desc="GW warm-up (experts)", progress=progress)
