@@ -83,19 +83,21 @@ def _gathers_experts(index) -> bool:
 class ExpertCalls(TorchFunctionMode):
     """While an experts module runs, its matmuls on a targeted 3-D weight go to `on_call(name, kind, expert_or_offsets, x, w)`:
     "linear" (y = x w[e]ᵀ, eager experts), "matmul" (y = x w[e], weights stored (experts, in, out)), or "grouped" (transformers'
-    grouped_mm: rows of x sorted by expert, `offs` their ends; w the weight or its transpose). Any other use of the whole weight raises:
-    SMT must see which tokens each expert got."""
+    grouped_mm: rows of x sorted by expert, `offs` their ends; w the weight or its transpose). Gathering several experts (batched_mm)
+    raises; a forward in which a weight's matmuls were not seen at all (a copy such as `w[e].float()`, another kernel) raises when it
+    ends (see `_route_expert_calls`): SMT must see which tokens each expert got."""
     def __init__(self, weights: dict[str, Tensor], on_call):
         super().__init__()
         self.weights, self.on_call = weights, on_call  # name -> the 3-D weight
+        self.seen = set()                               # the weights whose calls were routed
 
     def _slice_of(self, w) -> tuple[str, int] | None:
         "(name, expert) when `w` is one expert's matrix of a targeted weight."
         if not isinstance(w, Tensor) or w.dim() != 2: return None
         for name, W in self.weights.items():
             if tuple(w.shape) == tuple(W.shape[1:]) and w.stride() == W.stride()[1:] and _same_storage(w, W):
-                offset, size = w.storage_offset() - W.storage_offset(), W.shape[1] * W.shape[2]
-                if offset % size == 0: return name, offset // size
+                e, rest = divmod(w.storage_offset() - W.storage_offset(), W.stride(0))
+                if rest == 0 and 0 <= e < W.shape[0]: return name, e
         return None
 
     def _whole(self, w) -> tuple[str, bool] | None:
@@ -110,14 +112,14 @@ class ExpertCalls(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.linear and len(args) >= 2 and (args[2] if len(args) > 2 else kwargs.get("bias")) is None and (hit := self._slice_of(args[1])):
-            out = self.on_call(hit[0], "linear", hit[1], args[0], args[1], func)
+            self.seen.add(hit[0]); out = self.on_call(hit[0], "linear", hit[1], args[0], args[1], func)
             if out is not None: return out
         elif func in (torch.matmul, Tensor.matmul, Tensor.__matmul__) and len(args) == 2 and (hit := self._slice_of(args[1])):
-            out = self.on_call(hit[0], "matmul", hit[1], args[0], args[1], func)
+            self.seen.add(hit[0]); out = self.on_call(hit[0], "matmul", hit[1], args[0], args[1], func)
             if out is not None: return out
         elif func in GROUPED_MM and (whole := self._whole(args[1] if len(args) > 1 else kwargs.get("mat_b"))):
             offs = kwargs.get("offs", args[2] if len(args) > 2 else None)
-            out = self.on_call(whole[0], "grouped_t" if whole[1] else "grouped", offs, args[0], args[1], func)
+            self.seen.add(whole[0]); out = self.on_call(whole[0], "grouped_t" if whole[1] else "grouped", offs, args[0], args[1], func)
             if out is not None: return out
         elif (func is Tensor.__getitem__ and self._whole(args[0]) and _gathers_experts(args[1])) or \
              (func in (torch.bmm, torch.einsum, Tensor.bmm) and any(self._whole(a) for a in args if isinstance(a, Tensor))):
@@ -159,9 +161,9 @@ class ExpertCallFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         x, w = ctx.saved_tensors
-        gx = _input_gradient(ctx.kind, ctx.where, ctx.func, gy, w) if ctx.needs_input_grad[0] else None
+        gx = _input_gradient(ctx.kind, ctx.where, ctx.func, gy, w.to(gy.dtype)) if ctx.needs_input_grad[0] else None  # autocast: gy may be bf16
         gdelta = torch.zeros_like(ctx.delta) if ctx.needs_input_grad[2] else None
-        x2, g2 = x.reshape(-1, x.shape[-1]), gy.reshape(-1, gy.shape[-1])          # (T, in), (T, out)
+        x2, g2 = x.reshape(-1, x.shape[-1]).to(gy.dtype), gy.reshape(-1, gy.shape[-1])  # (T, in), (T, out), one dtype
         for e, rows in _expert_groups(ctx.kind, ctx.where, x2): ctx.on_backward(e, x2[rows], g2[rows], gdelta)
         return gx, None, gdelta, None, None, None, None
 
@@ -171,7 +173,7 @@ _EXPERT_MODULES: weakref.WeakSet = weakref.WeakSet()
 
 class SMTExperts(nn.Module):
     """The SMT blocks of one fused expert weight `(experts, rows, cols)`: float32 deltas `(n, b, b)` at `(expert, row, col)` blocks.
-    The weight holds base + Δ in place (written after every optimizer step that moved Δ); each expert's matmul, seen by `ExpertCalls`
+    The weight holds base + Δ in place (written after every optimizer step that stepped Δ); each expert's matmul, seen by `ExpertCalls`
     while the owning module runs, returns Δ's block gradients from the expert's own tokens — no dense gradient of the weight exists."""
     def __init__(self, owner: nn.Module, name: str, blocks: Tensor, block_size: int):
         super().__init__()
@@ -236,23 +238,35 @@ def _write_stepped_experts(optimizer, args, kwargs):
     "After every optimizer step: the expert weights whose deltas it moved get base + Δ written again."
     stepped = {id(p) for g in optimizer.param_groups for p in g["params"]}
     for m in list(_EXPERT_MODULES):
-        if id(m.smt_delta) in stepped and m.smt_delta._version != m._written_version: m.write()
+        if id(m.smt_delta) in stepped: m.write()  # every stepped one: fused optimizers leave the version counter as it was
 
 register_optimizer_step_post_hook(_write_stepped_experts)
 
 def _route_expert_calls(owner: nn.Module, handlers_of: Callable[[nn.Module], dict[str, Callable]]):
     "While `owner` runs forward, send its expert matmuls on each named weight to `handlers_of(owner)[name]` (hooks; returns their handles)."
     def enter(module, args):
+        stack = module.__dict__.setdefault("_smt_expert_modes", [])
+        while stack: stack.pop().__exit__(None, None, None)  # left by an interrupted forward (KeyboardInterrupt skips `leave`)
         handlers = handlers_of(module)  # looked up on the module that runs: a copy of the model routes to its own blocks
         mode = ExpertCalls({n: getattr(module, n) for n in handlers}, lambda name, *call: handlers[name](*call))
-        module.__dict__.setdefault("_smt_expert_modes", []).append(mode)
+        stack.append(mode)
         mode.__enter__()
     def leave(module, args, output):
-        module.__dict__["_smt_expert_modes"].pop().__exit__(None, None, None)
+        mode = module.__dict__["_smt_expert_modes"].pop()
+        mode.__exit__(None, None, None)
+        unseen = [n for n in mode.weights if n not in mode.seen]
+        if unseen and output is not None and torch.is_grad_enabled():
+            raise RuntimeError(f"{type(module).__name__}.{unseen[0]}: none of its expert matmuls reached SMT in this forward (a copy such as "
+                               "w[e].float(), or another experts kernel), so its blocks would not train. Use experts_implementation="
+                               "'grouped_mm' (the default) or 'eager'.")
     return [owner.register_forward_pre_hook(enter), owner.register_forward_hook(leave, always_call=True)]
 
 def install_experts(model: nn.Module, params: dict[str, tuple[nn.Module, str]], blocks: dict[str, Tensor], block_size: int) -> dict[str, SMTExperts]:
     "An `SMTExperts` for every targeted weight, registered beside it as `<name>_smt`; `blocks` keyed by `<parameter>.<expert>` as in a selection."
+    impl = getattr(getattr(model, "config", None), "_experts_implementation", None)
+    if impl not in (None, "eager", "grouped_mm"):
+        raise ValueError(f"experts_implementation={impl!r} runs the experts in its own kernel, where SMT cannot see each expert's tokens: "
+                         "use 'grouped_mm' (the default) or 'eager' (model.set_experts_implementation('grouped_mm')).")
     out, owners = {}, {}
     for name, (owner, pname) in params.items():
         E = getattr(owner, pname).shape[0]
@@ -300,7 +314,8 @@ def score_experts_gw(model: nn.Module, params: dict[str, tuple[nn.Module, str]],
     if statistic not in ("mean_abs", "mean"):
         raise ValueError(f"Expert weights take GW statistic 'mean_abs' or 'mean' (block sums of the summed gradient); {statistic!r} would "
                          "need a full-size gradient of every expert kept through the warm-up.")
-    totals = {n: torch.zeros(g.shape, dtype=torch.float32) for n, g in grids.items()}
+    device = {f"{name}.{e}": getattr(m, p).device for name, (m, p) in params.items() for e in range(getattr(m, p).shape[0])}
+    totals = {n: torch.zeros(g.shape, dtype=torch.float32, device=device[n]) for n, g in grids.items()}  # every rank reduces all of them
     calls = {n: 0 for n in params}
     def handler(name):
         grid = grids[f"{name}.0"]
@@ -311,8 +326,7 @@ def score_experts_gw(model: nn.Module, params: dict[str, tuple[nn.Module, str]],
                 a, c = (g_rows, x_rows) if kind in ("linear", "grouped_t") else (x_rows, g_rows)  # stored gradient = aᵀc
                 a_sums = _strip_sums(a.float(), grid.n_rows, grid.block_size)               # (T, R)
                 c_sums = _strip_sums(c.float(), grid.n_cols, grid.block_size)               # (T, C)
-                t = totals[f"{name}.{e}"]
-                totals[f"{name}.{e}"] = t.to(a_sums.device) + a_sums.t() @ c_sums
+                totals[f"{name}.{e}"] += a_sums.t() @ c_sums
             return ExpertCallFunction.apply(x, w, None, func, kind, where, add_block_sums)
         return on_call
     with gradients_to_inputs_only(model), _routed(params, handler):
@@ -341,6 +355,8 @@ def score_experts_aw(model: nn.Module, params: dict[str, tuple[nn.Module, str]],
         return on_call
     with torch.no_grad(), _routed(params, handler):
         run_warmup(model, dataloader, steps, backward=False, desc="AW warm-up (experts)", progress=progress)
+    missing = [n for n in params if n not in transposed]
+    if missing: raise ValueError(f"No expert matmul on {missing[0]} ran during warm-up.")
     out = {}
     for name, (owner, pname) in params.items():
         W = getattr(owner, pname).detach()
