@@ -23,6 +23,7 @@ import torch.distributed as dist
 from smt_nb.core import prepare_smt, smt_layers, switch_path
 from conftest import ARCHS
 from ddp_worker import LR, config, full_batches, shard
+from fsdp_worker import base_elements
 
 STATE_DICT_TYPES = ("FULL_STATE_DICT", "SHARDED_STATE_DICT")
 
@@ -37,12 +38,6 @@ def run_fsdp_on_cpu():
         if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
             self.distributed_type, self.fsdp_plugin = DistributedType.FSDP, fsdp_plugin
     state.AcceleratorState.__init__ = init_with_fsdp
-
-
-def base_elements(model):
-    "(elements of the frozen base held by this rank, elements of the whole base)."
-    base = [p for n, p in model.named_parameters() if not n.endswith("smt_delta")]
-    return sum(p.to_local().numel() for p in base), sum(p.numel() for p in base)
 
 
 def whole_deltas(model) -> dict:
