@@ -16,8 +16,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.overrides import TorchFunctionMode
 
 from .blocks import BlockGrid, block_reduce, block_sizes, gather_blocks, scatter_blocks
-from .layers import block_gradients, write_blocks
-from .selection import gradients_to_inputs_only, run_warmup, _sum_over_ranks
+from .layers import block_gradients, column_strips, write_blocks
+from .selection import gradients_to_inputs_only, row_block_sums, run_warmup, _sum_over_ranks
 
 # %% auto #0
 __all__ = ['GROUPED_MM', 'expert_parameters', 'expert_matrix_names', 'split_expert_name', 'expert_grids', 'ExpertCalls',
@@ -281,10 +281,6 @@ def install_experts(model: nn.Module, params: dict[str, tuple[nn.Module, str]], 
     return out
 
 # %% ../nbs/04c_experts.ipynb #2db4001c
-def _strip_sums(t: Tensor, n: int, b: int) -> Tensor:
-    "(T, features) -> (T, n): sums over each b-wide strip of features (the last one ragged)."
-    return F.pad(t, (0, n * b - t.shape[1])).view(t.shape[0], n, b).sum(-1)
-
 @contextmanager
 def _routed(params: dict[str, tuple[nn.Module, str]], make_handler):
     "While inside: each targeted weight's expert matmuls go to `make_handler(name)` (see ExpertCalls)."
@@ -324,8 +320,8 @@ def score_experts_gw(model: nn.Module, params: dict[str, tuple[nn.Module, str]],
             calls[name] += 1
             def add_block_sums(e, x_rows, g_rows, gdelta):
                 a, c = (g_rows, x_rows) if kind in ("linear", "grouped_t") else (x_rows, g_rows)  # stored gradient = aᵀc
-                a_sums = _strip_sums(a.float(), grid.n_rows, grid.block_size)               # (T, R)
-                c_sums = _strip_sums(c.float(), grid.n_cols, grid.block_size)               # (T, C)
+                a_sums = row_block_sums(a.float(), grid)                                    # (T, R)
+                c_sums = column_strips(c.float(), grid).sum(-1)                             # (T, C)
                 totals[f"{name}.{e}"] += a_sums.t() @ c_sums
             return ExpertCallFunction.apply(x, w, None, func, kind, where, add_block_sums)
         return on_call
