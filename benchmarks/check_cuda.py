@@ -122,7 +122,7 @@ def hf_stack_checks(tmp) -> dict:
 def grouped_write_checks() -> dict:
     "The grouped Triton write (all layers of a dtype in one launch) against PyTorch's per-layer write: same bits, ragged and Conv1D."
     from transformers.pytorch_utils import Conv1D
-    from smt_nb.layers import write_layers, logical_weight
+    from smt_nb.layers import write_layers, logical_weight, aligned_for_write
     out = {}
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         torch.manual_seed(0)
@@ -140,6 +140,7 @@ def grouped_write_checks() -> dict:
             l._write_blocks(); expected.append(logical_weight(l.base_layer).detach().clone())  # PyTorch ops
             l.unmerge(); l._written_version = -1
         write_layers(layers)  # grouped by block size: one launch per group
+        assert [aligned_for_write(l) for l in layers] == [False, True, False, False]  # both forms of the kernel run
         out[str(dtype)[6:]] = all(torch.equal(logical_weight(l.base_layer).detach(), e) for l, e in zip(layers, expected))
     return out
 

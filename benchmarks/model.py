@@ -1,5 +1,5 @@
 """Whole-model training step on a GPU, eager and under torch.compile: a Llama-3.2-1B-shaped model (or Llama-3-8B layer shapes),
-random weights, batch 4 × 1024 tokens, bf16, AdamW. The frozen floor (gradients flow to the input, nothing trains), full
+random weights, batch 4 × 1024 tokens, bf16, fused AdamW (Trainer's default optimizer). The frozen floor (gradients flow to the input, nothing trains), full
 fine-tuning, LoRA (peft, all linear layers) and SMT at 1 % and at LoRA-r64's trainable values; SMT also with float32 weights under
 bf16 autocast. Every row of a shape comes from one run: tokens/s from the median step time (CUDA events), peak memory, kernel
 launches per step. Optionally the cost of GW selection (--gw).
@@ -61,7 +61,7 @@ def kernels_per_step(step):
 
 def run(name, model, params, compiled, autocast=False):
     "Warm up (compiling, if asked), then time STEPS steps one by one with CUDA events: tokens/s from the median step."
-    opt = torch.optim.AdamW(params, lr=1e-5) if params else None
+    opt = torch.optim.AdamW(params, lr=1e-5, fused=True) if params else None  # fused: Trainer's default optimizer (adamw_torch_fused)
     fn = torch.compile(model) if compiled else model
     b = batch()
     def step():
@@ -159,7 +159,7 @@ def main():
         import cProfile, pstats
         name, make, autocast = makers[a.cprofile]
         model, params = make()
-        opt, b = torch.optim.AdamW(params, lr=1e-5) if params else None, batch()
+        opt, b = torch.optim.AdamW(params, lr=1e-5, fused=True) if params else None, batch()
         def step():
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast): loss = model(**b).loss
             loss.backward()
@@ -187,7 +187,7 @@ def main():
             r["speed_vs_floor"] = r["tokens_per_s"] / floor["tokens_per_s"]; r["memory_vs_floor"] = r["peak_gib"] / floor["peak_gib"]
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, shape=a.shape,
                 model=f"Llama-{'3.2-1B' if a.shape == '1b' else '3-8B'} layer shapes, {layers} layers, random weights",
-                batch=f"{BATCH} x {SEQ} tokens", dtype="bf16 weights, AdamW (autocast row: float32 weights, bf16 autocast)",
+                batch=f"{BATCH} x {SEQ} tokens", dtype="bf16 weights, fused AdamW (autocast row: float32 weights, bf16 autocast)",
                 steps=f"{WARMUP} warm-up (compiling) + {STEPS} timed one by one (median)", compile="torch.compile(model), default mode",
                 lora_values=lora_values, target_values=target_values)
     out = dict(meta=meta, results=results)

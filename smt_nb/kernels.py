@@ -127,7 +127,7 @@ def _write_kernel():
     import triton.language as tl
 
     @triton.jit
-    def write_blocks(TABLE, B: tl.constexpr, BT: tl.constexpr, DTYPE: tl.constexpr):
+    def write_blocks(TABLE, B: tl.constexpr, BT: tl.constexpr, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
         k = tl.program_id(0)                                   # which block, over all layers of the group
         tile = tl.program_id(1)                                # which BT×BT tile of it
         row = TABLE + k * 9                                    # int64: weight, stride_out, stride_in, row0, col0, rows, cols, Δ, base
@@ -139,22 +139,31 @@ def _write_kernel():
         base = tl.load(row + 8).to(tl.pointer_type(DTYPE))
         i = (tile // (B // BT)) * BT + tl.arange(0, BT)
         j = (tile % (B // BT)) * BT + tl.arange(0, BT)
-        mask = (i[:, None] < n_rows) & (j[None, :] < n_cols)
-        d = tl.load(delta + i[:, None] * B + j[None, :], mask=mask)
-        b = tl.load(base + i[:, None] * B + j[None, :], mask=mask)
-        value = (b.to(tl.float32) + d.to(DTYPE).to(tl.float32)).to(DTYPE)  # PyTorch's base + Δ.to(dtype): one rounding
-        tl.store(w + (row0 + i[:, None]) * stride_out + (col0 + j[None, :]) * stride_in, value, mask=mask)
+        if ALIGNED:  # whole blocks, rows contiguous, 16-byte aligned addresses: tell the compiler, so that it vectorises
+            w, delta, base = tl.multiple_of(w, 16), tl.multiple_of(delta, 16), tl.multiple_of(base, 16)
+            stride_out = tl.multiple_of(stride_out, 16)
+            d = tl.load(delta + i[:, None] * B + j[None, :])
+            b = tl.load(base + i[:, None] * B + j[None, :])
+            value = (b.to(tl.float32) + d.to(DTYPE).to(tl.float32)).to(DTYPE)
+            tl.store(w + (row0 + i[:, None]) * stride_out + (col0 + j[None, :]), value)
+        else:  # ragged edges, transposed storage (Conv1D), odd strides
+            mask = (i[:, None] < n_rows) & (j[None, :] < n_cols)
+            d = tl.load(delta + i[:, None] * B + j[None, :], mask=mask)
+            b = tl.load(base + i[:, None] * B + j[None, :], mask=mask)
+            value = (b.to(tl.float32) + d.to(DTYPE).to(tl.float32)).to(DTYPE)  # PyTorch's base + Δ.to(dtype): one rounding
+            tl.store(w + (row0 + i[:, None]) * stride_out + (col0 + j[None, :]) * stride_in, value, mask=mask)
 
     return write_blocks
 
 _TRITON_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
-def write_blocks_triton(table: Tensor, n_blocks: int, block_size: int, dtype: torch.dtype):
-    "Write base + Δ for `n_blocks` blocks described by `table` (n_blocks, 9) int64 on the GPU, one launch; see above for the columns."
+def write_blocks_triton(table: Tensor, n_blocks: int, block_size: int, dtype: torch.dtype, aligned: bool = False):
+    """Write base + Δ for `n_blocks` blocks described by `table` (n_blocks, 9) int64 on the GPU, one launch; see above for the columns.
+    `aligned`: every block is whole, every weight row-major with rows a multiple of 16 elements apart, every address 16-byte aligned."""
     import triton.language as tl
     tile = min(block_size, 64)
     _write_kernel()[(n_blocks, (block_size // tile) ** 2)](table, B=block_size, BT=tile, DTYPE=getattr(tl, _TRITON_DTYPES[dtype]),
-                                                          num_warps=4)
+                                                          ALIGNED=aligned, num_warps=4)
 
 # %% ../nbs/04a_kernels.ipynb #94143f61
 def random_sddmm_problem(T, out_f, in_f, b, n, seed, device):

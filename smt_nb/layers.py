@@ -22,7 +22,7 @@ __all__ = ['SUPPORTED_LAYERS', 'PATHS', 'is_float_linear', 'logical_weight', 'is
            'dequantized_weight', 'strip_plan', 'column_strips', 'sampled_block_grad', 'block_gradients',
            'effective_weight', 'SMTLinearFunction', 'block_sparse_matmul', 'block_sparse_matmul_t',
            'BlockDeltaFunction', 'default_path', 'check_blocks', 'padding_mask', 'SMTLinear', 'write_blocks',
-           'sync_blocks', 'groupable', 'write_layers', 'compute_dtype', 'InplaceSMTFunction',
+           'sync_blocks', 'groupable', 'aligned_for_write', 'write_layers', 'compute_dtype', 'InplaceSMTFunction',
            'keep_4bit_differentiable']
 
 # %% ../nbs/04_layers.ipynb #b0187c0f
@@ -342,6 +342,12 @@ def groupable(layer: SMTLinear) -> bool:
     return (w.dtype in _TRITON_DTYPES and layer.base_blocks.dtype == w.dtype and layer.smt_delta.dtype == torch.float32
             and layer.smt_delta.is_contiguous() and layer.base_blocks.is_contiguous())
 
+def aligned_for_write(layer: SMTLinear) -> bool:
+    "Whether the grouped write may use its vectorised form for this layer: whole blocks, row-major rows 16 elements apart, aligned addresses."
+    w, g = logical_weight(layer.base_layer), layer.grid
+    return (w.stride(1) == 1 and w.stride(0) % 16 == 0 and g.out_features % g.block_size == 0 and g.in_features % g.block_size == 0
+            and all(t.data_ptr() % 16 == 0 for t in (w, layer.smt_delta, layer.base_blocks)))
+
 def write_layers(layers: list):
     "Write base + Δ into the weights of `layers`: one Triton launch per (device, dtype, block size) on CUDA, layer by layer elsewhere."
     groups = {}
@@ -350,11 +356,11 @@ def write_layers(layers: list):
         if isinstance(w, DTensor):
             raise RuntimeError("FSDP has sharded a weight that this SMT layer's in-place path writes into; call "
                                "switch_path(model, 'reference') after prepare_smt and before fully_shard.")
-        if groupable(layer) and kernel_applies(w, b): groups.setdefault((w.device, w.dtype, b), []).append(layer)
+        if groupable(layer) and kernel_applies(w, b): groups.setdefault((w.device, w.dtype, b, aligned_for_write(layer)), []).append(layer)
         else: layer._write_blocks()
-    for (_, dtype, b), group in groups.items():
+    for (_, dtype, b, aligned), group in groups.items():
         table, n = _block_table(group)
-        write_blocks_triton(table, n, b, dtype)
+        write_blocks_triton(table, n, b, dtype, aligned)
         increment_version([l.base_layer.weight for l in group])  # as an in-place PyTorch write would: saved copies stay checked
         for layer in group:
             layer._written_version = layer.smt_delta._version

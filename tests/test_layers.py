@@ -136,7 +136,7 @@ import os; os.environ["TRITON_INTERPRET"] = "1"
 import torch, torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 from smt_nb.blocks import BlockGrid
-from smt_nb.layers import SMTLinear, _block_table, logical_weight
+from smt_nb.layers import SMTLinear, _block_table, aligned_for_write, logical_weight
 from smt_nb.kernels import write_blocks_triton
 dtype = getattr(torch, {dtype!r})
 torch.manual_seed(0)
@@ -153,7 +153,13 @@ for l in layers:
     l.unmerge()
 table, n = _block_table(layers)
 write_blocks_triton(table, n, 64, dtype)  # one launch for all four (ragged, square, Conv1D's transposed storage)
-print(all(torch.equal(logical_weight(l.base_layer).detach(), e) for l, e in zip(layers, expected)))
+general = all(torch.equal(logical_weight(l.base_layer).detach(), e) for l, e in zip(layers, expected))
+aligned = [(l, e) for l, e in zip(layers, expected) if aligned_for_write(l)]
+assert [l.grid.in_features for l, _ in aligned] == [128], "only the square nn.Linear has whole blocks and row-major rows"
+for l, _ in aligned: l.unmerge()
+table, n = _block_table([l for l, _ in aligned])
+write_blocks_triton(table, n, 64, dtype, aligned=True)  # the vectorised form: no masks, unit column stride
+print(general and all(torch.equal(logical_weight(l.base_layer).detach(), e) for l, e in aligned))
 """
 
 
