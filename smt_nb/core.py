@@ -28,18 +28,20 @@ import smt_nb
 from .atomic import atomic_write
 from .blocks import BlockGrid, STATISTICS, BUDGETS, TIE_RULES, gather_blocks, check_groups, name_matches
 from .layers import (SMTLinear, keep_4bit_differentiable, is_supported, is_bnb_quantized, logical_shape, dequantized_weight,
-                           write_blocks, check_blocks, sync_blocks, PATHS)
+                           write_blocks, check_blocks, sync_blocks, PATHS, SUPPORTED_LAYERS)
 from .selection import Selection, SCORERS, ACCUMULATIONS, make_selection, selection_to_dict, selection_from_dict
+from .experts import (SMTExperts, expert_parameters, expert_grids, expert_of, expert_matrix_name, install_experts, smt_experts,
+                            remove_experts, collecting_expert_gw, collecting_expert_aw, score_experts_mw, score_experts_random)
 
 # %% auto #0
 __all__ = ['ALL_LINEAR', 'DEFAULT_TARGETS', 'CROSS_ATTENTION', 'MODEL_METHODS', 'SMT_ATTRIBUTES', 'ADAPTER_WEIGHTS',
            'ADAPTER_CONFIG', 'ADAPTER_FORMAT', 'SKETCH_SIZE', 'ROUNDING', 'SMTConfig', 'default_targets',
            'output_head_names', 'module_owners', 'check_not_shared', 'find_targets', 'weights_read_outside_forward',
-           'check_targets_run', 'make_grids', 'model_method', 'smt_layers', 'check_selection_fits', 'as_config',
-           'prepare_smt', 'trainable_report', 'print_trainable_parameters', 'block_sketch', 'storage_kind',
-           'fingerprint', 'base_model_name', 'adapter_meta', 'whole', 'assign_whole', 'is_sharded', 'save_smt',
-           'check_fingerprint', 'resolve_adapter', 'read_adapter', 'load_smt', 'save_pretrained', 'push_to_hub',
-           'merged_float_linear', 'merge_and_unload', 'disable_adapter', 'unload', 'switch_path',
+           'check_targets_run', 'make_grids', 'model_method', 'smt_layers', 'split_targets', 'check_selection_fits',
+           'as_config', 'prepare_smt', 'trainable_report', 'print_trainable_parameters', 'block_sketch', 'storage_kind',
+           'fingerprint', 'base_model_name', 'expert_entries', 'adapter_meta', 'whole', 'assign_whole', 'is_sharded',
+           'save_smt', 'check_fingerprint', 'resolve_adapter', 'read_adapter', 'load_smt', 'save_pretrained',
+           'push_to_hub', 'merged_float_linear', 'merge_and_unload', 'disable_adapter', 'unload', 'switch_path',
            'get_nb_trainable_parameters']
 
 # %% ../nbs/05_core.ipynb #c96047a2
@@ -57,6 +59,8 @@ class SMTConfig:
     target_modules: list[str] | str | None = None  # names (suffix match), a regex (full match), "all-linear" (every linear layer
                                     # but the output head, as PEFT), or None = the attention Q/K/V projections
     exclude_modules: list[str] | str | None = None  # names or a regex to leave out of the targets (PEFT's `exclude_modules`)
+    target_parameters: list[str] | None = None  # fused MoE expert weights (experts, rows, cols) by name, as PEFT's `target_parameters`:
+                                    # e.g. ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]; each expert's matrix competes for blocks
     budget: str = "global"          # "global": all matrices compete (paper); "per_matrix": each gets the same share;
                                     # "per_type": split between module types by `type_shares`
     type_shares: dict[str, float] | None = None  # with budget="per_type": share of the budget per type, e.g. {"v_proj": 1.0}
@@ -92,6 +96,16 @@ class SMTConfig:
                 try: re.compile(value)
                 except re.error as e: raise ValueError(f"{field_name}={value!r} is a string, so it is read as a regular expression, and it is "
                                                        f"not a valid one ({e}); to give module names, pass a list: [{value!r}].") from e
+        if self.target_parameters is not None:
+            if isinstance(self.target_parameters, tuple): self.target_parameters = list(self.target_parameters)
+            if not isinstance(self.target_parameters, list) or not self.target_parameters or not all(isinstance(v, str) for v in self.target_parameters):
+                raise TypeError(f"target_parameters must be a non-empty list of parameter names (e.g. ['mlp.experts.gate_up_proj']) or None, "
+                                f"got {self.target_parameters!r}.")
+            if callable(self.method):
+                raise ValueError("A custom scoring function scores 2-D modules; with target_parameters use method 'gw', 'aw', 'mw' or 'random'.")
+            if self.warmup_lr is not None:
+                raise ValueError("warmup_lr (full fine-tuning steps during warm-up) is not supported with target_parameters: the expert weights "
+                                 "take no dense gradient. Warm up without steps (warmup_lr=None).")
         if not callable(self.method) and self.method not in SCORERS:
             raise ValueError(f"Unknown method {self.method!r}; choose one of {sorted(SCORERS)} or pass a scoring function.")
         if self.statistic not in STATISTICS: raise ValueError(f"Unknown statistic {self.statistic!r}; choose one of {STATISTICS}.")
@@ -191,8 +205,10 @@ def find_targets(model: nn.Module, target_modules: list[str] | str | None = None
     if not found: raise ValueError(_no_match_message(model, targets, exclude_modules))
     for n, m in found.items():
         if not is_supported(m):
+            own = isinstance(m, SUPPORTED_LAYERS) and m.weight.is_floating_point()  # an nn.Linear subclass with a forward of its own
             raise TypeError(f"{n} is a {type(m).__name__}; SMT can wrap float nn.Linear, GPT-2 Conv1D and bitsandbytes "
-                            "Linear4bit/Linear8bitLt layers. Choose other target_modules.")
+                            "Linear4bit/Linear8bitLt layers" + (" that compute x Wᵀ + b, and this subclass has a forward of its own "
+                            "(an MoE router returning the chosen experts, say)" if own else "") + ". Choose other target_modules.")
     check_not_shared(model, found)
     for head in sorted(output_head_names(model) & set(found)):
         warnings.warn(f"{head} is the output head. Losses that read its weight directly instead of calling it (TRL's SFTTrainer fused LM "
@@ -266,12 +282,27 @@ def smt_layers(model: nn.Module) -> dict[str, SMTLinear]:
     "The SMT layers of `model` by the name of the module they replaced."
     return {n: m for n, m in model.named_modules() if isinstance(m, SMTLinear)}
 
+def split_targets(model: nn.Module, names) -> tuple[list[str], dict[str, tuple[nn.Module, str]]]:
+    "A selection's entries as (2-D module names, {expert weight name: (owner, parameter name)} of the expert matrices among them)."
+    mods = dict(model.named_modules())
+    modules, experts = [], {}
+    for n in names:
+        if n in mods: modules.append(n); continue
+        found = expert_of(model, n)
+        if found is None: raise ValueError(f"The selection names {n}, which this model does not have: was it made for another model?")
+        owner, pname, _ = found
+        experts[f"{n.rsplit('.', 2)[0]}.{pname}"] = (owner, pname)
+    return modules, experts
+
 def check_selection_fits(model: nn.Module, sel: Selection):
-    "Raise if `sel` names modules `model` lacks or shapes that differ."
+    "Raise if `sel` names modules (or expert matrices) `model` lacks, or shapes that differ."
     mods = dict(model.named_modules())
     for n, g in sel.grids.items():
-        if n not in mods: raise ValueError(f"The selection names {n}, which this model does not have: was it made for another model?")
-        shape = logical_shape(mods[n]) if is_supported(mods[n]) else None
+        if n not in mods and (found := expert_of(model, n)) is not None:
+            owner, pname, _ = found
+            shape = tuple(getattr(owner, pname).shape[1:])
+        elif n not in mods: raise ValueError(f"The selection names {n}, which this model does not have: was it made for another model?")
+        else: shape = logical_shape(mods[n]) if is_supported(mods[n]) else None
         if shape != (g.out_features, g.in_features):
             raise ValueError(f"The selection expects {n} to be {g.out_features}×{g.in_features}, the model has {shape}: "
                              "was it made for another model?")
@@ -285,31 +316,67 @@ def as_config(config: SMTConfig | dict | None, kwargs: dict) -> SMTConfig:
     if not isinstance(config, SMTConfig): raise TypeError(f"config must be an SMTConfig or a dict, got {type(config).__name__}.")
     return config
 
+def _expert_scorer(method: str, experts: dict[str, tuple[nn.Module, str]]) -> Callable:
+    "`method` for the 2-D targets and the expert matrices together, with one warm-up for both (GW and AW)."
+    def scorer(model, modules, grids, dataloader, config):
+        for name, (owner, pname) in experts.items():  # as make_selection checks the 2-D targets
+            if not torch.isfinite(getattr(owner, pname)).all(): raise ValueError(f"{name} holds NaN or inf weights: fix or reload the base model.")
+        module_grids = {n: grids[n] for n in modules}
+        expert_only = {n: g for n, g in grids.items() if n not in modules}
+        if method == "gw":
+            with collecting_expert_gw(experts, expert_only, config.statistic) as expert_scores:
+                scores = SCORERS["gw"](model, modules, module_grids, dataloader, config)
+        elif method == "aw":
+            with collecting_expert_aw(experts, expert_only) as expert_scores:
+                scores = SCORERS["aw"](model, modules, module_grids, dataloader, config)
+        else:
+            scores = SCORERS[method](model, modules, module_grids, dataloader, config) if modules else {}
+            def expert_scores(): return score_experts_mw(experts, expert_only) if method == "mw" else score_experts_random(expert_only, config.seed + 1)
+        return {**scores, **expert_scores()}
+    scorer.__name__ = method
+    return scorer
+
+def _install(model: nn.Module, selection: Selection, init_std: float):
+    "Wrap the selected 2-D modules in `SMTLinear` and give the selected expert weights their `SMTExperts`."
+    modules, experts = split_targets(model, [n for n, b in selection.blocks.items() if len(b)])
+    for name in modules: _set_module(model, name, SMTLinear(model.get_submodule(name), selection.blocks[name], selection.block_size, init_std))
+    if not experts: return
+    for m in install_experts(model, experts, selection.blocks, selection.block_size).values():
+        if init_std:
+            with torch.no_grad(): m.smt_delta.normal_(0.0, init_std)
+            m.write()
+
 SMT_ATTRIBUTES = ("smt_config", "smt_selection", "_smt_requires_grad")  # what prepare_smt attaches to the model
 
 def prepare_smt(model: nn.Module, config: SMTConfig | dict | None = None, dataloader=None, selection: Selection | None = None, **kwargs) -> nn.Module:
-    "Choose blocks (or use `selection`), freeze `model`, and wrap its target layers in `SMTLinear`; returns `model`, changed in place."
+    "Choose blocks (or use `selection`), freeze `model`, and wrap its target layers in `SMTLinear` (expert weights: `SMTExperts`); returns `model`, changed in place."
     config = as_config(config, kwargs)
-    if smt_layers(model): raise ValueError("This model already has SMT layers; merge_and_unload() it or start from a fresh model.")
+    if smt_layers(model) or smt_experts(model): raise ValueError("This model already has SMT layers; merge_and_unload() it or start from a fresh model.")
     keep_4bit_differentiable(model)
     if selection is None:
-        targets = find_targets(model, config.target_modules, config.exclude_modules)
+        experts = expert_parameters(model, config.target_parameters) if config.target_parameters else {}
+        only_experts = bool(experts) and config.target_modules is None  # PEFT: target_parameters alone adapts no module
+        targets = {} if only_experts else find_targets(model, config.target_modules, config.exclude_modules)
         check_targets_run(model, targets)
-        selection = make_selection(model, targets, make_grids(targets, config.block_size), config.method, config.sparsity,
-                                   config.n_blocks, config.budget, dataloader, config, config.type_shares, config.groups, config.ties)
+        grids = {**(make_grids(targets, config.block_size) if targets else {}), **expert_grids(experts, config.block_size)}
+        selection = make_selection(model, targets, grids, _expert_scorer(config.method, experts) if experts else config.method,
+                                   config.sparsity, config.n_blocks, config.budget, dataloader, config, config.type_shares,
+                                   config.groups, config.ties)
     else:
         check_selection_fits(model, selection)
-        config = replace(config, block_size=selection.block_size, target_modules=list(selection.grids), exclude_modules=None)
-        chosen = {n: model.get_submodule(n) for n, b in selection.blocks.items() if len(b)}
+        module_names, experts = split_targets(model, selection.grids)
+        config = replace(config, block_size=selection.block_size, target_modules=module_names, exclude_modules=None,
+                         target_parameters=sorted(experts) or None)
+        chosen = {n: model.get_submodule(n) for n in module_names if len(selection.blocks[n])}
         check_not_shared(model, chosen)
         check_targets_run(model, chosen)
     model._smt_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}  # unload() puts them back
     model.requires_grad_(False)
-    for name, blocks in selection.blocks.items():
-        if len(blocks): _set_module(model, name, SMTLinear(model.get_submodule(name), blocks, selection.block_size, config.init_std))
+    _install(model, selection, config.init_std)
     model.smt_config, model.smt_selection = config, selection
     for name, fn in MODEL_METHODS.items(): setattr(model, name, MethodType(fn, model))
     return model
+
 
 # %% ../nbs/05_core.ipynb #bff8c079
 def trainable_report(model: nn.Module) -> dict:
@@ -366,12 +433,19 @@ def base_model_name(model: nn.Module) -> str | None:
     "The hub id or folder the base model was loaded from, if transformers recorded one (PEFT's `base_model_name_or_path`)."
     return getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None) or None
 
+def expert_entries(model: nn.Module) -> dict[str, tuple[SMTExperts, int]]:
+    "Every expert matrix with trained blocks, by its selection name: (its weight's `SMTExperts`, the expert)."
+    return {expert_matrix_name(name, e): (m, e) for name, m in smt_experts(model).items() for e in sorted(m._experts)}
+
 def adapter_meta(model: nn.Module) -> dict:
     "Config, selection (without scores) and base fingerprints of a prepared model: everything but the deltas."
     sel = model.smt_selection
+    prints = {n: fingerprint(l.base_blocks, logical_shape(l.base_layer), storage_kind(l)) for n, l in smt_layers(model).items()}
+    prints.update({n: fingerprint(m.base_blocks[m.positions(e)], (m.grid.out_features, m.grid.in_features), str(m.weight.dtype).removeprefix("torch."))
+                   for n, (m, e) in expert_entries(model).items()})
     return dict(format=ADAPTER_FORMAT, smt_nb_version=smt_nb.__version__, base_model_name_or_path=base_model_name(model),
                 config=_config_dict(model.smt_config), selection=selection_to_dict(Selection(sel.blocks, sel.grids, {}, sel.meta)),
-                fingerprint={n: fingerprint(l.base_blocks, logical_shape(l.base_layer), storage_kind(l)) for n, l in smt_layers(model).items()})
+                fingerprint=prints)
 
 def whole(t: Tensor) -> Tensor:
     "The whole tensor behind a parameter that FSDP2 may have sharded: a DTensor is gathered (a collective: every rank calls it)."
@@ -391,9 +465,10 @@ def is_sharded(model: nn.Module) -> bool:
 @model_method
 def save_smt(model: nn.Module, save_directory: str | Path):
     "Save the trained blocks, their indices, the config and a base fingerprint to `save_directory` (each file replaced atomically)."
-    layers = smt_layers(model)
-    if not layers: raise ValueError("This model has no SMT layers to save; call prepare_smt(model, ...) first.")
+    layers, experts = smt_layers(model), expert_entries(model)
+    if not layers and not experts: raise ValueError("This model has no SMT layers to save; call prepare_smt(model, ...) first.")
     deltas = {n: whole(l.smt_delta.detach()) for n, l in layers.items()}  # under FSDP2: gathered on every rank, deltas only
+    deltas.update({n: m.smt_delta.detach()[m.positions(e)] for n, (m, e) in experts.items()})  # each expert's blocks under its own name
     bad = [n for n, d in deltas.items() if not torch.isfinite(d).all()]
     if bad: raise ValueError(f"Not saved: the deltas of {bad[0]} (and {len(bad) - 1} more) are not finite; a diverged run must not "
                              "overwrite a good adapter. Lower the learning rate or resume from an earlier checkpoint.")
@@ -490,7 +565,18 @@ def _check_tensors(weights: Path, sel: Selection, names: list[str]) -> dict[str,
 def _current_fingerprints(model: nn.Module, sel: Selection, names: list[str]) -> dict[str, dict]:
     "Fingerprints of the model's base under the selected blocks, read without changing the model."
     prints = {}
+    installed = expert_entries(model)
     for n in names:
+        if n in installed:
+            m, e = installed[n]
+            prints[n] = fingerprint(m.base_blocks[m.positions(e)], (m.grid.out_features, m.grid.in_features), str(m.weight.dtype).removeprefix("torch."))
+            continue
+        if (found := expert_of(model, n)) is not None:
+            owner, pname, e = found
+            W = getattr(owner, pname).detach()[e]
+            prints[n] = fingerprint(gather_blocks(W, sel.grids[n], check_blocks(sel.blocks[n], sel.grids[n]).to(W.device)),
+                                    tuple(W.shape), str(W.dtype).removeprefix("torch."))
+            continue
         m = model.get_submodule(n)
         if isinstance(m, SMTLinear): original = m.base_blocks
         else:
@@ -504,21 +590,23 @@ def read_adapter(model: nn.Module, d: Path, check_base: bool = True) -> tuple[SM
     meta, source = _adapter_meta_from_files(d)
     config, sel = _parse_meta(meta, source)
     names = [n for n, b in sel.blocks.items() if len(b)]
-    layers = smt_layers(model)
-    if layers:
+    layers, experts = smt_layers(model), expert_entries(model)
+    if layers or experts:
         modules = dict(model.named_modules())
-        missing = [n for n in sel.grids if n not in modules]
+        missing = [n for n in sel.grids if n not in modules and expert_of(model, n) is None]
         if missing: raise ValueError(f"{source}: the selection names {missing[0]}, which this model does not have.")
-        if set(layers) != set(names): raise ValueError(f"{source}: the adapter's modules differ from this model's SMT layers.")
-        for n, layer in layers.items():
-            if not torch.equal(layer.blocks.cpu(), check_blocks(sel.blocks[n], sel.grids[n])):
+        if set(layers) | set(experts) != set(names): raise ValueError(f"{source}: the adapter's modules differ from this model's SMT layers.")
+        for n in names:
+            now = layers[n].blocks if n in layers else experts[n][0].blocks[experts[n][0].positions(experts[n][1]), 1:]
+            if not torch.equal(now.cpu(), check_blocks(sel.blocks[n], sel.grids[n])):
                 raise ValueError(f"{n}: the model's blocks differ from the adapter's ({source}).")
     else:
         check_selection_fits(model, sel)
         for n in names:
             try: check_blocks(sel.blocks[n], sel.grids[n])
             except ValueError as e: raise ValueError(f"{source}: field 'selection', module {n}: {e}") from e
-        check_not_shared(model, {n: model.get_submodule(n) for n in names})
+        module_names, _ = split_targets(model, names)
+        check_not_shared(model, {n: model.get_submodule(n) for n in module_names})
     tensors = _check_tensors(d / ADAPTER_WEIGHTS, sel, names)
     if check_base:
         now = _current_fingerprints(model, sel, names)
@@ -531,19 +619,23 @@ def load_smt(model: nn.Module, load_directory: str | Path, check_base: bool = Tr
              token: str | bool | None = None) -> nn.Module:
     "Load an adapter saved by `save_smt` — a folder or a hub id — into `model` (a fresh base, or one prepared with the same blocks); all or nothing."
     config, sel, tensors = read_adapter(model, resolve_adapter(load_directory, revision, token), check_base)
-    fresh = not smt_layers(model)
-    before = {n: l.smt_delta.detach().clone() for n, l in smt_layers(model).items()}
+    def prepared(): return {**smt_layers(model), **smt_experts(model)}  # everything holding a Δ
+    fresh = not prepared()
+    before = {n: l.smt_delta.detach().clone() for n, l in prepared().items()}
     try:
         if fresh: prepare_smt(model, config, selection=sel)
         with torch.no_grad():
             for n, layer in smt_layers(model).items(): assign_whole(layer.smt_delta, tensors[f"{n}.smt_delta"])
+            for n, (m, e) in expert_entries(model).items(): m.smt_delta[m.positions(e)] = tensors[f"{n}.smt_delta"].to(m.smt_delta)
         sync_blocks(model)  # in-place layers: the weight holds base + the loaded Δ (compiled forwards do not check)
+        for m in smt_experts(model).values(): m.write(not m._disabled)
     except BaseException:
-        if fresh and smt_layers(model): unload(model)  # back to the untouched base
+        if fresh and prepared(): unload(model)  # back to the untouched base
         with torch.no_grad():
-            for n, layer in smt_layers(model).items():
+            for n, layer in prepared().items():
                 if n in before: layer.smt_delta.copy_(before[n])
         sync_blocks(model)
+        for m in smt_experts(model).values(): m.write(not m._disabled)
         raise
     return model
 
@@ -610,6 +702,7 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
             _set_module(model, name, merged_float_linear(layer)); quantized = True
         else:
             layer.merge(); _set_module(model, name, layer.base_layer)
+    remove_experts(model, delta=True)  # the expert weights keep base + Δ
     _restore_plain_model(model)
     if quantized and getattr(model, "hf_quantizer", None) is not None: model = model.dequantize()
     return model
@@ -619,17 +712,20 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
 @contextmanager
 def disable_adapter(model: nn.Module):
     "Inside the block, the model computes exactly what its base model computes (PEFT's `disable_adapter`)."
-    layers = list(smt_layers(model).values())
+    layers, experts = list(smt_layers(model).values()), list(smt_experts(model).values())
     for layer in layers: layer.enable_adapters(False)
+    for m in experts: m._disabled = True; m.write(delta=False)  # the base's values back in the expert weights
     try: yield model
     finally:
         for layer in layers: layer.enable_adapters(True)
+        for m in experts: m._disabled = False; m.write()
 
 @model_method
 def unload(model: nn.Module) -> nn.Module:
     "Put every base layer back with its original weights, without merging: the model as it was before `prepare_smt`."
     for name, layer in smt_layers(model).items():
         layer.unmerge(); _set_module(model, name, layer.base_layer)
+    remove_experts(model, delta=False)
     _restore_plain_model(model)
     return model
 
@@ -637,6 +733,9 @@ def unload(model: nn.Module) -> nn.Module:
 def switch_path(model: nn.Module, path: str, from_path: str | None = None) -> nn.Module:
     "Run every SMT layer (or those now on `from_path`) on `path`; e.g. 'reference' before FSDP2 shards the base weights, which the in-place path writes into."
     if path not in PATHS: raise ValueError(f"Unknown path {path!r}; choose one of {PATHS}.")
+    if path != "inplace" and smt_experts(model):
+        raise NotImplementedError(f"SMT blocks in fused expert weights train in place only, so the {path!r} path (and FSDP, which needs "
+                                  "the reference path) is not supported for models prepared with target_parameters.")
     if from_path is not None and from_path not in PATHS: raise ValueError(f"Unknown from_path {from_path!r}; choose one of {PATHS}.")
     layers = {n: l for n, l in smt_layers(model).items() if from_path is None or l.path == from_path}
     quantized = [n for n, l in layers.items() if l.quantized]

@@ -20,9 +20,10 @@ from .layers import block_gradients, column_strips, write_blocks
 from .selection import gradients_to_inputs_only, row_block_sums, run_warmup, _sum_over_ranks
 
 # %% auto #0
-__all__ = ['GROUPED_MM', 'expert_parameters', 'expert_matrix_names', 'split_expert_name', 'expert_grids', 'ExpertCalls',
-           'ExpertCallFunction', 'SMTExperts', 'install_experts', 'score_experts_mw', 'score_experts_random',
-           'score_experts_gw', 'score_experts_aw']
+__all__ = ['GROUPED_MM', 'STORED_OUT_IN', 'expert_parameters', 'expert_matrix_name', 'expert_matrix_names', 'split_expert_name',
+           'expert_of', 'expert_grids', 'ExpertCalls', 'ExpertCallFunction', 'SMTExperts', 'smt_experts',
+           'remove_experts', 'install_experts', 'score_experts_mw', 'score_experts_random', 'collecting_expert_gw',
+           'score_experts_gw', 'collecting_expert_aw', 'score_experts_aw']
 
 # %% ../nbs/04c_experts.ipynb #ef5cc0a0
 def expert_parameters(model: nn.Module, target_parameters: list[str]) -> dict[str, tuple[nn.Module, str]]:
@@ -44,14 +45,30 @@ def expert_parameters(model: nn.Module, target_parameters: list[str]) -> dict[st
                                 f"{sorted({n.split('.')[-1] for n, p in model.named_parameters() if p.dim() == 3}) or 'none'}.")
     return found
 
+def expert_matrix_name(name: str, expert: int) -> str:
+    "One expert's matrix as a selection entry, named like a module of that expert: (`...experts.gate_up_proj`, 3) -> `...experts.3.gate_up_proj`."
+    owner, _, pname = name.rpartition(".")
+    return f"{owner}.{expert}.{pname}" if owner else f"{expert}.{pname}"
+
 def expert_matrix_names(name: str, n_experts: int) -> list[str]:
-    "Each expert's matrix as its own selection entry: `<parameter>.<expert>`."
-    return [f"{name}.{e}" for e in range(n_experts)]
+    "Every expert's matrix of the weight `name`, as selection entries."
+    return [expert_matrix_name(name, e) for e in range(n_experts)]
 
 def split_expert_name(name: str) -> tuple[str, int]:
-    "`model.layers.0.mlp.experts.gate_up_proj.3` -> (`model.layers.0.mlp.experts.gate_up_proj`, 3)."
-    parameter, _, expert = name.rpartition(".")
-    return parameter, int(expert)
+    "`model.layers.0.mlp.experts.3.gate_up_proj` -> (`model.layers.0.mlp.experts.gate_up_proj`, 3)."
+    parts = name.split(".")
+    if len(parts) < 2 or not parts[-2].isdigit(): raise ValueError(f"{name!r} names no expert's matrix (`<experts module>.<expert>.<parameter>`).")
+    return ".".join(parts[:-2] + parts[-1:]), int(parts[-2])
+
+def expert_of(model: nn.Module, name: str) -> tuple[nn.Module, str, int] | None:
+    "(owning module, parameter name, expert) when `name` is an expert matrix of a 3-D parameter of `model`, else None."
+    try: parameter, expert = split_expert_name(name)
+    except ValueError: return None
+    owner_name, _, pname = parameter.rpartition(".")
+    try: owner = model.get_submodule(owner_name)
+    except AttributeError: return None
+    W = owner._parameters.get(pname)
+    return (owner, pname, expert) if W is not None and W.dim() == 3 and expert < W.shape[0] else None
 
 def expert_grids(params: dict[str, tuple[nn.Module, str]], block_size: int) -> dict[str, BlockGrid]:
     "A block grid for every expert's (rows, cols) matrix."
@@ -83,7 +100,8 @@ def _gathers_experts(index) -> bool:
 class ExpertCalls(TorchFunctionMode):
     """While an experts module runs, its matmuls on a targeted 3-D weight go to `on_call(name, kind, expert_or_offsets, x, w)`:
     "linear" (y = x w[e]ᵀ, eager experts), "matmul" (y = x w[e], weights stored (experts, in, out)), or "grouped" (transformers'
-    grouped_mm: rows of x sorted by expert, `offs` their ends; w the weight or its transpose). Gathering several experts (batched_mm)
+    grouped_mm: rows of x sorted by expert, `offs` their ends; w the weight or its transpose) or "bmm" (Llama 4: x (experts, rows, in)
+    times the whole weight, expert e on x[e]; "bmm_t" when the weight is passed transposed). Gathering several experts (batched_mm)
     raises; a forward in which a weight's matmuls were not seen at all (a copy such as `w[e].float()`, another kernel) raises when it
     ends (see `_route_expert_calls`): SMT must see which tokens each expert got."""
     def __init__(self, weights: dict[str, Tensor], on_call):
@@ -117,6 +135,10 @@ class ExpertCalls(TorchFunctionMode):
         elif func in (torch.matmul, Tensor.matmul, Tensor.__matmul__) and len(args) == 2 and (hit := self._slice_of(args[1])):
             self.seen.add(hit[0]); out = self.on_call(hit[0], "matmul", hit[1], args[0], args[1], func)
             if out is not None: return out
+        elif func in (torch.bmm, Tensor.bmm) and len(args) == 2 and not kwargs and isinstance(args[0], Tensor) and args[0].dim() == 3 \
+                and (whole := self._whole(args[1])) and args[0].shape[0] == args[1].shape[0]:  # Llama 4: expert e on rows x[e]
+            self.seen.add(whole[0]); out = self.on_call(whole[0], "bmm_t" if whole[1] else "bmm", args[0].shape[1], args[0], args[1], func)
+            if out is not None: return out
         elif func in GROUPED_MM and (whole := self._whole(args[1] if len(args) > 1 else kwargs.get("mat_b"))):
             offs = kwargs.get("offs", args[2] if len(args) > 2 else None)
             self.seen.add(whole[0]); out = self.on_call(whole[0], "grouped_t" if whole[1] else "grouped", offs, args[0], args[1], func)
@@ -131,21 +153,25 @@ class ExpertCalls(TorchFunctionMode):
 def _expert_groups(kind: str, where, x: Tensor) -> list[tuple[int, slice]]:
     "[(expert, rows of x)] for one call: the whole input for a single expert's matmul, each expert's rows for a grouped one."
     if kind in ("linear", "matmul"): return [(where, slice(None))]
+    if kind in ("bmm", "bmm_t"): return [(e, slice(e * where, (e + 1) * where)) for e in range(x.shape[0] // max(where, 1))]  # `where`: rows per expert
     ends = where.tolist()                                                      # one host sync per grouped call
     return [(e, slice(start, end)) for e, (start, end) in enumerate(zip([0] + ends[:-1], ends)) if end > start]
 
+STORED_OUT_IN = ("linear", "grouped_t", "bmm_t")  # calls computing x wᵀ with w stored (out, in); the others compute x w, stored (in, out)
+
 def _stored_gradient_tiles(kind: str, x2: Tensor, g2: Tensor, rows: Tensor, cols: Tensor, b: int) -> Tensor:
     "Tiles of the gradient of the stored (rows, cols) expert matrix: g2ᵀx2 when the call computed x wᵀ (stored (out, in)), else x2ᵀg2."
-    return block_gradients(g2, x2, rows, cols, b) if kind in ("linear", "grouped_t") else block_gradients(x2, g2, rows, cols, b)
+    return block_gradients(g2, x2, rows, cols, b) if kind in STORED_OUT_IN else block_gradients(x2, g2, rows, cols, b)
 
 def _runner(kind: str, where, func):
     "The intercepted call, as a function of (input, weight)."
-    return func if kind in ("linear", "matmul") else (lambda a, b: func(a, b, offs=where))
+    return func if kind in ("linear", "matmul", "bmm", "bmm_t") else (lambda a, b: func(a, b, offs=where))
 
 def _input_gradient(kind: str, where, func, gy: Tensor, w: Tensor) -> Tensor:
     "The input's gradient of one intercepted call: gy w for x wᵀ, gy wᵀ for x w; a grouped call's is the grouped call with wᵀ."
     if kind == "linear": return gy @ w
     if kind == "matmul": return gy @ w.transpose(-2, -1)
+    if kind in ("bmm", "bmm_t"): return torch.bmm(gy, w.transpose(-2, -1))    # (experts, rows, in)
     return func(gy, w.transpose(-2, -1), offs=where)                          # per expert: gy_e (w_e)ᵀ
 
 class ExpertCallFunction(torch.autograd.Function):
@@ -198,6 +224,8 @@ class SMTExperts(nn.Module):
         self.register_buffer("base_blocks", torch.cat(base) if base else W.new_zeros(0, b, b))
         self.smt_delta = nn.Parameter(torch.zeros(len(blocks), b, b, dtype=torch.float32, device=W.device))
         self._written_version = self.smt_delta._version
+        self._disabled = False                                            # disable_adapter: the base's values in the weight, no Δ gradients
+        self.register_load_state_dict_post_hook(lambda module, keys: module.write(not module._disabled))  # a loaded Δ: into the weight
         _EXPERT_MODULES.add(self)
 
     @property
@@ -208,8 +236,13 @@ class SMTExperts(nn.Module):
         nn.Module.__setstate__(self, state)
         _EXPERT_MODULES.add(self)
 
+    def positions(self, expert: int) -> Tensor:
+        "Where expert `expert`'s blocks sit in Δ (consecutive: blocks are sorted by expert, row, column)."
+        return self._experts[expert][0] if expert in self._experts else torch.zeros(0, dtype=torch.long, device=self.smt_delta.device)
+
     def on_call(self, kind: str, where, x: Tensor, w: Tensor, func):
         "One matmul of the owner on this weight (see ExpertCalls): its output, with Δ's block gradients on the way back."
+        if self._disabled: return None                                               # the base model: nothing to train
         if kind in ("linear", "matmul") and where not in self._experts: return None  # an expert without blocks: the frozen matmul as it is
         def block_gradient(e, x_rows, g_rows, gdelta):
             if e not in self._experts: return
@@ -238,7 +271,7 @@ def _write_stepped_experts(optimizer, args, kwargs):
     "After every optimizer step: the expert weights whose deltas it moved get base + Δ written again."
     stepped = {id(p) for g in optimizer.param_groups for p in g["params"]}
     for m in list(_EXPERT_MODULES):
-        if id(m.smt_delta) in stepped: m.write()  # every stepped one: fused optimizers leave the version counter as it was
+        if id(m.smt_delta) in stepped and not m._disabled: m.write()  # every stepped one: fused optimizers keep the version counter
 
 register_optimizer_step_post_hook(_write_stepped_experts)
 
@@ -260,6 +293,21 @@ def _route_expert_calls(owner: nn.Module, handlers_of: Callable[[nn.Module], dic
                                "w[e].float(), or another experts kernel), so its blocks would not train. Use experts_implementation="
                                "'grouped_mm' (the default) or 'eager'.")
     return [owner.register_forward_pre_hook(enter), owner.register_forward_hook(leave, always_call=True)]
+
+def smt_experts(model: nn.Module) -> dict[str, SMTExperts]:
+    "The SMT blocks of every targeted expert weight of `model`, by the weight's name."
+    return {n.removesuffix("_smt"): m for n, m in model.named_modules() if isinstance(m, SMTExperts)}
+
+def remove_experts(model: nn.Module, delta: bool):
+    "Take every `SMTExperts` out of `model`, leaving base + Δ (`delta=True`: merged) or the base values (False) in the weights."
+    for name, m in smt_experts(model).items():
+        owner_name, _, pname = name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        m.write(delta)
+        _EXPERT_MODULES.discard(m)
+        for h in owner.__dict__.pop("_smt_expert_hooks", []): h.remove()
+        owner.__dict__.pop("_smt_expert_modes", None)
+        del owner._modules[f"{pname}_smt"]
 
 def install_experts(model: nn.Module, params: dict[str, tuple[nn.Module, str]], blocks: dict[str, Tensor], block_size: int) -> dict[str, SMTExperts]:
     "An `SMTExperts` for every targeted weight, registered beside it as `<name>_smt`; `blocks` keyed by `<parameter>.<expert>` as in a selection."
@@ -303,61 +351,79 @@ def score_experts_random(grids: dict[str, BlockGrid], seed: int = 0) -> dict[str
     gen = torch.Generator().manual_seed(seed)
     return {n: torch.rand(g.shape, generator=gen) for n, g in grids.items()}
 
-def score_experts_gw(model: nn.Module, params: dict[str, tuple[nn.Module, str]], grids: dict[str, BlockGrid], dataloader, steps: int,
-                     statistic: str = "mean_abs", grad_accum: int = 1, progress: bool = True) -> dict[str, Tensor]:
-    """GW for expert weights: per block, |mean| (or the mean) of the weight gradient summed over the warm-up, each expert's from its own
-    routed tokens. Kept as (R, C) block sums per expert (the block-sum identity): no dense gradient of any expert weight is ever formed."""
+@contextmanager
+def collecting_expert_gw(params: dict[str, tuple[nn.Module, str]], grids: dict[str, BlockGrid], statistic: str = "mean_abs"):
+    """Around a warm-up whose backward reaches the experts (gradients to the inputs): GW of every targeted expert weight — per block,
+    |mean| (or the mean) of the weight gradient summed over the warm-up, each expert's from its own routed tokens. Kept as (R, C)
+    block sums per expert (the block-sum identity): no dense gradient of any expert weight is ever formed. Yields a function that
+    returns the scores once the warm-up has run; `prepare_smt` runs it inside the 2-D layers' own warm-up (one warm-up for both)."""
     if statistic not in ("mean_abs", "mean"):
         raise ValueError(f"Expert weights take GW statistic 'mean_abs' or 'mean' (block sums of the summed gradient); {statistic!r} would "
                          "need a full-size gradient of every expert kept through the warm-up.")
-    device = {f"{name}.{e}": getattr(m, p).device for name, (m, p) in params.items() for e in range(getattr(m, p).shape[0])}
-    totals = {n: torch.zeros(g.shape, dtype=torch.float32, device=device[n]) for n, g in grids.items()}  # every rank reduces all of them
+    device = {expert_matrix_name(name, e): getattr(m, p).device for name, (m, p) in params.items() for e in range(getattr(m, p).shape[0])}
+    totals = {n: torch.zeros(g.shape, dtype=torch.float32, device=device[n]) for n, g in grids.items() if n in device}  # every rank reduces all
     calls = {n: 0 for n in params}
     def handler(name):
-        grid = grids[f"{name}.0"]
+        grid = grids[expert_matrix_name(name, 0)]
         def on_call(kind, where, x, w, func):
             if not x.requires_grad: return None                                     # no backward follows
             calls[name] += 1
             def add_block_sums(e, x_rows, g_rows, gdelta):
-                a, c = (g_rows, x_rows) if kind in ("linear", "grouped_t") else (x_rows, g_rows)  # stored gradient = aᵀc
+                a, c = (g_rows, x_rows) if kind in STORED_OUT_IN else (x_rows, g_rows)  # stored gradient = aᵀc
                 a_sums = row_block_sums(a.float(), grid)                                    # (T, R)
                 c_sums = column_strips(c.float(), grid).sum(-1)                             # (T, C)
-                totals[f"{name}.{e}"] += a_sums.t() @ c_sums
+                totals[expert_matrix_name(name, e)] += a_sums.t() @ c_sums
             return ExpertCallFunction.apply(x, w, None, func, kind, where, add_block_sums)
         return on_call
-    with gradients_to_inputs_only(model), _routed(params, handler):
-        run_warmup(model, dataloader, steps, grad_accum, desc="GW warm-up (experts)", progress=progress)
-    missing = [n for n, k in calls.items() if k == 0]
-    if missing: raise ValueError(f"No expert matmul on {missing[0]} ran with gradients during warm-up.")
-    from smt_nb.blocks import block_sizes
-    out = {}
-    for n, t in totals.items():
-        mean = _sum_over_ranks(t) / block_sizes(grids[n]).to(t)
-        out[n] = (mean.abs() if statistic == "mean_abs" else mean).cpu()
-    return out
+    def scores() -> dict[str, Tensor]:
+        missing = [n for n, k in calls.items() if k == 0]
+        if missing: raise ValueError(f"No expert matmul on {missing[0]} ran with gradients during warm-up.")
+        out = {}
+        for n, t in totals.items():
+            mean = _sum_over_ranks(t) / block_sizes(grids[n]).to(t)
+            out[n] = (mean.abs() if statistic == "mean_abs" else mean).cpu()
+        return out
+    with _routed(params, handler): yield scores
 
-def score_experts_aw(model: nn.Module, params: dict[str, tuple[nn.Module, str]], grids: dict[str, BlockGrid], dataloader, steps: int,
-                     progress: bool = True) -> dict[str, Tensor]:
-    "AW for expert weights: mean over each block of |W_ij|·‖x_j‖₂, with ‖x_j‖₂ the norm of input feature j over the tokens routed to that expert."
+def score_experts_gw(model: nn.Module, params: dict[str, tuple[nn.Module, str]], grids: dict[str, BlockGrid], dataloader, steps: int,
+                     statistic: str = "mean_abs", grad_accum: int = 1, progress: bool = True) -> dict[str, Tensor]:
+    "GW for expert weights alone (see `collecting_expert_gw`), with its own warm-up."
+    with collecting_expert_gw(params, grids, statistic) as scores, gradients_to_inputs_only(model):
+        run_warmup(model, dataloader, steps, grad_accum, desc="GW warm-up (experts)", progress=progress)
+    return scores()
+
+@contextmanager
+def collecting_expert_aw(params: dict[str, tuple[nn.Module, str]], grids: dict[str, BlockGrid]):
+    """Around a warm-up (forward only is enough): AW of every targeted expert weight — mean over each block of |W_ij|·‖x_j‖₂, with
+    ‖x_j‖₂ the norm of input feature j over the tokens routed to that expert. Yields a function returning the scores afterwards."""
     sumsq, transposed = {}, {}
     def handler(name):
         def on_call(kind, where, x, w, func):
             x2 = x.detach().reshape(-1, x.shape[-1]).float()
-            transposed[name] = kind in ("matmul", "grouped")                         # stored (experts, in, out)
+            transposed[name] = kind not in STORED_OUT_IN                              # stored (experts, in, out)
             for e, rows in _expert_groups(kind, where, x2):
-                key = f"{name}.{e}"
+                key = expert_matrix_name(name, e)
                 sumsq[key] = sumsq.get(key, 0) + x2[rows].square().sum(0)
             return None                                                               # the call itself runs unchanged
         return on_call
-    with torch.no_grad(), _routed(params, handler):
+    def scores() -> dict[str, Tensor]:
+        missing = [n for n in params if n not in transposed]
+        if missing: raise ValueError(f"No expert matmul on {missing[0]} ran during warm-up.")
+        out = {}
+        for name, (owner, pname) in params.items():
+            W = getattr(owner, pname).detach()
+            for e, n in enumerate(expert_matrix_names(name, W.shape[0])):
+                zeros = W.new_zeros(W.shape[1] if transposed[name] else W.shape[2]).float()  # an expert no token reached
+                norms = _sum_over_ranks(sumsq[n] if n in sumsq else zeros).sqrt()
+                weighted = W[e].float().abs() * (norms[:, None] if transposed[name] else norms[None, :])
+                out[n] = block_reduce(weighted, grids[n], "abs_mean").cpu()
+        return out
+    with _routed(params, handler): yield scores
+
+def score_experts_aw(model: nn.Module, params: dict[str, tuple[nn.Module, str]], grids: dict[str, BlockGrid], dataloader, steps: int,
+                     progress: bool = True) -> dict[str, Tensor]:
+    "AW for expert weights alone (see `collecting_expert_aw`), with its own warm-up."
+    with collecting_expert_aw(params, grids) as scores, torch.no_grad():
         run_warmup(model, dataloader, steps, backward=False, desc="AW warm-up (experts)", progress=progress)
-    missing = [n for n in params if n not in transposed]
-    if missing: raise ValueError(f"No expert matmul on {missing[0]} ran during warm-up.")
-    out = {}
-    for name, (owner, pname) in params.items():
-        W = getattr(owner, pname).detach()
-        for e, n in enumerate(expert_matrix_names(name, W.shape[0])):
-            norms = _sum_over_ranks(sumsq[n] if n in sumsq else W.new_zeros(W.shape[1] if transposed.get(name) else W.shape[2]).float()).sqrt()
-            weighted = W[e].float().abs() * (norms[:, None] if transposed.get(name) else norms[None, :])
-            out[n] = block_reduce(weighted, grids[n], "abs_mean").cpu()
-    return out
+    return scores()
+

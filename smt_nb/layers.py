@@ -18,9 +18,9 @@ from .blocks import BlockGrid, gather_blocks, scatter_blocks
 from .kernels import kernel_applies, sddmm_blocks_triton, write_blocks_triton, _TRITON_DTYPES
 
 # %% auto #0
-__all__ = ['SUPPORTED_LAYERS', 'PATHS', 'is_float_linear', 'logical_weight', 'is_bnb_quantized', 'is_supported', 'logical_shape',
-           'dequantized_weight', 'strip_plan', 'column_strips', 'sampled_block_grad', 'block_gradients',
-           'effective_weight', 'SMTLinearFunction', 'block_sparse_matmul', 'block_sparse_matmul_t',
+__all__ = ['SUPPORTED_LAYERS', 'PATHS', 'computes_linear', 'is_float_linear', 'logical_weight', 'is_bnb_quantized',
+           'is_supported', 'logical_shape', 'dequantized_weight', 'strip_plan', 'column_strips', 'sampled_block_grad',
+           'block_gradients', 'effective_weight', 'SMTLinearFunction', 'block_sparse_matmul', 'block_sparse_matmul_t',
            'BlockDeltaFunction', 'default_path', 'check_blocks', 'padding_mask', 'SMTLinear', 'write_blocks',
            'sync_blocks', 'groupable', 'aligned_for_write', 'write_layers', 'compute_dtype', 'InplaceSMTFunction',
            'keep_4bit_differentiable']
@@ -28,9 +28,24 @@ __all__ = ['SUPPORTED_LAYERS', 'PATHS', 'is_float_linear', 'logical_weight', 'is
 # %% ../nbs/04_layers.ipynb #b0187c0f
 SUPPORTED_LAYERS = (nn.Linear, Conv1D)
 
+def computes_linear(module: nn.Module) -> bool:
+    """Does `module`'s own forward compute x Wᵀ + b? Always for nn.Linear and Conv1D themselves; a subclass with a forward of its
+    own is probed on two random rows (Falcon's FalconLinear is a plain linear map; an MoE router returning the chosen experts is not)."""
+    if type(module).forward in (nn.Linear.forward, Conv1D.forward): return True
+    w = module.weight
+    if w.device.type == "meta": return True                                  # nothing to run it on
+    out_f, in_f = (w.shape[1], w.shape[0]) if isinstance(module, Conv1D) else tuple(w.shape)
+    x = torch.randn(2, in_f, generator=torch.Generator().manual_seed(0)).to(w.device, w.dtype)
+    try:
+        with torch.no_grad(): y = type(module).forward(module, x)            # the class's forward, without the module's hooks
+    except Exception: return False
+    if not isinstance(y, Tensor) or tuple(y.shape) != (2, out_f): return False
+    with torch.no_grad(): ref = F.linear(x, w.t() if isinstance(module, Conv1D) else w, module.bias)
+    return bool(torch.allclose(y.float(), ref.float(), rtol=1e-2, atol=1e-2))
+
 def is_float_linear(module: nn.Module) -> bool:
-    "True for the layer types whose float weight SMT can train in blocks."
-    return isinstance(module, SUPPORTED_LAYERS) and module.weight.is_floating_point()
+    "True for the layer types whose float weight SMT can train in blocks: nn.Linear and Conv1D, and subclasses that still compute x Wᵀ + b."
+    return isinstance(module, SUPPORTED_LAYERS) and module.weight.is_floating_point() and computes_linear(module)
 
 def logical_weight(module: nn.Module) -> Tensor:
     "The (out, in) weight of an `nn.Linear` or GPT-2 `Conv1D` (which stores (in, out)), as a view."

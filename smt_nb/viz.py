@@ -17,7 +17,7 @@ from .blocks import n_trainable_values
 from .selection import Selection, selection_overlap
 
 # %% auto #0
-__all__ = ['SCORE_LABELS', 'score_label', 'plot_block_scores', 'describe', 'matrices_by_blocks', 'plot_selection',
+__all__ = ['SCORE_LABELS', 'score_label', 'plot_block_scores', 'describe', 'matrices_by_blocks', 'plot_selection', 'plot_experts',
            'selection_table', 'plot_selection_overview', 'plot_overlap', 'plot_selection_diff']
 
 # %% ../nbs/02_viz.ipynb #806de696
@@ -84,6 +84,15 @@ def plot_selection(sel: Selection, filter: str | None = None, max_panels: int = 
     fig.tight_layout(rect=(0, 0, 1, 0.94))
     return fig
 
+def plot_experts(sel: Selection, weight: str, max_experts: int = 16, ncols: int = 8, **kw):
+    "One heatmap per expert of the fused expert weight `weight` (e.g. 'model.layers.1.mlp.experts.gate_up_proj'), on one colour scale."
+    owner, _, pname = weight.rpartition(".")
+    pattern = rf"^{re.escape(owner)}\.\d+\.{re.escape(pname)}$"
+    if not any(re.search(pattern, n) for n in sel.grids):
+        raise ValueError(f"{weight!r} has no experts in this selection; expert matrices are named like '{owner or '...experts'}.0.{pname}'.")
+    return plot_selection(sel, filter=pattern, max_panels=max_experts, ncols=ncols, **kw)
+
+
 # %% ../nbs/02_viz.ipynb #544cefaa
 def _layer_and_type(name: str) -> tuple[int, str]:
     "'model.layers.3.self_attn.q_proj' -> (3, 'q_proj'); names without a layer number get layer -1."
@@ -91,13 +100,15 @@ def _layer_and_type(name: str) -> tuple[int, str]:
     return (int(m.group(1)) if m else -1), name.split(".")[-1]
 
 def selection_table(sel: Selection) -> tuple[list[int], list[str], Tensor]:
-    "Layers, module types, and the (layers, types) fraction of each matrix's entries that trains."
+    "Layers, module types, and the (layers, types) fraction of the entries that train (a fused expert weight: over all its experts)."
     types = list(dict.fromkeys(_layer_and_type(n)[1] for n in sel.grids))
     layers = sorted({_layer_and_type(n)[0] for n in sel.grids})
-    frac = torch.full((len(layers), len(types)), float("nan"))
-    for n, g in sel.grids.items():
+    trained, total = torch.zeros(len(layers), len(types)), torch.zeros(len(layers), len(types))
+    for n, g in sel.grids.items():  # the experts of one weight (`...experts.3.gate_up_proj`) share a cell
         layer, typ = _layer_and_type(n)
-        frac[layers.index(layer), types.index(typ)] = n_trainable_values({n: g}, {n: sel.blocks[n]}) / g.numel
+        trained[layers.index(layer), types.index(typ)] += n_trainable_values({n: g}, {n: sel.blocks[n]})
+        total[layers.index(layer), types.index(typ)] += g.numel
+    frac = torch.where(total > 0, trained / total.clamp_min(1), torch.tensor(float("nan")))
     return layers, types, frac
 
 def plot_selection_overview(sel: Selection, ax=None, title: str | None = None):

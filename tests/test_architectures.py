@@ -50,7 +50,7 @@ def build(model_type: str, seed: int = 0):
     kwargs.update({k: 0.0 for k in DROPOUT if k in accepted}, **OVERRIDES.get(model_type, {}))
     config = cls(**kwargs)
     torch.manual_seed(seed)
-    return AUTO[model_type].from_config(config).eval()
+    return AUTO.get(model_type, tf.AutoModelForCausalLM).from_config(config).eval()
 
 
 def batch(model_type: str):
@@ -68,35 +68,71 @@ def logical_grad(module):
 def relative(a, b): return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
-@pytest.mark.parametrize("model_type", list(AUTO))
-def test_architecture_end_to_end(model_type, tmp_path):
+EXPERT_PARAMETERS = ["experts.gate_up_proj", "experts.down_proj"]  # fused MoE experts (transformers 5), as PEFT's target_parameters
+MOE_ONLY = ["phimoe", "gpt_oss", "llama4_text"]  # fused-expert types whose attention the default-target matrix does not add anything for
+
+
+def expert_weights(model):
+    "The fused expert parameters (experts, rows, cols) of `model`, by name."
+    return {n: p for n, p in model.named_parameters() if p.dim() == 3 and n.endswith(tuple(EXPERT_PARAMETERS))}
+
+
+def check_end_to_end(model_type, config, tmp_path):
+    """Prepare with `config` (GW), then: one SGD step equals the dense step masked to the chosen blocks (2-D targets and expert
+    matrices), save → load is bitwise, merge gives the same logits, generate runs; returns the SMT layers."""
+    from smt_nb.experts import expert_matrix_name, smt_experts
+    from smt_nb.train import smt_parameters
     data = batch(model_type)
-    config = SMTConfig(block_size=16, sparsity=0.1, method="gw", warmup_steps=1, budget="per_matrix")
     model = prepare_smt(build(model_type), config, dataloader=[data])
-    layers = smt_layers(model)
-    assert layers, "no default targets"
+    layers, experts, sel = smt_layers(model), smt_experts(model), model.smt_selection
+    assert layers or experts, "no targets"
 
     # dense reference: the same model, its target weights trainable, everything else frozen
     dense = build(model_type)
     dense.requires_grad_(False)
     for n in layers: dense.get_submodule(n).weight.requires_grad_(True)
+    for n in experts: dense.get_parameter(n).requires_grad_(True)
     dense(**data).loss.backward()
-    grads = {n: logical_grad(dense.get_submodule(n)) for n in layers}
     lr = 0.1
-    opt = torch.optim.SGD([l.smt_delta for l in layers.values()], lr=lr)
+    opt = torch.optim.SGD(smt_parameters(model), lr=lr)
     model(**data).loss.backward(); opt.step(); opt.zero_grad()
     for n, l in layers.items():
-        want = -lr * gather_blocks(grads[n], l.grid, l.blocks)
+        want = -lr * gather_blocks(logical_grad(dense.get_submodule(n)), l.grid, l.blocks)
         assert relative(l.smt_delta.detach(), want) < 1e-4, n
+    for n, m in experts.items():
+        W, b = dense.get_parameter(n), config.block_size
+        mask = torch.zeros_like(W, dtype=torch.bool)
+        for e in range(W.shape[0]):
+            for r, c in sel.blocks[expert_matrix_name(n, e)].tolist(): mask[e, r * b:(r + 1) * b, c * b:(c + 1) * b] = True
+        assert relative(m.delta_weight(), (-lr * W.grad * mask).float()) < 1e-4, n
 
     with torch.no_grad(): logits = model(**data).logits
     model.save_pretrained(tmp_path)
     loaded = load_smt(build(model_type), tmp_path)
     assert all(torch.equal(a.smt_delta, b.smt_delta) for a, b in zip(layers.values(), smt_layers(loaded).values()))
+    assert all(torch.equal(experts[n].smt_delta, m.smt_delta) for n, m in smt_experts(loaded).items()) and len(smt_experts(loaded)) == len(experts)
     with torch.no_grad():
         torch.testing.assert_close(loaded(**data).logits, logits)
         merged = merge_and_unload(loaded)
         torch.testing.assert_close(merged(**data).logits, logits, rtol=1e-4, atol=1e-5)
-    if model_type in CAUSAL:
+    if model_type not in MASKED + SEQ2SEQ:
         out = merged.generate(data["input_ids"][:1, :4], max_new_tokens=2, do_sample=False, pad_token_id=0)
         assert out.shape == (1, 6)
+    return layers
+
+
+@pytest.mark.parametrize("model_type", list(AUTO))
+def test_architecture_end_to_end(model_type, tmp_path):
+    "Default targets (attention Q/K/V; encoder-decoders: self-attention), every matrix its share of blocks."
+    config = SMTConfig(block_size=16, sparsity=0.1, method="gw", warmup_steps=1, budget="per_matrix")
+    assert check_end_to_end(model_type, config, tmp_path), "no default targets"
+
+
+@pytest.mark.parametrize("model_type", list(AUTO) + MOE_ONLY)
+def test_all_linear_and_experts(model_type, tmp_path):
+    "Every linear layer but the output head (PEFT's 'all-linear'), plus the fused expert weights of MoE types."
+    experts = list(expert_weights(build(model_type)))
+    config = SMTConfig(block_size=16, sparsity=0.1, method="gw", warmup_steps=1, budget="per_matrix", target_modules="all-linear",
+                       exclude_modules=["dt_proj"] if "mamba" in model_type else None,  # Mamba reads dt_proj's weight outside its forward
+                       target_parameters=EXPERT_PARAMETERS if experts else None)
+    check_end_to_end(model_type, config, tmp_path)

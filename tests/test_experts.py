@@ -1,0 +1,157 @@
+"""SMT on the fused expert weights of the MoE decoders of transformers 5 (`target_parameters`), each built tiny from its own config
+class: GW picks blocks in experts that got tokens, one SGD step equals the dense step masked to the trained blocks (2-D targets and
+experts), nothing else moves, save → load is bitwise, merge and unload are exact."""
+import pytest
+import torch
+
+from smt_nb.blocks import gather_blocks
+from smt_nb.core import SMTConfig, default_targets, load_smt, merge_and_unload, prepare_smt, smt_layers, unload
+from smt_nb.experts import expert_parameters, expert_matrix_name, smt_experts
+from smt_nb.train import smt_parameters
+
+from test_architectures import batch, build, logical_grad, relative
+
+MOE = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "phimoe", "gpt_oss", "llama4_text", "deepseek_v2", "deepseek_v3"]
+EXPERTS = ["experts.gate_up_proj", "experts.down_proj"]
+
+
+def prepared(model_type):
+    model = build(model_type)
+    config = SMTConfig(block_size=16, sparsity=0.1, method="gw", warmup_steps=1, target_modules=default_targets(model),
+                       target_parameters=EXPERTS, budget="per_type")  # each type its share: experts and attention both train
+    return prepare_smt(model, config, dataloader=[batch(model_type)])
+
+
+def expert_mask(weight, grid_blocks, b=16):
+    "A 0/1 mask of `weight` (experts, rows, cols) over the blocks of every expert: {expert: (n, 2) blocks}."
+    mask = torch.zeros_like(weight, dtype=torch.bool)
+    for e, blocks in grid_blocks.items():
+        for r, c in blocks.tolist(): mask[e, r * b:(r + 1) * b, c * b:(c + 1) * b] = True
+    return mask
+
+
+@pytest.mark.parametrize("model_type", MOE)
+def test_experts_end_to_end(model_type, tmp_path):
+    data = batch(model_type)
+    model = prepared(model_type)
+    sel, layers, experts = model.smt_selection, smt_layers(model), smt_experts(model)
+    assert {n.rsplit(".", 1)[-1] for n in experts} == {"gate_up_proj", "down_proj"}, "both expert weights train"
+    assert set(experts) <= set(expert_parameters(model, EXPERTS))
+    expert_names = [n for n in sel.blocks if n not in dict(model.named_modules())]
+    chosen = [n for n in expert_names if len(sel.blocks[n])]
+    assert chosen, "GW chose no expert block"
+    for n in chosen:  # experts that got no token have all-zero GW scores: the chosen ones received tokens
+        assert (sel.scores[n][sel.blocks[n][:, 0], sel.blocks[n][:, 1]] > 0).all(), n
+
+    # the dense reference: the same model, its target weights trainable (2-D and experts), everything else frozen
+    dense = build(model_type)
+    base = {n: p.detach().clone() for n, p in dense.named_parameters()}
+    dense.requires_grad_(False)
+    for n in layers: dense.get_submodule(n).weight.requires_grad_(True)
+    for n in experts: dense.get_parameter(n).requires_grad_(True)
+    dense(**data).loss.backward()
+    lr = 0.1
+    opt = torch.optim.SGD(smt_parameters(model), lr=lr)
+    model(**data).loss.backward(); opt.step(); opt.zero_grad()
+    for n, l in layers.items():
+        assert relative(l.smt_delta.detach(), -lr * gather_blocks(logical_grad(dense.get_submodule(n)), l.grid, l.blocks)) < 1e-4, n
+    trained = {}
+    for n, m in experts.items():
+        W = dense.get_parameter(n)
+        mask = expert_mask(W, {e: sel.blocks[expert_matrix_name(n, e)] for e in range(W.shape[0])})
+        want = -lr * W.grad * mask
+        assert relative(m.delta_weight(), want.float()) < 1e-4, n
+        now = model.get_parameter(n).detach()
+        assert torch.equal(now[~mask], base[n][~mask]), f"{n}: values outside the blocks moved"
+        trained[n] = now.clone()
+    for n, p in model.named_parameters():  # nothing else moved (2-D targets hold their base: the in-place path writes them)
+        if n in base and n not in experts and not any(n == f"{l}.weight" for l in layers):
+            assert torch.equal(p.detach(), base[n]), n
+
+    with torch.no_grad(): logits = model(**data).logits
+    model.save_pretrained(tmp_path)
+    loaded = load_smt(build(model_type), tmp_path)
+    for n, m in smt_experts(loaded).items():
+        assert torch.equal(m.smt_delta, experts[n].smt_delta) and torch.equal(loaded.get_parameter(n), trained[n]), n
+    assert all(torch.equal(a.smt_delta, b.smt_delta) for a, b in zip(layers.values(), smt_layers(loaded).values()))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**data).logits, logits)
+        merged = merge_and_unload(loaded)
+        assert not smt_experts(merged) and not smt_layers(merged)
+        for n in experts: assert torch.equal(merged.get_parameter(n), trained[n]), n  # base + Δ, as trained
+        torch.testing.assert_close(merged(**data).logits, logits, rtol=1e-4, atol=1e-5)
+        plain = unload(load_smt(build(model_type), tmp_path))
+        assert all(torch.equal(p, base[n]) for n, p in plain.named_parameters()), "unload gives the base back"
+
+
+def mixtral(**kw):
+    config = dict(block_size=16, sparsity=0.1, method="gw", warmup_steps=1, target_modules=["q_proj", "v_proj"],
+                  target_parameters=EXPERTS, budget="per_type")
+    config.update(kw)
+    return prepare_smt(build("mixtral"), SMTConfig(**config), dataloader=[batch("mixtral")])
+
+
+def test_disable_adapter_gives_the_base_and_trains_nothing():
+    data = batch("mixtral")
+    model = mixtral(init_std=0.05)
+    with torch.no_grad(): base_logits = build("mixtral")(**data).logits
+    with model.disable_adapter():
+        with torch.no_grad(): torch.testing.assert_close(model(**data).logits, base_logits, rtol=0, atol=0)
+        assert not model(**data).loss.requires_grad  # no Δ takes part: nothing to train
+    with torch.no_grad(): assert not torch.equal(model(**data).logits, base_logits)  # the deltas are back
+
+
+@pytest.mark.parametrize("method", ["aw", "mw", "random"])
+def test_other_scorers_and_experts_alone(method):
+    model = mixtral(method=method, target_modules=None)  # target_parameters alone: no 2-D module is adapted (PEFT's rule)
+    assert not smt_layers(model) and smt_experts(model)
+    assert model.smt_selection.meta["method"] == method
+    opt = torch.optim.SGD(smt_parameters(model), lr=0.1)
+    model(**batch("mixtral")).loss.backward(); opt.step()
+    assert any(m.smt_delta.abs().sum() > 0 for m in smt_experts(model).values())
+
+
+def test_selection_reuse_state_dict_and_refusals(tmp_path):
+    model = mixtral(init_std=0.05)
+    again = prepare_smt(build("mixtral"), selection=model.smt_selection)  # the same blocks on a fresh base
+    assert again.smt_config.target_parameters == sorted(smt_experts(model))
+    assert all(torch.equal(a.blocks, b.blocks) for a, b in zip(smt_experts(model).values(), smt_experts(again).values()))
+    again.load_state_dict(model.state_dict())  # a loaded Δ is written into the expert weights at once
+    for n in smt_experts(model): assert torch.equal(again.get_parameter(n), model.get_parameter(n)), n
+    with pytest.raises(NotImplementedError, match="in place only"): model.switch_path("reference")
+    with pytest.raises(ValueError, match="already has SMT layers"): prepare_smt(model, target_parameters=EXPERTS, method="mw")
+    model.save_pretrained(tmp_path)
+    other = build("mixtral", seed=1)
+    before = {n: p.detach().clone() for n, p in other.named_parameters()}
+    with pytest.raises(ValueError, match="not the base the adapter was trained on"): load_smt(other, tmp_path)
+    assert not smt_experts(other) and all(torch.equal(p, before[n]) for n, p in other.named_parameters())  # left untouched
+    with pytest.raises(ValueError, match="custom scoring function"): SMTConfig(target_parameters=EXPERTS, method=lambda *a: {})
+    with pytest.raises(ValueError, match="warmup_lr"): SMTConfig(target_parameters=EXPERTS, warmup_lr=1e-3)
+    with pytest.raises(TypeError, match="list of parameter names"): SMTConfig(target_parameters="mlp.experts.down_proj")
+
+
+def test_smt_trainer_bf16_checkpoints_resume_exactly(tmp_path):
+    from transformers import TrainingArguments
+    from smt_nb.train import SMTTrainer
+    g = torch.Generator().manual_seed(5)
+    rows = [{"input_ids": (ids := torch.randint(3, 128, (12,), generator=g)), "labels": ids} for _ in range(16)]
+    def trainer(model, max_steps):
+        args = TrainingArguments(output_dir=str(tmp_path), bf16=True, use_cpu=True, max_steps=max_steps, save_steps=2,
+                                 per_device_train_batch_size=4, learning_rate=1e-2, report_to=[], disable_tqdm=True, seed=0)
+        return SMTTrainer(model=model, args=args, train_dataset=rows)
+    straight = mixtral()
+    trainer(straight, 4).train()
+    resumed = mixtral()
+    trainer(resumed, 4).train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    a, b = smt_experts(straight), smt_experts(resumed)
+    assert all(torch.equal(a[n].smt_delta, b[n].smt_delta) for n in a)  # bit-exact
+    assert all(a[n].smt_delta.abs().sum() > 0 for n in a)
+    for n in a: assert torch.equal(straight.get_parameter(n), resumed.get_parameter(n))
+
+
+def test_a_router_that_subclasses_linear_is_not_a_linear_target():
+    "PhiMoE's router is an nn.Linear whose forward returns (logits, chosen experts): 'all-linear' leaves it out, naming it raises."
+    from smt_nb.core import find_targets
+    model = build("phimoe")
+    assert not any(n.endswith("mlp.router") for n in find_targets(model, "all-linear"))
+    with pytest.raises(TypeError, match="forward of its own"): find_targets(model, ["mlp.router"])
