@@ -278,6 +278,9 @@ register_optimizer_step_post_hook(_write_stepped_experts)
 def _route_expert_calls(owner: nn.Module, handlers_of: Callable[[nn.Module], dict[str, Callable]]):
     "While `owner` runs forward, send its expert matmuls on each named weight to `handlers_of(owner)[name]` (hooks; returns their handles)."
     def enter(module, args):
+        if torch.compiler.is_compiling():
+            raise NotImplementedError("torch.compile cannot trace the routing of SMT's expert blocks (a TorchFunctionMode entered from module "
+                                      "hooks): train a model prepared with target_parameters without torch.compile.")
         stack = module.__dict__.setdefault("_smt_expert_modes", [])
         while stack: stack.pop().__exit__(None, None, None)  # left by an interrupted forward (KeyboardInterrupt skips `leave`)
         handlers = handlers_of(module)  # looked up on the module that runs: a copy of the model routes to its own blocks

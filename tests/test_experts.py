@@ -155,3 +155,24 @@ def test_a_router_that_subclasses_linear_is_not_a_linear_target():
     model = build("phimoe")
     assert not any(n.endswith("mlp.router") for n in find_targets(model, "all-linear"))
     with pytest.raises(TypeError, match="forward of its own"): find_targets(model, ["mlp.router"])
+
+
+def test_torch_compile_breaks_the_graph_around_experts_and_trains_as_eager():
+    "torch.compile runs the experts modules between graphs (their routing hooks and mode): two steps equal eager's; fullgraph refuses."
+    import torch._dynamo
+    deltas, weights = {}, {}
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        model = mixtral()
+        opt = torch.optim.SGD(smt_parameters(model), lr=0.1)
+        run = torch.compile(model) if compiled else model
+        for _ in range(2): run(**batch("mixtral")).loss.backward(); opt.step(); opt.zero_grad()
+        deltas[compiled] = {n: m.smt_delta.detach().clone() for n, m in smt_experts(model).items()}
+        weights[compiled] = {n: model.get_parameter(n).detach().clone() for n in deltas[compiled]}
+    for n in deltas[False]:
+        assert deltas[False][n].abs().max() > 0
+        torch.testing.assert_close(deltas[True][n], deltas[False][n], rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(weights[True][n], weights[False][n], rtol=1e-5, atol=1e-7)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="without torch.compile"):
+        torch.compile(mixtral(), fullgraph=True)(**batch("mixtral"))
