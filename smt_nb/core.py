@@ -26,7 +26,7 @@ from safetensors.torch import save_file, load_file
 
 import smt_nb
 from .atomic import atomic_write
-from .blocks import BlockGrid, STATISTICS, BUDGETS, TIE_RULES, gather_blocks, check_groups, name_matches
+from .blocks import BlockGrid, STATISTICS, BUDGETS, TIE_RULES, gather_blocks, check_groups, group_of, name_matches
 from .layers import (SMTLinear, keep_4bit_differentiable, is_supported, is_bnb_quantized, logical_shape, dequantized_weight,
                            write_blocks, check_blocks, sync_blocks, PATHS, SUPPORTED_LAYERS)
 from .selection import Selection, SCORERS, ACCUMULATIONS, make_selection, selection_to_dict, selection_from_dict
@@ -323,6 +323,11 @@ def _expert_scorer(method: str, experts: dict[str, tuple[nn.Module, str]]) -> Ca
             if not torch.isfinite(getattr(owner, pname)).all(): raise ValueError(f"{name} holds NaN or inf weights: fix or reload the base model.")
         module_grids = {n: grids[n] for n in modules}
         expert_only = {n: g for n, g in grids.items() if n not in modules}
+        own = {g for g, spec in (config.groups or {}).items() if spec.get("statistic", config.statistic) != config.statistic
+               and any(group_of(n, config.groups) == g for n in expert_only)}
+        if method == "gw" and own:
+            raise ValueError(f"Group {sorted(own)[0]!r} gives expert weights a statistic of its own; expert weights are scored with "
+                             f"config.statistic ({config.statistic!r}): drop the group's statistic or set it there.")
         if method == "gw":
             with collecting_expert_gw(experts, expert_only, config.statistic) as expert_scores:
                 scores = SCORERS["gw"](model, modules, module_grids, dataloader, config)

@@ -176,3 +176,13 @@ def test_torch_compile_breaks_the_graph_around_experts_and_trains_as_eager():
     torch._dynamo.reset()
     with pytest.raises(Exception, match="without torch.compile"):
         torch.compile(mixtral(), fullgraph=True)(**batch("mixtral"))
+
+
+def test_groups_budget_names_expert_types_and_refuses_their_own_statistic():
+    groups = {"attention": {"types": ["q_proj", "v_proj"], "n_blocks": 2},
+              "experts": {"types": ["gate_up_proj", "down_proj"], "n_blocks": 6}}
+    model = mixtral(budget="groups", groups=groups)
+    chosen = {n: len(b) for n, b in model.smt_selection.blocks.items() if len(b)}
+    assert sum(k for n, k in chosen.items() if "experts" in n) == 6 and sum(k for n, k in chosen.items() if "self_attn" in n) == 2
+    groups["experts"]["statistic"] = "l2"
+    with pytest.raises(ValueError, match="statistic of its own"): mixtral(budget="groups", groups=groups)
