@@ -2,7 +2,8 @@
 and of the Triton kernel against the PyTorch gather+bmm path, across shapes, block sizes, densities, dtypes and ragged edges;
 then mixed precision: float32 weights under bf16/fp16 autocast (Trainer(bf16=True)) against a dense layer under the same autocast;
 then the Hugging Face path on CUDA (in-place blocks): SMTTrainer in bf16 with adapter-only checkpoints and an exact resume, a NaN
-micro-batch skipped, disable_adapter giving the base exactly, unload giving the base weights bit for bit.
+micro-batch skipped, disable_adapter giving the base exactly, unload giving the base weights bit for bit; fused MoE experts
+(grouped and eager) one step against the dense masked step.
 Exits non-zero if any case fails. Usage: python benchmarks/check_cuda.py
 """
 import itertools
@@ -200,6 +201,45 @@ def compile_checks(tmp) -> dict:
     return out
 
 
+def expert_checks() -> dict:
+    """Fused MoE experts on CUDA (a Mixtral of 4 experts, 64² blocks, `target_parameters`): one SGD step of SMT against the dense
+    gradient of the expert weights masked to the chosen blocks, norm-relative, for torch's grouped matmul (bf16) and the eager
+    per-expert path (fp32 and bf16); the block gradients come from the Triton kernel here."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+    from smt_nb.core import SMTConfig, prepare_smt
+    from smt_nb.experts import smt_experts, expert_matrix_name
+    from smt_nb.train import smt_parameters
+    def tiny(impl, dtype):
+        torch.manual_seed(0)
+        cfg = MixtralConfig(vocab_size=512, hidden_size=256, intermediate_size=320, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=256)
+        model = MixtralForCausalLM(cfg).to("cuda", dtype)
+        model.set_experts_implementation(impl)
+        return model
+    g = torch.Generator().manual_seed(1)
+    data = dict(input_ids=(ids := torch.randint(0, 512, (4, 128), generator=g).cuda()), labels=ids)
+    out = {}
+    for impl, dtype in (("grouped_mm", torch.bfloat16), ("eager", torch.float32), ("eager", torch.bfloat16)):
+        model = prepare_smt(tiny(impl, dtype), SMTConfig(block_size=64, sparsity=0.2, method="random", target_modules=["q_proj"],
+                                                         target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]))
+        dense = tiny(impl, dtype); dense.requires_grad_(False)
+        experts = smt_experts(model)
+        for n in experts: dense.get_parameter(n).requires_grad_(True)
+        dense(**data).loss.backward()
+        opt = torch.optim.SGD(smt_parameters(model), lr=0.1)
+        model(**data).loss.backward(); opt.step()
+        worst = 0.0
+        for n, m in experts.items():
+            W = dense.get_parameter(n)
+            mask = torch.zeros_like(W, dtype=torch.bool)
+            for e in range(W.shape[0]):
+                for r, c in model.smt_selection.blocks[expert_matrix_name(n, e)].tolist(): mask[e, r * 64:(r + 1) * 64, c * 64:(c + 1) * 64] = True
+            want = (-0.1 * W.grad.float() * mask)
+            worst = max(worst, rel(m.delta_weight(), want))
+        out[f"{impl} {str(dtype)[6:]}"] = worst
+    return out
+
+
 def main():
     torch.backends.cuda.matmul.allow_tf32 = False
     shapes = [(4096, 4096), (14336 // 4, 4096), (1000, 3000), (576, 192), (192, 576), (300, 4096)]  # ragged ones included
@@ -243,6 +283,9 @@ def main():
     print("torch.compile on CUDA:", comp)
     failed += not (comp["decoder_layer_fullgraph"] and comp["decoder_layer_max_rel_err"] < 1e-2 and comp["trainer_compiled_graphs"] >= 1
                    and comp["trainer_graph_breaks"] == 0 and comp["trainer_max_rel_delta_diff"] < 2e-2 and comp["weights_hold_base_plus_delta"])
+    experts = expert_checks()
+    print("fused MoE experts on CUDA, one step vs the dense masked step (norm-relative):", experts)
+    failed += not all(v < (1e-4 if "float32" in k else 2e-2) for k, v in experts.items())
     sys.exit(1 if failed else 0)
 
 

@@ -219,7 +219,7 @@ class SMTExperts(nn.Module):
             idx = (blocks[:, 0] == e).nonzero().flatten()
             self._experts[e] = (idx.to(W.device), blocks[idx, 1].to(W.device), blocks[idx, 2].to(W.device))
         with torch.no_grad():
-            base = [gather_blocks(W[e], self.grid, blocks[idx][:, 1:].to(W.device)) for e, (idx, _, _) in self._experts.items()]
+            base = [gather_blocks(W[e], self.grid, torch.stack([rows, cols], 1)) for e, (_, rows, cols) in self._experts.items()]
         b = block_size
         self.register_buffer("base_blocks", torch.cat(base) if base else W.new_zeros(0, b, b))
         self.smt_delta = nn.Parameter(torch.zeros(len(blocks), b, b, dtype=torch.float32, device=W.device))
