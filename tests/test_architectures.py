@@ -1,5 +1,7 @@
-"""SMT across the architectures of transformers, each built tiny from its own config class (nothing downloaded): default targets
-found, GW selection, one SGD step equal to the dense step masked to the chosen blocks, save → load and merge exact, generate."""
+"""SMT across the architectures of transformers, each built tiny from its own config class (nothing downloaded): decoders dense and
+MoE, encoders, encoder-decoders, vision transformers, Conv1D and fused-QKV models. With the default targets, and again with every
+linear layer plus the fused expert weights of MoE types: GW selection, one SGD step equal to the dense step masked to the chosen
+blocks, save → load and merge exact, generate."""
 import inspect
 
 import pytest
@@ -25,7 +27,8 @@ SMALL = dict(  # every size attribute a config class may use, shrunk; attributes
 OVERRIDES = {  # where a class's own defaults do not fit the sizes above
     "gpt_neo": dict(attention_types=[[["global", "local"], 1]]),
     "deepseek_v2": dict(num_key_value_heads=4), "deepseek_v3": dict(num_key_value_heads=4, n_group=2, topk_group=1),
-    "helium": dict(head_dim=16)}
+    "helium": dict(head_dim=16),
+    "vit": dict(image_size=32, patch_size=8, num_labels=3), "deit": dict(image_size=32, patch_size=8, num_labels=3, architectures=["DeiTForImageClassification"])}
 DROPOUT = ("dropout", "attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout_prob",
            "attention_probs_dropout_prob", "activation_dropout", "classifier_dropout")
 
@@ -35,8 +38,9 @@ CAUSAL = ["llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_m
           "helium", "nemotron", "smollm3", "mamba", "falcon_mamba", "gpt_bigcode", "mpt"]
 MASKED = ["bert", "roberta", "albert", "distilbert", "deberta-v2", "electra", "xlm-roberta"]
 SEQ2SEQ = ["t5", "bart", "mbart", "pegasus", "marian"]
+VISION = ["vit", "deit"]  # image classifiers: patch embeddings instead of tokens
 AUTO = {**{t: tf.AutoModelForCausalLM for t in CAUSAL}, **{t: tf.AutoModelForMaskedLM for t in MASKED},
-        **{t: tf.AutoModelForSeq2SeqLM for t in SEQ2SEQ}}
+        **{t: tf.AutoModelForSeq2SeqLM for t in SEQ2SEQ}, **{t: tf.AutoModelForImageClassification for t in VISION}}
 
 
 TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
@@ -55,6 +59,7 @@ def build(model_type: str, seed: int = 0):
 
 def batch(model_type: str):
     g = torch.Generator().manual_seed(1)
+    if model_type in VISION: return dict(pixel_values=torch.randn(2, 3, 32, 32, generator=g), labels=torch.randint(0, 3, (2,), generator=g))
     ids = torch.randint(3, V, (2, 10), generator=g)
     if model_type in SEQ2SEQ: return dict(input_ids=ids, labels=torch.randint(3, V, (2, 6), generator=g))
     return dict(input_ids=ids, labels=ids.clone())
@@ -69,7 +74,7 @@ def relative(a, b): return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 EXPERT_PARAMETERS = ["experts.gate_up_proj", "experts.down_proj"]  # fused MoE experts (transformers 5), as PEFT's target_parameters
-MOE_ONLY = ["phimoe", "gpt_oss", "llama4_text"]  # fused-expert types whose attention the default-target matrix does not add anything for
+MOE_ONLY = ["phimoe", "gpt_oss", "llama4_text"]  # MoE decoders with fused experts beyond the causal list above
 
 
 def expert_weights(model):
@@ -115,13 +120,13 @@ def check_end_to_end(model_type, config, tmp_path):
         torch.testing.assert_close(loaded(**data).logits, logits)
         merged = merge_and_unload(loaded)
         torch.testing.assert_close(merged(**data).logits, logits, rtol=1e-4, atol=1e-5)
-    if model_type not in MASKED + SEQ2SEQ:
+    if model_type not in MASKED + SEQ2SEQ + VISION:
         out = merged.generate(data["input_ids"][:1, :4], max_new_tokens=2, do_sample=False, pad_token_id=0)
         assert out.shape == (1, 6)
     return layers
 
 
-@pytest.mark.parametrize("model_type", list(AUTO))
+@pytest.mark.parametrize("model_type", list(AUTO) + MOE_ONLY)
 def test_architecture_end_to_end(model_type, tmp_path):
     "Default targets (attention Q/K/V; encoder-decoders: self-attention), every matrix its share of blocks."
     config = SMTConfig(block_size=16, sparsity=0.1, method="gw", warmup_steps=1, budget="per_matrix")
