@@ -209,19 +209,20 @@ def expert_checks() -> dict:
     from smt_nb.core import SMTConfig, prepare_smt
     from smt_nb.experts import smt_experts, expert_matrix_name
     from smt_nb.train import smt_parameters
-    def tiny(impl, dtype):
+    def tiny(impl, dtype, device="cuda"):
         torch.manual_seed(0)
         cfg = MixtralConfig(vocab_size=512, hidden_size=256, intermediate_size=320, num_hidden_layers=2, num_attention_heads=4,
                             num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=256)
-        model = MixtralForCausalLM(cfg).to("cuda", dtype)
+        model = MixtralForCausalLM(cfg).to(device, dtype)
         model.set_experts_implementation(impl)
         return model
     g = torch.Generator().manual_seed(1)
     data = dict(input_ids=(ids := torch.randint(0, 512, (4, 128), generator=g).cuda()), labels=ids)
     out = {}
-    for impl, dtype in (("grouped_mm", torch.bfloat16), ("eager", torch.float32), ("eager", torch.bfloat16)):
-        model = prepare_smt(tiny(impl, dtype), SMTConfig(block_size=64, sparsity=0.2, method="random", target_modules=["q_proj"],
-                                                         target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]))
+    for impl, dtype, where in (("grouped_mm", torch.bfloat16, "cuda"), ("eager", torch.float32, "cuda"), ("eager", torch.bfloat16, "cuda"),
+                               ("grouped_mm", torch.bfloat16, "cpu")):  # the last: prepared on the CPU, then moved to the GPU
+        model = prepare_smt(tiny(impl, dtype, where), SMTConfig(block_size=64, sparsity=0.2, method="random", target_modules=["q_proj"],
+                                                                target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])).to("cuda")
         dense = tiny(impl, dtype); dense.requires_grad_(False)
         experts = smt_experts(model)
         for n in experts: dense.get_parameter(n).requires_grad_(True)
@@ -236,7 +237,7 @@ def expert_checks() -> dict:
                 for r, c in model.smt_selection.blocks[expert_matrix_name(n, e)].tolist(): mask[e, r * 64:(r + 1) * 64, c * 64:(c + 1) * 64] = True
             want = (-0.1 * W.grad.float() * mask)
             worst = max(worst, rel(m.delta_weight(), want))
-        out[f"{impl} {str(dtype)[6:]}"] = worst
+        out[f"{impl} {str(dtype)[6:]}" + (", prepared on cpu" if where == "cpu" else "")] = worst
     return out
 
 

@@ -101,11 +101,6 @@ class SMTConfig:
             if not isinstance(self.target_parameters, list) or not self.target_parameters or not all(isinstance(v, str) for v in self.target_parameters):
                 raise TypeError(f"target_parameters must be a non-empty list of parameter names (e.g. ['mlp.experts.gate_up_proj']) or None, "
                                 f"got {self.target_parameters!r}.")
-            if callable(self.method):
-                raise ValueError("A custom scoring function scores 2-D modules; with target_parameters use method 'gw', 'aw', 'mw' or 'random'.")
-            if self.warmup_lr is not None:
-                raise ValueError("warmup_lr (full fine-tuning steps during warm-up) is not supported with target_parameters: the expert weights "
-                                 "take no dense gradient. Warm up without steps (warmup_lr=None).")
         if not callable(self.method) and self.method not in SCORERS:
             raise ValueError(f"Unknown method {self.method!r}; choose one of {sorted(SCORERS)} or pass a scoring function.")
         if self.statistic not in STATISTICS: raise ValueError(f"Unknown statistic {self.statistic!r}; choose one of {STATISTICS}.")
@@ -360,6 +355,14 @@ def prepare_smt(model: nn.Module, config: SMTConfig | dict | None = None, datalo
     keep_4bit_differentiable(model)
     if selection is None:
         experts = expert_parameters(model, config.target_parameters) if config.target_parameters else {}
+        if experts and config.exclude_modules:  # an expert weight is left out when its name or its experts module's name is excluded
+            experts = {n: v for n, v in experts.items() if not (name_matches(n, config.exclude_modules) or name_matches(n.rpartition(".")[0], config.exclude_modules))}
+            if not experts: raise ValueError(f"target_parameters={config.target_parameters!r} matched nothing once exclude_modules={config.exclude_modules!r} was applied.")
+        if experts and callable(config.method):
+            raise ValueError("A custom scoring function scores 2-D modules; with target_parameters use method 'gw', 'aw', 'mw' or 'random'.")
+        if experts and config.warmup_lr is not None:
+            raise ValueError("warmup_lr (full fine-tuning steps during warm-up) is not supported with target_parameters: the expert weights "
+                             "take no dense gradient. Warm up without steps (warmup_lr=None).")
         only_experts = bool(experts) and config.target_modules is None  # PEFT: target_parameters alone adapts no module
         targets = {} if only_experts else find_targets(model, config.target_modules, config.exclude_modules)
         check_targets_run(model, targets)
@@ -377,7 +380,10 @@ def prepare_smt(model: nn.Module, config: SMTConfig | dict | None = None, datalo
         check_targets_run(model, chosen)
     model._smt_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}  # unload() puts them back
     model.requires_grad_(False)
-    _install(model, selection, config.init_std)
+    try: _install(model, selection, config.init_std)
+    except BaseException:
+        unload(model)  # all or nothing: a layer that refused its blocks leaves the model as it was
+        raise
     model.smt_config, model.smt_selection = config, selection
     for name, fn in MODEL_METHODS.items(): setattr(model, name, MethodType(fn, model))
     return model
@@ -723,7 +729,10 @@ def disable_adapter(model: nn.Module):
     try: yield model
     finally:
         for layer in layers: layer.enable_adapters(True)
-        for m in experts: m._disabled = False; m.write()
+        installed = {id(m) for m in smt_experts(model).values()}  # unload() inside the block took some out: leave those alone
+        for m in experts:
+            m._disabled = False
+            if id(m) in installed: m.write()
 
 @model_method
 def unload(model: nn.Module) -> nn.Module:

@@ -57,7 +57,7 @@ def expert_matrix_names(name: str, n_experts: int) -> list[str]:
 def split_expert_name(name: str) -> tuple[str, int]:
     "`model.layers.0.mlp.experts.3.gate_up_proj` -> (`model.layers.0.mlp.experts.gate_up_proj`, 3)."
     parts = name.split(".")
-    if len(parts) < 2 or not parts[-2].isdigit(): raise ValueError(f"{name!r} names no expert's matrix (`<experts module>.<expert>.<parameter>`).")
+    if len(parts) < 2 or not parts[-2].isdigit() or str(int(parts[-2])) != parts[-2]: raise ValueError(f"{name!r} names no expert's matrix (`<experts module>.<expert>.<parameter>`).")
     return ".".join(parts[:-2] + parts[-1:]), int(parts[-2])
 
 def expert_of(model: nn.Module, name: str) -> tuple[nn.Module, str, int] | None:
@@ -231,6 +231,13 @@ class SMTExperts(nn.Module):
     @property
     def weight(self) -> Tensor: return getattr(self._owner, self.param_name)
 
+    def _apply(self, fn, recurse=True):
+        "`model.to(...)`, `.cuda()`: the per-expert index lists follow Δ to its device (they are not buffers: a dict of tuples)."
+        super()._apply(fn, recurse)
+        device = self.smt_delta.device
+        self._experts = {e: tuple(t.to(device) for t in plan) for e, plan in self._experts.items()}
+        return self
+
     def __setstate__(self, state: dict):
         "Copies (`copy.deepcopy`, pickle) are written after optimizer steps too."
         nn.Module.__setstate__(self, state)
@@ -243,6 +250,7 @@ class SMTExperts(nn.Module):
     def on_call(self, kind: str, where, x: Tensor, w: Tensor, func):
         "One matmul of the owner on this weight (see ExpertCalls): its output, with Δ's block gradients on the way back."
         if self._disabled: return None                                               # the base model: nothing to train
+        if self._written_version != self.smt_delta._version: self.write()          # Δ changed by hand since the last write: before the matmul reads w
         if kind in ("linear", "matmul") and where not in self._experts: return None  # an expert without blocks: the frozen matmul as it is
         def block_gradient(e, x_rows, g_rows, gdelta):
             if e not in self._experts: return

@@ -125,8 +125,12 @@ def test_selection_reuse_state_dict_and_refusals(tmp_path):
     before = {n: p.detach().clone() for n, p in other.named_parameters()}
     with pytest.raises(ValueError, match="not the base the adapter was trained on"): load_smt(other, tmp_path)
     assert not smt_experts(other) and all(torch.equal(p, before[n]) for n, p in other.named_parameters())  # left untouched
-    with pytest.raises(ValueError, match="custom scoring function"): SMTConfig(target_parameters=EXPERTS, method=lambda *a: {})
-    with pytest.raises(ValueError, match="warmup_lr"): SMTConfig(target_parameters=EXPERTS, warmup_lr=1e-3)
+    with pytest.raises(ValueError, match="custom scoring function"):
+        prepare_smt(build("mixtral"), SMTConfig(target_parameters=EXPERTS, method=lambda *a: {}))
+    with pytest.raises(ValueError, match="warmup_lr"):
+        prepare_smt(build("mixtral"), SMTConfig(target_parameters=EXPERTS, warmup_lr=1e-3), dataloader=[batch("mixtral")])
+    given = prepare_smt(build("mixtral"), SMTConfig(warmup_lr=1e-3), selection=model.smt_selection)  # a given selection is not rescored
+    assert len(smt_experts(given)) == len(smt_experts(model))
     with pytest.raises(TypeError, match="list of parameter names"): SMTConfig(target_parameters="mlp.experts.down_proj")
 
 
@@ -186,3 +190,40 @@ def test_groups_budget_names_expert_types_and_refuses_their_own_statistic():
     assert sum(k for n, k in chosen.items() if "experts" in n) == 6 and sum(k for n, k in chosen.items() if "self_attn" in n) == 2
     groups["experts"]["statistic"] = "l2"
     with pytest.raises(ValueError, match="statistic of its own"): mixtral(budget="groups", groups=groups)
+
+
+def test_review_cases_device_hand_edits_unload_in_disable_half_prepare_names_and_exclusions():
+    "Cases a review found: each must hold (they failed before the fixes)."
+    data = batch("mixtral")
+    with torch.no_grad(): base_logits = build("mixtral")(**data).logits
+    # the per-expert index lists follow the model to another device (here: meta) as Δ does
+    moved = mixtral().to("meta")
+    assert all(t.device.type == "meta" for m in smt_experts(moved).values() for plan in m._experts.values() for t in plan)
+    # a Δ changed by hand is written into the weight before the next forward reads it
+    model = mixtral(init_std=0.05)
+    with torch.no_grad():
+        for m in smt_experts(model).values(): m.smt_delta.zero_()
+        for l in smt_layers(model).values(): l.smt_delta.zero_()
+        torch.testing.assert_close(model(**data).logits, base_logits, rtol=0, atol=0)
+    # unload() inside disable_adapter(): the base, bit for bit, after the block too
+    base = {n: p.detach().clone() for n, p in build("mixtral").named_parameters()}
+    model = mixtral(init_std=0.05)
+    with model.disable_adapter(): plain = unload(model)
+    assert all(torch.equal(p, base[n]) for n, p in plain.named_parameters())
+    # a refusal while installing leaves no SMT layer behind, and the model can be prepared again
+    refused = build("mixtral"); refused.set_experts_implementation("batched_mm")
+    with pytest.raises(ValueError, match="experts_implementation"):
+        prepare_smt(refused, SMTConfig(block_size=16, method="mw", target_modules=["q_proj"], target_parameters=EXPERTS))
+    assert not smt_layers(refused) and not smt_experts(refused) and all(p.requires_grad for p in refused.parameters())
+    refused.set_experts_implementation("grouped_mm")
+    assert smt_experts(prepare_smt(refused, SMTConfig(block_size=16, method="mw", target_modules=["q_proj"], target_parameters=EXPERTS)))
+    # an expert spelled with a leading zero names no expert
+    sel = mixtral().smt_selection
+    renamed = {n.replace("experts.3.", "experts.03."): b for n, b in sel.blocks.items()}
+    from smt_nb.selection import Selection
+    odd = Selection(renamed, {n.replace("experts.3.", "experts.03."): g for n, g in sel.grids.items()}, {}, sel.meta)
+    with pytest.raises(ValueError, match="does not have"): prepare_smt(build("mixtral"), selection=odd)
+    # exclude_modules applies to expert weights (by the experts module's name or the weight's)
+    kept = mixtral(method="mw", exclude_modules=["model.layers.0.mlp.experts"])
+    assert sorted(smt_experts(kept)) == ["model.layers.1.mlp.experts.down_proj", "model.layers.1.mlp.experts.gate_up_proj"]
+    with pytest.raises(ValueError, match="matched nothing once exclude_modules"): mixtral(method="mw", target_modules=None, exclude_modules=r".*experts.*")
