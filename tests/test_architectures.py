@@ -82,34 +82,48 @@ def expert_weights(model):
     return {n: p for n, p in model.named_parameters() if p.dim() == 3 and n.endswith(tuple(EXPERT_PARAMETERS))}
 
 
+def expert_mask(weight, sel, name):
+    "A boolean mask of the fused expert weight `name` (experts, rows, cols) over the blocks `sel` chose in each of its experts."
+    from smt_nb.experts import expert_matrix_name
+    mask, b = torch.zeros_like(weight, dtype=torch.bool), sel.block_size
+    for e in range(weight.shape[0]):
+        for r, c in sel.blocks[expert_matrix_name(name, e)].tolist(): mask[e, r * b:(r + 1) * b, c * b:(c + 1) * b] = True
+    return mask
+
+
+def check_step_equals_masked_dense(model_type, model, data, lr=0.1):
+    """One SGD step of `model`'s SMT deltas against the dense gradient of the same targets (2-D and fused experts) of a fresh base,
+    masked to the chosen blocks (norm-relative < 1e-4); returns {expert weight name: its mask}."""
+    from smt_nb.experts import smt_experts
+    from smt_nb.train import smt_parameters
+    layers, experts, sel = smt_layers(model), smt_experts(model), model.smt_selection
+    dense = build(model_type)  # the same model, its target weights trainable, everything else frozen
+    dense.requires_grad_(False)
+    for n in layers: dense.get_submodule(n).weight.requires_grad_(True)
+    for n in experts: dense.get_parameter(n).requires_grad_(True)
+    dense(**data).loss.backward()
+    opt = torch.optim.SGD(smt_parameters(model), lr=lr)
+    model(**data).loss.backward(); opt.step(); opt.zero_grad()
+    for n, l in layers.items():
+        assert relative(l.smt_delta.detach(), -lr * gather_blocks(logical_grad(dense.get_submodule(n)), l.grid, l.blocks)) < 1e-4, n
+    masks = {}
+    for n, m in experts.items():
+        W = dense.get_parameter(n)
+        masks[n] = expert_mask(W, sel, n)
+        assert relative(m.delta_weight(), (-lr * W.grad * masks[n]).float()) < 1e-4, n
+    return masks
+
+
 def check_end_to_end(model_type, config, tmp_path):
     """Prepare with `config` (GW), then: one SGD step equals the dense step masked to the chosen blocks (2-D targets and expert
     matrices), save → load is bitwise, merge gives the same logits, generate runs; returns the SMT layers."""
-    from smt_nb.experts import expert_matrix_name, smt_experts
-    from smt_nb.train import smt_parameters
+    from smt_nb.experts import smt_experts
     data = batch(model_type)
     model = prepare_smt(build(model_type), config, dataloader=[data])
     layers, experts, sel = smt_layers(model), smt_experts(model), model.smt_selection
     assert layers or experts, "no targets"
 
-    # dense reference: the same model, its target weights trainable, everything else frozen
-    dense = build(model_type)
-    dense.requires_grad_(False)
-    for n in layers: dense.get_submodule(n).weight.requires_grad_(True)
-    for n in experts: dense.get_parameter(n).requires_grad_(True)
-    dense(**data).loss.backward()
-    lr = 0.1
-    opt = torch.optim.SGD(smt_parameters(model), lr=lr)
-    model(**data).loss.backward(); opt.step(); opt.zero_grad()
-    for n, l in layers.items():
-        want = -lr * gather_blocks(logical_grad(dense.get_submodule(n)), l.grid, l.blocks)
-        assert relative(l.smt_delta.detach(), want) < 1e-4, n
-    for n, m in experts.items():
-        W, b = dense.get_parameter(n), config.block_size
-        mask = torch.zeros_like(W, dtype=torch.bool)
-        for e in range(W.shape[0]):
-            for r, c in sel.blocks[expert_matrix_name(n, e)].tolist(): mask[e, r * b:(r + 1) * b, c * b:(c + 1) * b] = True
-        assert relative(m.delta_weight(), (-lr * W.grad * mask).float()) < 1e-4, n
+    check_step_equals_masked_dense(model_type, model, data)
 
     with torch.no_grad(): logits = model(**data).logits
     model.save_pretrained(tmp_path)
