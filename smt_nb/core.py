@@ -39,10 +39,10 @@ __all__ = ['ALL_LINEAR', 'DEFAULT_TARGETS', 'CROSS_ATTENTION', 'MODEL_METHODS', 
            'output_head_names', 'module_owners', 'check_not_shared', 'find_targets', 'weights_read_outside_forward',
            'check_targets_run', 'make_grids', 'model_method', 'smt_layers', 'split_targets', 'check_selection_fits',
            'as_config', 'prepare_smt', 'trainable_report', 'print_trainable_parameters', 'block_sketch', 'storage_kind',
-           'fingerprint', 'base_model_name', 'expert_entries', 'adapter_meta', 'whole', 'assign_whole', 'is_sharded',
-           'save_smt', 'check_fingerprint', 'resolve_adapter', 'read_adapter', 'load_smt', 'save_pretrained',
-           'push_to_hub', 'merged_float_linear', 'merge_and_unload', 'disable_adapter', 'unload', 'switch_path',
-           'get_nb_trainable_parameters']
+           'fingerprint', 'base_model_name', 'expert_entries', 'expert_fingerprint', 'adapter_meta', 'whole',
+           'assign_whole', 'is_sharded', 'save_smt', 'check_fingerprint', 'resolve_adapter', 'read_adapter', 'load_smt',
+           'save_pretrained', 'push_to_hub', 'merged_float_linear', 'merge_and_unload', 'disable_adapter', 'unload',
+           'switch_path', 'get_nb_trainable_parameters']
 
 # %% ../nbs/05_core.ipynb #c96047a2
 ALL_LINEAR = "all-linear"  # PEFT's shorthand: every linear layer but the output head
@@ -318,12 +318,11 @@ def _expert_scorer(method: str, experts: dict[str, tuple[nn.Module, str]]) -> Ca
             if not torch.isfinite(getattr(owner, pname)).all(): raise ValueError(f"{name} holds NaN or inf weights: fix or reload the base model.")
         module_grids = {n: grids[n] for n in modules}
         expert_only = {n: g for n, g in grids.items() if n not in modules}
-        own = {g for g, spec in (config.groups or {}).items() if spec.get("statistic", config.statistic) != config.statistic
-               and any(group_of(n, config.groups) == g for n in expert_only)}
-        if method == "gw" and own:
-            raise ValueError(f"Group {sorted(own)[0]!r} gives expert weights a statistic of its own; expert weights are scored with "
-                             f"config.statistic ({config.statistic!r}): drop the group's statistic or set it there.")
         if method == "gw":
+            own = {g for g, spec in (config.groups or {}).items() if spec.get("statistic", config.statistic) != config.statistic
+                   and any(group_of(n, config.groups) == g for n in expert_only)}
+            if own: raise ValueError(f"Group {sorted(own)[0]!r} gives expert weights a statistic of its own; expert weights are scored with "
+                                     f"config.statistic ({config.statistic!r}): drop the group's statistic or set it there.")
             with collecting_expert_gw(experts, expert_only, config.statistic) as expert_scores:
                 scores = SCORERS["gw"](model, modules, module_grids, dataloader, config)
         elif method == "aw":
@@ -448,12 +447,15 @@ def expert_entries(model: nn.Module) -> dict[str, tuple[SMTExperts, int]]:
     "Every expert matrix with trained blocks, by its selection name: (its weight's `SMTExperts`, the expert)."
     return {expert_matrix_name(name, e): (m, e) for name, m in smt_experts(model).items() for e in sorted(m._experts)}
 
+def expert_fingerprint(m: SMTExperts, expert: int) -> dict:
+    "The fingerprint of one expert's base under its blocks, as `fingerprint` gives a 2-D layer's."
+    return fingerprint(m.base_blocks[m.positions(expert)], (m.grid.out_features, m.grid.in_features), str(m.weight.dtype).removeprefix("torch."))
+
 def adapter_meta(model: nn.Module) -> dict:
     "Config, selection (without scores) and base fingerprints of a prepared model: everything but the deltas."
     sel = model.smt_selection
     prints = {n: fingerprint(l.base_blocks, logical_shape(l.base_layer), storage_kind(l)) for n, l in smt_layers(model).items()}
-    prints.update({n: fingerprint(m.base_blocks[m.positions(e)], (m.grid.out_features, m.grid.in_features), str(m.weight.dtype).removeprefix("torch."))
-                   for n, (m, e) in expert_entries(model).items()})
+    prints.update({n: expert_fingerprint(m, e) for n, (m, e) in expert_entries(model).items()})
     return dict(format=ADAPTER_FORMAT, smt_nb_version=smt_nb.__version__, base_model_name_or_path=base_model_name(model),
                 config=_config_dict(model.smt_config), selection=selection_to_dict(Selection(sel.blocks, sel.grids, {}, sel.meta)),
                 fingerprint=prints)
@@ -579,8 +581,7 @@ def _current_fingerprints(model: nn.Module, sel: Selection, names: list[str]) ->
     installed = expert_entries(model)
     for n in names:
         if n in installed:
-            m, e = installed[n]
-            prints[n] = fingerprint(m.base_blocks[m.positions(e)], (m.grid.out_features, m.grid.in_features), str(m.weight.dtype).removeprefix("torch."))
+            prints[n] = expert_fingerprint(*installed[n])
             continue
         if (found := expert_of(model, n)) is not None:
             owner, pname, e = found
@@ -631,6 +632,9 @@ def load_smt(model: nn.Module, load_directory: str | Path, check_base: bool = Tr
     "Load an adapter saved by `save_smt` — a folder or a hub id — into `model` (a fresh base, or one prepared with the same blocks); all or nothing."
     config, sel, tensors = read_adapter(model, resolve_adapter(load_directory, revision, token), check_base)
     def prepared(): return {**smt_layers(model), **smt_experts(model)}  # everything holding a Δ
+    def sync_all():  # in-place layers and expert weights: the weight holds base + the loaded Δ (compiled forwards do not check)
+        sync_blocks(model)
+        for m in smt_experts(model).values(): m.write_changed()
     fresh = not prepared()
     before = {n: l.smt_delta.detach().clone() for n, l in prepared().items()}
     try:
@@ -638,15 +642,13 @@ def load_smt(model: nn.Module, load_directory: str | Path, check_base: bool = Tr
         with torch.no_grad():
             for n, layer in smt_layers(model).items(): assign_whole(layer.smt_delta, tensors[f"{n}.smt_delta"])
             for n, (m, e) in expert_entries(model).items(): m.smt_delta[m.positions(e)] = tensors[f"{n}.smt_delta"].to(m.smt_delta)
-        sync_blocks(model)  # in-place layers: the weight holds base + the loaded Δ (compiled forwards do not check)
-        for m in smt_experts(model).values(): m.write(not m._disabled)
+        sync_all()
     except BaseException:
         if fresh and prepared(): unload(model)  # back to the untouched base
         with torch.no_grad():
             for n, layer in prepared().items():
                 if n in before: layer.smt_delta.copy_(before[n])
-        sync_blocks(model)
-        for m in smt_experts(model).values(): m.write(not m._disabled)
+        sync_all()
         raise
     return model
 

@@ -250,7 +250,7 @@ class SMTExperts(nn.Module):
     def on_call(self, kind: str, where, x: Tensor, w: Tensor, func):
         "One matmul of the owner on this weight (see ExpertCalls): its output, with Δ's block gradients on the way back."
         if self._disabled: return None                                               # the base model: nothing to train
-        if self._written_version != self.smt_delta._version: self.write()          # Δ changed by hand since the last write: before the matmul reads w
+        self.write_changed()                                                         # before the matmul reads w
         if kind in ("linear", "matmul") and where not in self._experts: return None  # an expert without blocks: the frozen matmul as it is
         def block_gradient(e, x_rows, g_rows, gdelta):
             if e not in self._experts: return
@@ -266,6 +266,12 @@ class SMTExperts(nn.Module):
             values = self.base_blocks[idx] + (self.smt_delta[idx].to(self.base_blocks.dtype) if delta else 0)
             write_blocks(W[e], self.grid, torch.stack([rows, cols], 1), values)
         self._written_version = self.smt_delta._version
+
+    def write_changed(self) -> bool:
+        "Rewrite the blocks if Δ changed since the last write (by hand, or loaded); True if it wrote. A disabled module keeps the base."
+        stale = not self._disabled and self._written_version != self.smt_delta._version
+        if stale: self.write()
+        return stale
 
     def delta_weight(self) -> Tensor:
         "Dense `(experts, rows, cols)` ΔW: the trained deltas, zero outside the blocks."
