@@ -2,7 +2,7 @@
 
 Headless JupyterLab on 127.0.0.1 (started here, so its PID can be ended) and Playwright driving Debian's `chromium`: open a copy
 of the notebook (cells marked `eval: false` and nbdev's export cell left out), run all cells from the Run menu, then change each
-control of the panel once — method, GW statistic, block size, sparsity (typed into the readout, in percent), matrix — and check
+control of the panel once — method, GW statistic, block size, sparsity (typed into the readout, in percent), matrix, sparsity typed as '2%' into its box — and check
 that the figure changes each time. Fails on an error in any output, a browser console error or page error, or a wait that runs
 out. Jupyter's, IPython's, matplotlib's and Chromium's files stay in a temporary folder, never in the home directory.
 Screenshots (after the run and after each control) go to OUT_DIR.
@@ -143,19 +143,24 @@ def drive(port: int, token: str, n_code: int, out: Path, env: dict):
         panel.scroll_into_view_if_needed()
         method, statistic, block, module = (panel.locator(".widget-dropdown select").nth(i) for i in range(4))
         readout = panel.locator(".widget-readout").first
+        typed = panel.locator(".widget-text input").first
         steps = [("method", lambda: choose_other(method)),              # whichever method it shows now, another one
                  ("method_gw", lambda: method.select_option("gw")),     # the statistic acts only under GW (skipped if already there)
                  ("statistic", lambda: statistic.select_option("abs_mean" if statistic.input_value() != "abs_mean" else "mean_abs")),
                  ("block_size", lambda: choose_other(block)),
                  ("sparsity", lambda: (readout.click(), page.keyboard.press("Control+A"), page.keyboard.type("10"), page.keyboard.press("Enter"))),
-                 ("matrix", lambda: choose_other(module))]
+                 ("matrix", lambda: choose_other(module)),
+                 # the box beside the slider reads sparsity as --sparsity does: '2%' (or 0.02) moves the slider to 2.00 (percent)
+                 ("sparsity_typed", lambda: (typed.fill("2%"), typed.press("Enter")))]
         for i, (name, change) in enumerate(steps, 1):
             if name == "method_gw" and method.input_value() == "gw": continue  # already on GW
             change_and_check(page, panel, name, change, out, i)
+            if name == "sparsity" and (shown := readout.text_content().strip()) != "10.00":
+                problems.append(f"sparsity readout shows {shown!r} after typing 10 (percent)")
         if statistic.is_disabled(): problems.append("the statistic control stayed disabled under GW")
         problems += output_errors(page)
         sparsity_text = readout.text_content().strip()
-        if sparsity_text != "10.00": problems.append(f"sparsity readout shows {sparsity_text!r} after typing 10 (percent)")
+        if sparsity_text != "2.00": problems.append(f"sparsity readout shows {sparsity_text!r} after typing '2%' into the box beside it")
         page.screenshot(path=str(out / "99_final.png"), full_page=True)
         browser.close()
     return problems

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from smt_nb.blocks import BlockGrid, gather_blocks, scatter_blocks
 from smt_nb.kernels import kernel_repeats, sddmm_blocks_triton
-from smt_nb.layers import SMTLinear, column_strips, sampled_block_grad
+from smt_nb.blocks import column_strips, sampled_block_grad
+from smt_nb.layers import SMTLinear
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 

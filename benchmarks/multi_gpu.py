@@ -34,7 +34,8 @@ import torch
 import torch.distributed as dist
 
 from smt_nb.blocks import lora_params
-from smt_nb.core import SMTConfig, prepare_smt, smt_layers, switch_path, load_smt, whole, find_targets
+from smt_nb.core import SMTConfig, prepare_smt, smt_layers, switch_path, load_smt, find_targets
+from smt_nb.adapters import whole
 
 from model import SEQ, TARGETS, build  # benchmarks/model.py
 

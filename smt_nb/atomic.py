@@ -8,13 +8,19 @@ import ctypes
 import errno
 import os
 import shutil
+import stat
 import sys
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+try: import fcntl
+except ImportError: fcntl = None  # Windows: no folder locks (see folder_lock)
+
 # %% auto #0
-__all__ = ['TMP_PREFIX', 'fsync_path', 'remove_stale_temporaries', 'atomic_write', 'exchange_paths', 'atomic_folder']
+__all__ = ['TMP_PREFIX', 'fsync_path', 'remove_stale_temporaries', 'current_umask', 'plain_mode', 'folder_lock',
+           'disk_full_error', 'atomic_write', 'exchange_paths', 'atomic_folder']
 
 # %% ../nbs/04b_atomic.ipynb #879533af
 TMP_PREFIX = ".smt-tmp-"  # every temporary file or folder these helpers make starts with this
@@ -30,22 +36,70 @@ def remove_stale_temporaries(folder: str | Path, name: str):
     for p in Path(folder).glob(f"{TMP_PREFIX}{name}-*"):
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
+def current_umask() -> int:
+    "The process's umask, read without changing it where the system shows it (Linux: /proc/self/status)."
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"): return int(line.split()[1], 8)
+    except (OSError, ValueError): pass
+    mask = os.umask(0o022); os.umask(mask)  # elsewhere: set and restore (not thread-safe, hence the last resort)
+    return mask
+
+def plain_mode(target: Path, folder: bool = False) -> int:
+    "The permission bits a plain `open()` (or `mkdir`) would leave `target` with: an existing target's own, else 0666 (0777) less the umask."
+    if target.exists(): return stat.S_IMODE(target.stat().st_mode)
+    return (0o777 if folder else 0o666) & ~current_umask()
+
+_HELD = threading.local()  # folders this thread holds the lock of (re-entrant: save_smt locks, then atomic_write locks again)
+
+@contextmanager
+def folder_lock(folder: str | Path):
+    """Hold an exclusive lock on `folder` while writing into it: two processes saving into one folder take turns instead of deleting
+    each other's temporary files. `flock` on the folder itself, so no lock file is left behind; released when a killed holder dies."""
+    key, held = os.path.realpath(folder), getattr(_HELD, "folders", None)
+    if held is None: held = _HELD.folders = set()
+    if fcntl is None or key in held: yield; return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        held.add(key)
+        try: yield
+        finally: held.discard(key)
+    finally: os.close(fd)  # closing releases the lock
+
+_LOW_SPACE = 64 * 2**20  # bytes: a write that failed with less than this free failed for lack of space
+
+def disk_full_error(error: BaseException, target: Path) -> OSError | None:
+    "An error that names the full disk, if `error` came from one (ENOSPC, or a writer's own error — torch.save's — with almost no space left)."
+    if not isinstance(error, (OSError, RuntimeError)): return None
+    try: free = shutil.disk_usage(target.parent).free
+    except OSError: return None
+    if not (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) and free >= _LOW_SPACE: return None
+    return OSError(errno.ENOSPC, f"No space left on the disk holding {target.parent} ({free / 2**20:.0f} MiB free): writing {target.name} "
+                   f"failed ({type(error).__name__}: {str(error)[:200]}). The previous version, if any, is untouched; free some space "
+                   "or write somewhere else.", str(target))
+
 @contextmanager
 def atomic_write(target: str | Path):
     "Yield a temporary path beside `target`; on success it replaces `target` in one rename, on failure it is removed."
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(target.parent, target.name)  # left by a writer that was killed
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{target.name}-", dir=target.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        fsync_path(tmp)
-        os.replace(tmp, target)
-        fsync_path(target.parent)  # the rename itself is on disk
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with folder_lock(target.parent):  # one writer at a time in a folder: the next one's clean-up cannot delete this one's file
+        remove_stale_temporaries(target.parent, target.name)  # left by a writer that was killed
+        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{target.name}-", dir=target.parent)
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            os.chmod(tmp, plain_mode(target))  # mkstemp makes files 0600: others could not read what a plain open() lets them
+            fsync_path(tmp)
+            os.replace(tmp, target)
+            fsync_path(target.parent)  # the rename itself is on disk
+        except BaseException as e:
+            full = disk_full_error(e, target)  # measured before the temporary file gives its space back
+            Path(tmp).unlink(missing_ok=True)
+            if full is not None: raise full from e
+            raise
+
 
 # %% ../nbs/04b_atomic.ipynb #f3a4bad9
 _RENAME_EXCHANGE, _AT_FDCWD = 2, -100
@@ -77,13 +131,18 @@ def atomic_folder(target: str | Path):
     target = Path(target)
     if target.exists() and not target.is_dir(): raise NotADirectoryError(f"{target} is a file, not a folder.")
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(target.parent, target.name)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{target.name}-", dir=target.parent))
-    try:
-        yield tmp
-        _fsync_tree(tmp)
-        _swap_in(tmp, target)
-        fsync_path(target.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with folder_lock(target.parent):
+        remove_stale_temporaries(target.parent, target.name)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{target.name}-", dir=target.parent))
+        try:
+            yield tmp
+            os.chmod(tmp, plain_mode(target, folder=True))  # mkdtemp makes folders 0700
+            _fsync_tree(tmp)
+            _swap_in(tmp, target)
+            fsync_path(target.parent)
+        except BaseException as e:
+            full = disk_full_error(e, target)
+            shutil.rmtree(tmp, ignore_errors=True)
+            if full is not None: raise full from e
+            raise
+

@@ -14,11 +14,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['STATISTICS', 'BUDGETS', 'TIE_RULES', 'BlockGrid', 'block_sizes', 'pad_to_grid', 'block_view', 'block_sum',
-           'block_reduce', 'gather_blocks', 'scatter_blocks', 'block_mask', 'rank_blocks', 'topk_under_budget',
-           'module_type', 'name_matches', 'check_groups', 'group_of', 'official_tie_key', 'official_tie_rank',
-           'select_top_blocks', 'n_trainable_values', 'lora_params', 'lora_rank_for', 'blocks_for_lora_rank',
-           'sparsity_for_blocks']
+__all__ = ['STATISTICS', 'BUDGETS', 'TIE_RULES', 'OUTSIDE_SAMPLE', 'BlockGrid', 'block_sizes', 'pad_to_grid', 'block_view',
+           'block_sum', 'block_reduce', 'gather_blocks', 'scatter_blocks', 'block_mask', 'rank_blocks',
+           'topk_under_budget', 'module_type', 'name_matches', 'check_groups', 'group_of', 'official_tie_key',
+           'official_tie_rank', 'select_top_blocks', 'n_trainable_values', 'lora_params', 'lora_rank_for',
+           'blocks_for_lora_rank', 'sparsity_for_blocks', 'parse_sparsity', 'strip_plan', 'column_strips',
+           'sampled_block_grad', 'sample_positions', 'outside_sample']
 
 # %% ../nbs/00_blocks.ipynb #461f43e9
 @dataclass(frozen=True)
@@ -257,3 +258,63 @@ def blocks_for_lora_rank(rank: int, shapes: list[tuple[int, int]], block_size: i
 def sparsity_for_blocks(n_blocks: int, shapes: list[tuple[int, int]], block_size: int) -> float:
     "Sparsity ratio that `n_blocks` full blocks represent on these shapes."
     return n_blocks * block_size**2 / sum(o * i for o, i in shapes)
+
+# %% ../nbs/00_blocks.ipynb #c11a0002
+def parse_sparsity(text, percent: bool = False) -> float:
+    "A sparsity as a fraction in (0, 1] from '0.02', '2%' or '0.5%' (a percent sign divides by 100); `percent=True` reads a bare number as a percent too."
+    s = str(text).strip()
+    in_percent = percent or s.endswith("%")
+    try: value = float(s.removesuffix("%").strip())
+    except ValueError: value = math.nan
+    fraction = value / 100 if in_percent else value
+    if math.isfinite(fraction) and 0 < fraction <= 1: return fraction
+    hint = f" (did you mean {value:g}%?)" if not in_percent and 1 < value <= 100 else ""
+    how = "a percent: 2 for 2 %" if percent else "a fraction such as 0.02, or a percent such as 2%"
+    raise ValueError(f"sparsity {text!r} is not in (0, 1]: give the share of the target weights that trains as {how}{hint}.")
+
+# %% ../nbs/00_blocks.ipynb #5a441b52
+def strip_plan(block_cols: Tensor) -> tuple[Tensor, Tensor]:
+    "Distinct column strips touched by the blocks, and each block's position among them."
+    strips, block_strip = torch.unique(block_cols, sorted=True, return_inverse=True)
+    return strips, block_strip
+
+def column_strips(x2: Tensor, grid: BlockGrid, strips: Tensor | None = None) -> Tensor:
+    "(T, in) -> (T, S, b): the chosen column strips of `x2` (all of them when `strips` is None), zero-padded."
+    T, b = x2.shape[0], grid.block_size
+    pad = grid.n_cols * b - grid.in_features
+    xs = (F.pad(x2, (0, pad)) if pad else x2).view(T, grid.n_cols, b)  # no copy when b divides the width
+    return xs if strips is None else xs[:, strips]
+
+# %% ../nbs/00_blocks.ipynb #95e88a34
+_CHUNK_ELEMENTS = 2**25  # cap on gathered strip elements per chunk (128 MiB in fp32)
+
+def sampled_block_grad(g2: Tensor, strips: Tensor, rows: Tensor, strip_idx: Tensor, grid: BlockGrid) -> Tensor:
+    "Selected b×b tiles of `g2ᵀ x`: `g2` (T, out), `strips` (T, S, b) -> (n, b, b)."
+    T, b = g2.shape[0], grid.block_size
+    g_strips = F.pad(g2, (0, grid.n_rows * b - grid.out_features)).view(T, grid.n_rows, b)  # (T, R, b)
+    out = g2.new_empty(len(rows), b, b)
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, 2 * T * b))
+    for s in range(0, len(rows), chunk):
+        gr = g_strips[:, rows[s:s + chunk]].permute(1, 2, 0)    # (k, b, T)
+        xc = strips[:, strip_idx[s:s + chunk]].permute(1, 0, 2)  # (k, T, b)
+        out[s:s + chunk] = torch.bmm(gr, xc)                     # (k, b, b)
+    return out
+
+# %% ../nbs/00_blocks.ipynb #ebb31035
+OUTSIDE_SAMPLE = 4096  # entries per matrix read by `outside_sample`
+
+def sample_positions(out_features: int, in_features: int, k: int = OUTSIDE_SAMPLE) -> tuple[Tensor, Tensor]:
+    "(rows, cols), each (k,): fixed pseudo-random positions in an out×in matrix, the same everywhere (splitmix64 of 1…k, int64 tensor ops)."
+    z = torch.arange(1, k + 1, dtype=torch.int64) * torch.tensor(-7046029254386353131, dtype=torch.int64)  # wraps on overflow
+    z = (z ^ (z >> 30)) * torch.tensor(-4658895280553007687, dtype=torch.int64)
+    z = (z ^ (z >> 27)) * torch.tensor(-7723592293110705685, dtype=torch.int64)
+    pos = torch.remainder(z ^ (z >> 31), out_features * in_features)       # (k,) in [0, out·in)
+    return pos // in_features, pos % in_features
+
+def outside_sample(w: Tensor, grid: BlockGrid, blocks: Tensor, k: int = OUTSIDE_SAMPLE) -> Tensor:
+    "(k,) float32 entries of the (out, in) `w` at `sample_positions`, 0 where one of `blocks` (n, 2) covers the position; on `w`'s device."
+    r, c = sample_positions(grid.out_features, grid.in_features, k)
+    chosen = torch.zeros(grid.n_rows, grid.n_cols, dtype=torch.bool)
+    chosen[blocks[:, 0].cpu(), blocks[:, 1].cpu()] = True
+    inside = chosen[r // grid.block_size, c // grid.block_size]              # (k,) True where a selected block lies
+    return w.detach()[r.to(w.device), c.to(w.device)].float().masked_fill(inside.to(w.device), 0.0)

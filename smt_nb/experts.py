@@ -15,15 +15,15 @@ from torch import Tensor
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.overrides import TorchFunctionMode
 
-from .blocks import BlockGrid, block_reduce, block_sizes, gather_blocks, scatter_blocks
-from .layers import block_gradients, column_strips, write_blocks
+from .blocks import BlockGrid, block_reduce, block_sizes, gather_blocks, scatter_blocks, column_strips
+from .layers import block_gradients, write_blocks
 from .selection import gradients_to_inputs_only, row_block_sums, run_warmup, _sum_over_ranks
 
 # %% auto #0
 __all__ = ['GROUPED_MM', 'STORED_OUT_IN', 'expert_parameters', 'expert_matrix_name', 'expert_matrix_names', 'split_expert_name',
            'expert_of', 'expert_grids', 'ExpertCalls', 'ExpertCallFunction', 'SMTExperts', 'smt_experts',
-           'remove_experts', 'install_experts', 'score_experts_mw', 'score_experts_random', 'collecting_expert_gw',
-           'score_experts_gw', 'collecting_expert_aw', 'score_experts_aw']
+           'expert_entries', 'remove_experts', 'install_experts', 'score_experts_mw', 'score_experts_random',
+           'collecting_expert_gw', 'score_experts_gw', 'collecting_expert_aw', 'score_experts_aw']
 
 # %% ../nbs/04c_experts.ipynb #ef5cc0a0
 def expert_parameters(model: nn.Module, target_parameters: list[str]) -> dict[str, tuple[nn.Module, str]]:
@@ -314,6 +314,10 @@ def _route_expert_calls(owner: nn.Module, handlers_of: Callable[[nn.Module], dic
 def smt_experts(model: nn.Module) -> dict[str, SMTExperts]:
     "The SMT blocks of every targeted expert weight of `model`, by the weight's name."
     return {n.removesuffix("_smt"): m for n, m in model.named_modules() if isinstance(m, SMTExperts)}
+
+def expert_entries(model: nn.Module) -> dict[str, tuple[SMTExperts, int]]:
+    "Every expert matrix with trained blocks, by its selection name: (its weight's `SMTExperts`, the expert)."
+    return {expert_matrix_name(name, e): (m, e) for name, m in smt_experts(model).items() for e in sorted(m._experts)}
 
 def remove_experts(model: nn.Module, delta: bool):
     "Take every `SMTExperts` out of `model`, leaving base + Δ (`delta=True`: merged) or the base values (False) in the weights."

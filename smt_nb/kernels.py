@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor
 
-from .blocks import BlockGrid
+from .blocks import BlockGrid, sampled_block_grad, column_strips, strip_plan
 
 # %% auto #0
 __all__ = ['triton_available', 'kernel_applies', 'launch_plan', 'symbolic_launch_plan', 'sddmm_blocks_triton',
@@ -177,7 +177,6 @@ def random_sddmm_problem(T, out_f, in_f, b, n, seed, device):
 
 def kernel_error(T=40, out_f=45, in_f=70, b=16, n=5, splits_target=1, seed=0, device="cpu") -> float:
     "Max norm-relative error of `sddmm_blocks_triton` against the PyTorch reference (whole input and saved strips)."
-    from smt_nb.layers import sampled_block_grad, column_strips, strip_plan
     grid, blocks, g2, x2 = random_sddmm_problem(T, out_f, in_f, b, n, seed, device)
     ref = sampled_block_grad(g2, column_strips(x2, grid), blocks[:, 0], blocks[:, 1], grid)
     whole = sddmm_blocks_triton(g2, x2, blocks[:, 0], blocks[:, 1], b, n_programs_target=splits_target)

@@ -10,20 +10,21 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.optim.optimizer import register_optimizer_step_post_hook
 import itertools
+import logging
 import warnings
 import weakref
 from transformers.pytorch_utils import Conv1D
 
-from .blocks import BlockGrid, gather_blocks, scatter_blocks
-from .kernels import kernel_applies, sddmm_blocks_triton, write_blocks_triton, _TRITON_DTYPES
+from .blocks import (BlockGrid, gather_blocks, scatter_blocks, strip_plan, column_strips, sampled_block_grad, outside_sample,
+                           _CHUNK_ELEMENTS)
+from .kernels import kernel_applies, triton_available, sddmm_blocks_triton, write_blocks_triton, _TRITON_DTYPES
 
 # %% auto #0
 __all__ = ['SUPPORTED_LAYERS', 'PATHS', 'computes_linear', 'is_float_linear', 'logical_weight', 'is_bnb_quantized',
-           'is_supported', 'logical_shape', 'dequantized_weight', 'strip_plan', 'column_strips', 'sampled_block_grad',
-           'block_gradients', 'effective_weight', 'SMTLinearFunction', 'block_sparse_matmul', 'block_sparse_matmul_t',
-           'BlockDeltaFunction', 'default_path', 'check_blocks', 'padding_mask', 'SMTLinear', 'write_blocks',
-           'sync_blocks', 'groupable', 'aligned_for_write', 'write_layers', 'compute_dtype', 'InplaceSMTFunction',
-           'keep_4bit_differentiable']
+           'is_supported', 'logical_shape', 'dequantized_weight', 'block_gradients', 'effective_weight',
+           'SMTLinearFunction', 'block_sparse_matmul', 'block_sparse_matmul_t', 'BlockDeltaFunction', 'default_path',
+           'check_blocks', 'padding_mask', 'SMTLinear', 'write_blocks', 'sync_blocks', 'groupable', 'aligned_for_write',
+           'write_layers', 'compute_dtype', 'InplaceSMTFunction', 'smt_layers', 'keep_4bit_differentiable']
 
 # %% ../nbs/04_layers.ipynb #b0187c0f
 SUPPORTED_LAYERS = (nn.Linear, Conv1D)
@@ -52,6 +53,15 @@ def logical_weight(module: nn.Module) -> Tensor:
     return module.weight.t() if isinstance(module, Conv1D) else module.weight
 
 # %% ../nbs/04_layers.ipynb #ec48073b
+class _DropKernelsHubHint(logging.Filter):
+    "Drops the one line bitsandbytes logs at import on CPUs without the optional `kernels` package (see below)."
+    def filter(self, record: logging.LogRecord) -> bool: return "kernels-community" not in record.getMessage()
+
+# bitsandbytes 0.50 logs "Failed to load CPU gemm_4bit_forward from kernels-community ... pip install kernels" whenever it is imported
+# (transformers' Trainer imports it) on a machine without `kernels`, which would download kernels from the hub. Nothing SMT needs failed:
+# the 4-bit layers run on the CPU without it. The filter sits on that one logger and drops only that message.
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropKernelsHubHint())
+
 def is_bnb_quantized(module: nn.Module) -> bool:
     "True for bitsandbytes `Linear4bit` / `Linear8bitLt` (checked by name: bitsandbytes is imported only if present)."
     cls = type(module)
@@ -77,48 +87,25 @@ def dequantized_weight(module: nn.Module) -> Tensor:
     scb = w.SCB if getattr(w, "SCB", None) is not None else module.state.SCB  # 8-bit: per-row scales
     return w.data.float() * scb.float().view(-1, 1) / 127
 
-# %% ../nbs/04_layers.ipynb #5a441b52
-def strip_plan(block_cols: Tensor) -> tuple[Tensor, Tensor]:
-    "Distinct column strips touched by the blocks, and each block's position among them."
-    strips, block_strip = torch.unique(block_cols, sorted=True, return_inverse=True)
-    return strips, block_strip
-
-def column_strips(x2: Tensor, grid: BlockGrid, strips: Tensor | None = None) -> Tensor:
-    "(T, in) -> (T, S, b): the chosen column strips of `x2` (all of them when `strips` is None), zero-padded."
-    T, b = x2.shape[0], grid.block_size
-    pad = grid.n_cols * b - grid.in_features
-    xs = (F.pad(x2, (0, pad)) if pad else x2).view(T, grid.n_cols, b)  # no copy when b divides the width
-    return xs if strips is None else xs[:, strips]
-
-# %% ../nbs/04_layers.ipynb #95e88a34
-_CHUNK_ELEMENTS = 2**25  # cap on gathered strip elements per chunk (128 MiB in fp32)
-
-def sampled_block_grad(g2: Tensor, strips: Tensor, rows: Tensor, strip_idx: Tensor, grid: BlockGrid) -> Tensor:
-    "Selected b×b tiles of `g2ᵀ x`: `g2` (T, out), `strips` (T, S, b) -> (n, b, b)."
-    T, b = g2.shape[0], grid.block_size
-    g_strips = F.pad(g2, (0, grid.n_rows * b - grid.out_features)).view(T, grid.n_rows, b)  # (T, R, b)
-    out = g2.new_empty(len(rows), b, b)
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, 2 * T * b))
-    for s in range(0, len(rows), chunk):
-        gr = g_strips[:, rows[s:s + chunk]].permute(1, 2, 0)    # (k, b, T)
-        xc = strips[:, strip_idx[s:s + chunk]].permute(1, 0, 2)  # (k, T, b)
-        out[s:s + chunk] = torch.bmm(gr, xc)                     # (k, b, b)
-    return out
-
 # %% ../nbs/04_layers.ipynb #7f04f354
 def _block_gradients(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block_size: int, launch=None) -> Tensor:
     if kernel_applies(g2, block_size): return sddmm_blocks_triton(g2, x, rows, cols, block_size, launch=launch)
     grid = BlockGrid(g2.shape[1], x.shape[1], block_size)
     return sampled_block_grad(g2, column_strips(x, grid), rows, cols, grid).float()
 
-@torch.library.triton_op("smt_nb::block_gradients", mutates_args=())
-def _block_gradients_op(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block_size: int) -> Tensor:
+def _block_gradients_traced(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block_size: int) -> Tensor:
     # wrap_triton: the compiler sees the Triton kernel itself and launches it from its own code
     return _block_gradients(g2, x, rows, cols, block_size, launch=torch.library.wrap_triton)
 
+# registered only where Triton imports: without it there is no kernel to hide from the compiler (the PyTorch path traces as it is),
+# and torch warns "Triton not available" at every import if a triton_op is declared
+_block_gradients_op = (torch.library.triton_op("smt_nb::block_gradients", mutates_args=())(_block_gradients_traced)
+                       if triton_available() else None)
+
 def block_gradients(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block_size: int) -> Tensor:
     "(n, b, b) float32 tiles of `g2ᵀ x` at row strips `rows` and column strips `cols`: `g2` (T, out), `x` (T, W), the input or its saved strips."
-    if torch.compiler.is_compiling(): return _block_gradients_op(g2, x, rows, cols, block_size)  # one opaque node in the graph
+    if torch.compiler.is_compiling() and _block_gradients_op is not None:
+        return _block_gradients_op(g2, x, rows, cols, block_size)  # one opaque node in the graph
     return _block_gradients(g2, x, rows, cols, block_size)
 
 # %% ../nbs/04_layers.ipynb #d37ea323
@@ -254,8 +241,9 @@ class SMTLinear(nn.Module):
         self.keep_x = len(strips) * block_size >= 0.5 * self.grid.in_features
         x_cols = blocks[:, 1] if self.keep_x else block_strip  # each block's column strip in what backward keeps
         for name, t in dict(blocks=blocks, rows=blocks[:, 0].contiguous(), strips=strips, x_cols=x_cols.contiguous(),
-                            base_blocks=gather_blocks(w, self.grid, blocks).clone(memory_format=torch.contiguous_format)).items():
-            self.register_buffer(name, t, persistent=False)  # the adapter file stores what matters
+                            base_blocks=gather_blocks(w, self.grid, blocks).clone(memory_format=torch.contiguous_format),
+                            base_sample=outside_sample(w, self.grid, blocks)).items():
+            self.register_buffer(name, t, persistent=False)  # the adapter file stores what matters (base_sample: its fingerprint's)
         device = w.device
         del w  # for a quantized base this was a temporary dequantized copy: nothing dense stays alive
         delta = torch.zeros(len(blocks), block_size, block_size, device=device, dtype=torch.float32)
@@ -440,6 +428,12 @@ def forward(self: SMTLinear, x: Tensor) -> Tensor:
     if written and not torch.compiler.is_compiling(): self.write_changed_blocks()  # a version check; compiled graphs skip it
     return SMTLinearFunction.apply(x, logical_weight(self.base_layer), self.bias, self.smt_delta, self.blocks, self.rows,
                                    self.strips, self.x_cols, self.grid, self.keep_x, written)
+
+# %% ../nbs/04_layers.ipynb #0e1adf58
+def smt_layers(model: nn.Module) -> dict[str, SMTLinear]:
+    "The SMT layers of `model` by the name of the module they replaced."
+    return {n: m for n, m in model.named_modules() if isinstance(m, SMTLinear)}
+
 
 # %% ../nbs/04_layers.ipynb #881d7372
 @patch

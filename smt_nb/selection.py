@@ -20,8 +20,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .blocks import (BlockGrid, block_reduce, block_sizes, block_sum, select_top_blocks, n_trainable_values, lora_rank_for,
-                           group_of, name_matches)
-from .layers import dequantized_weight, column_strips, keep_4bit_differentiable
+                           group_of, name_matches, column_strips)
+from .layers import dequantized_weight, keep_4bit_differentiable
 
 # %% auto #0
 __all__ = ['SCORERS', 'ACCUMULATIONS', 'score_mw', 'score_random', 'Selection', 'name_of', 'make_selection', 'selection_to_dict',
@@ -68,7 +68,7 @@ class Selection:
 
     def __repr__(self) -> str:
         used = sum(len(b) > 0 for b in self.blocks.values())
-        return (f"Selection({self.meta.get('method', '?')}: {self.n_blocks} blocks of {self.block_size}² in {used}/{len(self.grids)} "
+        return (f"Selection({self.meta.get('method', '?')}: {self.n_blocks} blocks of {self.block_size}×{self.block_size} in {used} of {len(self.grids)} "
                 f"matrices, {self.n_trainable:,} trainable values = {self.sparsity:.2%} of targets ≈ LoRA rank {self.lora_rank:.1f})")
 
 # %% ../nbs/01_selection.ipynb #eb652e4e

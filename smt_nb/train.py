@@ -23,8 +23,8 @@ from .selection import to_device
 # %% auto #0
 __all__ = ['TRAINING_STATE', 'default_lr', 'smt_parameters', 'make_optimizer', 'counting_batches', 'evaluate_loss',
            'NonFiniteGuard', 'train_smt', 'rng_states', 'set_rng_states', 'save_checkpoint', 'checkpoint_folders',
-           'newest_complete_checkpoint', 'resume_smt', 'SMTTrainerMixin', 'SMTTrainer', 'smt_trainer_class',
-           'smt_training_arguments']
+           'newest_complete_checkpoint', 'resume_smt', 'SMTRunLoss', 'SMTTrainerMixin', 'SMTTrainer',
+           'smt_trainer_class', 'smt_training_arguments']
 
 # %% ../nbs/07_training.ipynb #34eb5140
 def default_lr(sparsity: float) -> float:
@@ -219,7 +219,8 @@ def resume_smt(base_model: nn.Module, directory, lr: float | None = None, optimi
 # %% ../nbs/07_training.ipynb #6ac09047
 import functools
 from contextlib import contextmanager
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ExportableState
 
 def _uses_fused_lm_head(trainer_cls: type) -> bool:
     "TRL's trainers compute log-probabilities from `lm_head.weight` directly (a fused LM head), not by calling the layer."
@@ -234,8 +235,20 @@ def _declared_as_adapter_model(model):
     finally:
         if declare: model.__dict__.pop("_hf_peft_config_loaded", None)
 
+class SMTRunLoss(TrainerCallback, ExportableState):
+    "The sum of the training losses of steps 1…`step`, kept in each checkpoint's trainer_state.json so that a resumed run reports the mean over the whole run."
+    def __init__(self, loss_sum: float = 0.0, step: int = 0): self.loss_sum, self.step = loss_sum, step
+    def state(self) -> dict: return {"args": {}, "attributes": {"loss_sum": self.loss_sum, "step": self.step}}
+
+def _saved_run_loss(checkpoint) -> tuple[int, float | None]:
+    "(global step, sum of the losses up to it, or None if the checkpoint does not record it) from a Trainer checkpoint."
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    saved = (state.get("stateful_callbacks") or {}).get(SMTRunLoss.__name__)
+    attrs = saved.get("attributes", {}) if isinstance(saved, dict) else {}
+    return state["global_step"], (attrs["loss_sum"] if attrs.get("step") == state["global_step"] else None)
+
 class SMTTrainerMixin:
-    "Turns a `transformers.Trainer` subclass into one for SMT models: adapter-only checkpoints (under FSDP too), and resuming or loading the best model from them."
+    "Turns a `transformers.Trainer` subclass into one for SMT models: adapter-only checkpoints (under FSDP too), resuming or loading the best model from them, and the whole run's training loss after a resume."
     def __init__(self, *args, **kwargs):
         model = kwargs.get("model", args[0] if args else None)
         if _uses_fused_lm_head(type(self)) and model is not None and hasattr(model, "get_output_embeddings"):
@@ -244,6 +257,8 @@ class SMTTrainerMixin:
                 raise ValueError(f"{type(self).__name__} computes log-probabilities from lm_head.weight directly, so SMT blocks on the LM "
                                  "head would never train: prepare the model without it (exclude_modules=['lm_head']).")
         with _declared_as_adapter_model(model): super().__init__(*args, **kwargs)
+        if not any(isinstance(cb, SMTRunLoss) for cb in self.callback_handler.callbacks): self.add_callback(SMTRunLoss())
+        self._loss_before, self._steps_before, self.train_loss_steps = 0.0, 0, None
         if self._fsdp: self._prepare_for_fsdp()
 
     @property
@@ -292,7 +307,33 @@ class SMTTrainerMixin:
         elif resume_from_checkpoint and not _complete_trainer_checkpoint(Path(resume_from_checkpoint)):
             raise ValueError(f"{resume_from_checkpoint} is not a complete checkpoint (no readable trainer_state.json and adapter): "
                              "pass resume_from_checkpoint=True to take the newest complete one.")
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        self._steps_before, self._loss_before = _saved_run_loss(resume_from_checkpoint) if resume_from_checkpoint else (0, 0.0)
+        result = super().train(resume_from_checkpoint, *args, **kwargs)
+        whole = self._loss_before is not None  # else (a checkpoint of another trainer): Trainer's mean over this call's steps
+        self.train_loss_steps = (1 if whole else self._steps_before + 1, self.state.global_step)
+        return result._replace(training_loss=result.metrics.get("train_loss", result.training_loss))
+
+    # Trainer's training_loss divides the losses summed in this call by its steps; a resumed call starts its sum at zero, so it would
+    # report the mean of the last steps only. Each checkpoint records the sum so far (SMTRunLoss); a resumed run adds to it.
+    def _maybe_log_save_evaluate(self, tr_loss, *args, **kwargs):
+        self._pending_loss = tr_loss  # summed on the device since the last log: part of what a checkpoint must record
+        return super()._maybe_log_save_evaluate(tr_loss, *args, **kwargs)
+
+    def _save_checkpoint(self, *args, **kwargs):
+        from transformers.trainer_pt_utils import nested_gather
+        pending = getattr(self, "_pending_loss", None)
+        pending = 0.0 if pending is None else nested_gather(pending, self.args.parallel_mode).mean().item()  # as Trainer logs it
+        run_loss = next(cb for cb in self.callback_handler.callbacks if isinstance(cb, SMTRunLoss))
+        if self._loss_before is not None:
+            run_loss.loss_sum, run_loss.step = self._loss_before + getattr(self, "_total_loss_scalar", 0.0) + pending, self.state.global_step
+        self.state.stateful_callbacks.setdefault(SMTRunLoss.__name__, run_loss.state())  # absent when resumed from an older checkpoint
+        return super()._save_checkpoint(*args, **kwargs)
+
+    def log(self, logs: dict, *args, **kwargs):
+        "As Trainer's; `train_loss` (logged once, at the end) is the mean over every step of the run, resumed or not."
+        if "train_loss" in logs and self._steps_before and self._loss_before is not None and self.state.global_step:
+            logs["train_loss"] = (self._loss_before + self._total_loss_scalar) / self.state.global_step
+        return super().log(logs, *args, **kwargs)
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         from smt_nb.core import save_smt, is_sharded
@@ -324,8 +365,9 @@ def smt_trainer_class(trainer_cls: type) -> type:
                 {"__doc__": f"{trainer_cls.__name__} with adapter-only SMT checkpoints (see SMTTrainerMixin).", "__module__": __name__})
 
 def smt_training_arguments(model: nn.Module, output_dir: str, **kwargs) -> TrainingArguments:
-    "TrainingArguments for an SMT model: `default_lr` for its sparsity unless `learning_rate` is given, no weight decay, no hub."
+    "TrainingArguments for an SMT model: `default_lr` for its sparsity unless `learning_rate` is given, no weight decay, no hub, pinned memory only with an accelerator."
     kwargs.setdefault("learning_rate", default_lr(model.smt_selection.sparsity))
     kwargs.setdefault("weight_decay", 0.0)
     kwargs.setdefault("report_to", [])
+    kwargs.setdefault("dataloader_pin_memory", torch.accelerator.is_available() and not kwargs.get("use_cpu"))  # on a CPU torch warns each epoch
     return TrainingArguments(output_dir=output_dir, **kwargs)

@@ -5,6 +5,7 @@
 # %% ../nbs/02_viz.ipynb #96e1c50d
 from __future__ import annotations
 import re
+import textwrap
 
 import matplotlib
 import matplotlib.ticker
@@ -17,7 +18,8 @@ from .blocks import n_trainable_values
 from .selection import Selection, selection_overlap
 
 # %% auto #0
-__all__ = ['SCORE_LABELS', 'score_label', 'plot_block_scores', 'describe', 'matrices_by_blocks', 'plot_selection', 'plot_experts',
+__all__ = ['GW_STATISTIC_LABELS', 'SCORE_LABELS', 'TRAINED_LABEL', 'OVERVIEW_LABEL', 'score_label', 'trained_legend',
+           'plot_block_scores', 'describe', 'model_order', 'matrices_by_blocks', 'plot_selection', 'plot_experts',
            'selection_table', 'plot_selection_overview', 'plot_overlap', 'plot_selection_diff']
 
 # %% ../nbs/02_viz.ipynb #806de696
@@ -28,60 +30,104 @@ def _block_axes(ax, shape=None):
         if n is not None and n <= 12: axis.set_ticks(range(n))
         else: axis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
 
-SCORE_LABELS = {"gw": "GW: |warm-up gradient|", "aw": "AW: |weight| × input norm", "mw": "MW: mean |weight|", "random": "random score"}
+GW_STATISTIC_LABELS = {"mean_abs": "|mean warm-up gradient|", "abs_mean": "mean |warm-up gradient|", "l1": "sum of |warm-up gradient|",
+                       "l2": "norm of the warm-up gradient", "mean": "mean warm-up gradient (signed)"}
+SCORE_LABELS = {"aw": "AW score: mean |weight| × input norm in the block", "mw": "MW score: mean |weight| in the block",
+                "random": "random score (a baseline: means nothing)"}
 
 def score_label(sel: Selection) -> str:
-    "What the colours of a selection's heatmaps mean, in words."
-    method = sel.meta.get("method", "")
-    label = SCORE_LABELS.get(method, "block score")
-    return label + (f", {sel.meta['statistic']}" if method == "gw" and sel.meta.get("statistic") else "")
+    "What the colours of a selection's heatmaps mean, in words: the scorer and, for GW, the statistic of the block."
+    method, meta = sel.meta.get("method", ""), sel.meta
+    if method != "gw": return SCORE_LABELS.get(method, f"block score ({method})" if method else "block score")
+    stat = meta.get("statistic") or "mean_abs"
+    if len({stat} | {g.get("statistic", stat) for g in (meta.get("groups") or {}).values()}) > 1:
+        return "GW score: a statistic of the warm-up gradient, set per group"
+    if meta.get("accumulation") == "abs_per_step": return "GW score: mean of |gradient| summed step by step, in the block"
+    return f"GW score: {GW_STATISTIC_LABELS.get(stat, stat)} in the block"
+
+TRAINED_LABEL = "red outline: trained block"
+
+def trained_legend(fig, **kw):
+    "A figure legend saying what the red outlines are; `kw` goes to `fig.legend` (default: below the panels)."
+    handle = patches.Patch(facecolor="none", edgecolor="red", linewidth=1.5, label=TRAINED_LABEL)
+    return fig.legend(handles=[handle], **{"loc": "outside lower center", "fontsize": 9, **kw})
 
 def plot_block_scores(scores: Tensor | None, blocks: Tensor, ax=None, title: str = "", cmap: str = "viridis", shape=None,
-                      label: str = "block score", vmin: float | None = None, vmax: float | None = None):
-    "Heatmap of (R, C) block `scores` with the chosen `blocks` (n, 2) outlined in red, colour bar labelled `label`; returns the axes."
+                      label: str = "block score", vmin: float | None = None, vmax: float | None = None, colorbar: bool = True):
+    "Heatmap of (R, C) block `scores` with the chosen `blocks` (n, 2) outlined in red, colour bar labelled `label` (none with `colorbar=False`); returns the axes."
     if ax is None: _, ax = plt.subplots(figsize=(4, 4))
     if scores is None:
         if shape is None: raise ValueError("Without scores, pass the grid `shape` (R, C) to draw the blocks on.")
-        scores, label, vmin, vmax = torch.zeros(shape), "chosen (1) or not (0)", 0, 1
+        scores, label, vmin, vmax = torch.zeros(shape), "trained (1) or not (0)", 0, 1
         for r, c in blocks.tolist(): scores[r, c] = 1.0
     im = ax.imshow(scores.float().cpu().numpy(), cmap=cmap, aspect="auto", interpolation="nearest", vmin=vmin, vmax=vmax)
     for r, c in blocks.tolist():
         ax.add_patch(patches.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
     ax.set_title(title, fontsize=9); _block_axes(ax, tuple(scores.shape))
-    bar = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    bar.set_label(label, fontsize=7); bar.ax.tick_params(labelsize=7)
+    if colorbar:
+        bar = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        bar.set_label(label, fontsize=7); bar.ax.tick_params(labelsize=7)
     return ax
 
 # %% ../nbs/02_viz.ipynb #f5e48776
 def describe(sel: Selection) -> str:
     "A selection in words: method, blocks, and the fraction of the target weights that trains."
-    total = sum(g.numel for g in sel.grids.values())
-    n = sel.n_blocks
-    return (f"{sel.meta.get('method', 'custom').upper()} selection: {n} block{'s' if n != 1 else ''} of {sel.block_size}×{sel.block_size}, "
-            f"{sel.n_trainable:,} values = {sel.n_trainable / total:.2%} of the target weights")
+    n, b = sel.n_blocks, sel.block_size
+    return (f"{sel.meta.get('method', 'custom').upper()} selection: {n} block{'s' if n != 1 else ''} of {b}×{b} train — "
+            f"{sel.n_trainable:,} values, {sel.sparsity:.2%} of the target weights")
+
+def _layer_and_type(name: str) -> tuple[int, str]:
+    "'model.layers.3.self_attn.q_proj' -> (3, 'q_proj'); names without a layer number get layer -1."
+    m = re.search(r"\.(\d+)\.", name)
+    return (int(m.group(1)) if m else -1), name.split(".")[-1]
+
+def model_order(sel: Selection, names: list[str]) -> list[str]:
+    "`names` sorted as in the model: by layer, then module type in order of first appearance (q, k, v, o, …), then as in the selection."
+    types = list(dict.fromkeys(_layer_and_type(n)[1] for n in sel.grids))
+    position = {n: i for i, n in enumerate(sel.grids)}
+    def key(n): layer, typ = _layer_and_type(n); return layer, types.index(typ), position[n]
+    return sorted(names, key=key)
 
 def matrices_by_blocks(sel: Selection, filter: str | None = None) -> list[str]:
-    "Target matrices (optionally matching the regex `filter`) that hold chosen blocks, most blocks first."
-    names = [n for n in sel.grids if len(sel.blocks[n]) and (filter is None or re.search(filter, n))]
+    "Target matrices (optionally matching the regex `filter`) that hold chosen blocks, most blocks first (ties in model order)."
+    names = [n for n in model_order(sel, list(sel.grids)) if len(sel.blocks[n]) and (filter is None or re.search(filter, n))]
     return sorted(names, key=lambda n: -len(sel.blocks[n]))
 
+def _shown(sel: Selection, names: list[str], pool: list[str], filter: str | None, chosen_only: bool, filter_name: str | None = None) -> str:
+    "The title line saying which part of the selection a figure shows; '' when it shows every target matrix."
+    total = len(sel.grids)
+    if len(names) == total: return ""
+    group = filter_name or (f"matrices matching '{filter}'" if filter else "matrices")
+    if chosen_only: which = (f"the {len(names)} with the most blocks of the {len(pool)} {group} that hold any" if len(names) < len(pool)
+                             else f"all {group} that hold blocks")
+    elif filter: which = f"the first {len(names)} of the {len(pool)} {group}" if len(names) < len(pool) else f"the {group}"
+    else: which = f"the first {len(names)}, in model order"
+    k = sum(len(sel.blocks[n]) for n in names)
+    return f"Shown: {len(names)} of {total} target matrices ({which}): {k} of {sel.n_blocks} blocks"
+
 def plot_selection(sel: Selection, filter: str | None = None, max_panels: int = 12, ncols: int = 4, title: str | None = None,
-                   shared_scale: bool = True, chosen_only: bool = False):
-    "One score heatmap per target matrix (matching the regex `filter`; with `chosen_only`, those holding blocks, most first), one colour scale."
-    names = matrices_by_blocks(sel, filter) if chosen_only else [n for n in sel.grids if filter is None or re.search(filter, n)]
-    names = names[:max_panels]
-    if not names: raise ValueError(f"No matrix {'with chosen blocks ' if chosen_only else ''}matches {filter!r}; names look like {next(iter(sel.grids))!r}.")
-    nrows = -(-len(names) // ncols)
-    fig, axes = plt.subplots(nrows, min(ncols, len(names)), figsize=(3.8 * min(ncols, len(names)), 3.3 * nrows), squeeze=False)
-    shown = [sel.scores[n].float() for n in names if sel.scores.get(n) is not None]
-    vmin, vmax = (min(s.min().item() for s in shown), max(s.max().item() for s in shown)) if shared_scale and shown else (None, None)
+                   shared_scale: bool = True, chosen_only: bool = False, filter_name: str | None = None):
+    "Score heatmaps of the target matrices (those matching the regex `filter`, named `filter_name` in the title; with `chosen_only`, the `max_panels` holding most blocks) in model order, on one colour scale."
+    pool = [n for n in sel.grids if (filter is None or re.search(filter, n)) and (len(sel.blocks[n]) or not chosen_only)]
+    if not pool: raise ValueError(f"No matrix {'with chosen blocks ' if chosen_only else ''}matches {filter!r}; names look like {next(iter(sel.grids))!r}.")
+    names = model_order(sel, matrices_by_blocks(sel, filter)[:max_panels]) if chosen_only else model_order(sel, pool)[:max_panels]
+    nrows, ncols = -(-len(names) // ncols), min(ncols, len(names))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols + 1.2, 3.0 * nrows + 1.2), squeeze=False, layout="constrained")
+    scored = [sel.scores[n].float() for n in names if sel.scores.get(n) is not None]
+    one_bar = shared_scale and len(scored) in (0, len(names))  # one colour bar: all panels scored (or none: the 0/1 grid)
+    vmin, vmax = (min(s.min().item() for s in scored), max(s.max().item() for s in scored)) if one_bar and scored else (None, None)
     for ax, n in zip(axes.flat, names):
         k = len(sel.blocks[n])
-        plot_block_scores(sel.scores.get(n), sel.blocks[n], ax=ax, title=f"{n.replace('model.', '')}\n{k} chosen block{'s' if k != 1 else ''}",
-                          shape=sel.grids[n].shape, label=score_label(sel), vmin=vmin, vmax=vmax)
+        plot_block_scores(sel.scores.get(n), sel.blocks[n], ax=ax, shape=sel.grids[n].shape, label=score_label(sel), vmin=vmin, vmax=vmax,
+                          title=f"{n.replace('model.', '')}\n{k or 'no'} trained block{'s' if k != 1 else ''}", colorbar=not one_bar)
     for ax in list(axes.flat)[len(names):]: ax.axis("off")
-    fig.suptitle(title or describe(sel) + (" — one colour scale for all panels" if shared_scale and len(names) > 1 else ""), fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    if one_bar:
+        bar = fig.colorbar(axes.flat[0].images[0], ax=axes, aspect=20 * nrows)
+        label = score_label(sel) if scored else "trained (1) or not (0)"
+        bar.set_label(textwrap.fill(label, int(11 * 2.6 * nrows)), fontsize=10)  # wrapped to the bar's length
+    lines = [t for t in (title or describe(sel), _shown(sel, names, pool, filter, chosen_only, filter_name)) if t]
+    fig.suptitle("\n".join(textwrap.fill(t, int(12 * fig.get_figwidth())) for t in lines), fontsize=10)  # wrapped to the figure's width
+    trained_legend(fig)
     return fig
 
 def plot_experts(sel: Selection, weight: str, max_experts: int = 16, ncols: int = 8, **kw):
@@ -90,15 +136,9 @@ def plot_experts(sel: Selection, weight: str, max_experts: int = 16, ncols: int 
     pattern = rf"^{re.escape(owner)}\.\d+\.{re.escape(pname)}$"
     if not any(re.search(pattern, n) for n in sel.grids):
         raise ValueError(f"{weight!r} has no experts in this selection; expert matrices are named like '{owner or '...experts'}.0.{pname}'.")
-    return plot_selection(sel, filter=pattern, max_panels=max_experts, ncols=ncols, **kw)
-
+    return plot_selection(sel, filter=pattern, max_panels=max_experts, ncols=ncols, filter_name=f"experts of {weight.replace('model.', '')}", **kw)
 
 # %% ../nbs/02_viz.ipynb #544cefaa
-def _layer_and_type(name: str) -> tuple[int, str]:
-    "'model.layers.3.self_attn.q_proj' -> (3, 'q_proj'); names without a layer number get layer -1."
-    m = re.search(r"\.(\d+)\.", name)
-    return (int(m.group(1)) if m else -1), name.split(".")[-1]
-
 def selection_table(sel: Selection) -> tuple[list[int], list[str], Tensor]:
     "Layers, module types, and the (layers, types) fraction of the entries that train (a fused expert weight: over all its experts)."
     types = list(dict.fromkeys(_layer_and_type(n)[1] for n in sel.grids))
@@ -111,14 +151,16 @@ def selection_table(sel: Selection) -> tuple[list[int], list[str], Tensor]:
     frac = torch.where(total > 0, trained / total.clamp_min(1), torch.tensor(float("nan")))
     return layers, types, frac
 
+OVERVIEW_LABEL = "% of the matrix's weights that train"
+
 def plot_selection_overview(sel: Selection, ax=None, title: str | None = None):
-    "Heatmap of the trained fraction of every (layer, module type) matrix; returns the figure."
+    "Heatmap of the trained fraction of every (layer, module type) matrix, colour bar in words; returns the figure."
     layers, types, frac = selection_table(sel)
-    if ax is None: _, ax = plt.subplots(figsize=(1.2 * len(types) + 2, 0.35 * len(layers) + 1.5))
+    if ax is None: _, ax = plt.subplots(figsize=(1.2 * len(types) + 2.4, 0.3 * len(layers) + 1.6), layout="constrained")
     pct = 100 * frac
     im = ax.imshow(pct.numpy(), cmap="magma", aspect="auto", vmin=0)
     top = float(pct.nan_to_num(0).max()) or 1.0
-    size = 8 if len(layers) <= 16 else 6
+    size = 8 if len(layers) <= 16 else 7
     for i in range(len(layers)):
         for j in range(len(types)):
             if torch.isnan(frac[i, j]) or frac[i, j] == 0: continue  # empty cells stay black and unlabelled
@@ -126,8 +168,10 @@ def plot_selection_overview(sel: Selection, ax=None, title: str | None = None):
                     color="black" if pct[i, j] > 0.6 * top else "white")  # dark text on the bright end of magma, light on the dark
     ax.set_xticks(range(len(types)), types); ax.set_yticks(range(len(layers)), layers)
     if len(layers) > 16: ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_xlabel("module type"); ax.set_ylabel("layer"); ax.set_title(title or f"% of each matrix that trains ({sel.meta.get('method', '?').upper()} selection)", fontsize=9)
-    ax.figure.colorbar(im, ax=ax, label="% trained")
+    n, b = sel.n_blocks, sel.block_size
+    ax.set_xlabel("module type"); ax.set_ylabel("layer")
+    ax.set_title(title or f"% of each matrix that trains\n({sel.meta.get('method', '?').upper()} selection: {n} block{'s' if n != 1 else ''} of {b}×{b})", fontsize=9)
+    ax.figure.colorbar(im, ax=ax, label=OVERVIEW_LABEL)
     return ax.figure
 
 # %% ../nbs/02_viz.ipynb #bb294166
@@ -140,7 +184,7 @@ def plot_overlap(selections: dict[str, Selection], ax=None, title: str = "Agreem
     for i in range(len(names)):
         for j in range(len(names)): ax.text(j, i, f"{jac[i, j]:.2f}", ha="center", va="center", fontsize=8, color="black" if jac[i, j] < 0.6 else "white")
     ax.set_xticks(range(len(names)), names); ax.set_yticks(range(len(names)), names)
-    ax.set_title(title, fontsize=9); ax.figure.colorbar(im, ax=ax)
+    ax.set_title(title, fontsize=9); ax.figure.colorbar(im, ax=ax, label="Jaccard index: shared blocks / blocks of either")
     return ax.figure
 
 def plot_selection_diff(a: Selection, b: Selection, name: str, labels: tuple[str, str] = ("A", "B"), ax=None):

@@ -4,16 +4,17 @@
 
 # %% ../nbs/03_widgets.ipynb #24dd47ba
 from __future__ import annotations
+import math
 import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .blocks import BlockGrid, STATISTICS, block_reduce, select_top_blocks
-from .core import find_targets
+from .blocks import BlockGrid, STATISTICS, block_reduce, select_top_blocks, parse_sparsity
+from .config import find_targets
 from .layers import dequantized_weight, logical_shape
 from .selection import Selection, GradientStatistics, InputNorms, gradients_to_inputs_only, run_warmup
-from .viz import plot_block_scores, plot_selection_overview, score_label, describe, matrices_by_blocks
+from .viz import plot_block_scores, plot_selection_overview, score_label, describe, matrices_by_blocks, trained_legend
 
 # %% auto #0
 __all__ = ['METHODS', 'HELP', 'collect_score_sources', 'scores_from_sources', 'SelectionExplorer', 'matrix_options']
@@ -82,13 +83,13 @@ def figure(self: SelectionExplorer, method: str = None, statistic: str = "mean_a
     "Heatmap of one matrix (by default the one holding most blocks) beside the layers × types overview; returns the figure."
     sel = self.selection(method, statistic, sparsity, block_size)
     module = module or (matrices_by_blocks(sel) or list(self.targets))[0]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw=dict(width_ratios=[1, 1.1]))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw=dict(width_ratios=[1, 1.1]), layout="constrained")
     k = len(sel.blocks[module])
-    plot_block_scores(sel.scores[module], sel.blocks[module], ax=left, title=f"{module.replace('model.', '')}: {k} chosen block{'s' if k != 1 else ''}",
+    plot_block_scores(sel.scores[module], sel.blocks[module], ax=left, title=f"{module.replace('model.', '')}: {k or 'no'} trained block{'s' if k != 1 else ''}",
                       label=score_label(sel))
     plot_selection_overview(sel, ax=right, title="% of each matrix that trains")
     fig.suptitle(f"{describe(sel)} (asked for {sparsity:.2%}; ≈ LoRA rank {sel.lora_rank:.1f})", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    trained_legend(fig)
     return fig
 
 # %% ../nbs/03_widgets.ipynb #252bf0fa
@@ -109,6 +110,8 @@ def widget(self: SelectionExplorer):
     method = W.Dropdown(options=self.methods, description="method")
     statistic = W.Dropdown(options=list(STATISTICS), value="mean_abs", description="statistic")
     sparsity = W.FloatLogSlider(value=5.0, base=10, min=-1, max=1.7, step=0.05, description="sparsity %", readout_format=".2f")
+    typed = W.Text(placeholder="or type 2% or 0.02", continuous_update=False, layout=W.Layout(width="150px"))  # as --sparsity reads it
+    typed_error = W.HTML()
     block = W.Dropdown(options=self.block_sizes, description="block size")
     first = self.selection(self.methods[0], "mean_abs", 0.05, self.block_sizes[0])
     module = W.Dropdown(options=matrix_options(first), value=(matrices_by_blocks(first) or list(self.targets))[0],
@@ -126,6 +129,16 @@ def widget(self: SelectionExplorer):
             out.clear_output(wait=True)
             fig = self.figure(method.value, statistic.value, sparsity.value / 100, block.value, module.value)
             display(fig); plt.close(fig)
+    def read_typed(change):
+        if not typed.value.strip(): return
+        try:
+            fraction = parse_sparsity(typed.value)
+            if not sparsity.min <= math.log10(100 * fraction) <= sparsity.max + 1e-9:
+                raise ValueError(f"sparsity {typed.value!r}: the slider spans {10 ** sparsity.min:g} % to {10 ** sparsity.max:.0f} %.")
+        except ValueError as e: typed_error.value = f"<small style='color:#a00'>{e}</small>"; return
+        typed_error.value = ""
+        sparsity.value = 100 * fraction  # the slider counts in percent; its change redraws
+    typed.observe(read_typed, names="value")
     for w in (method, statistic, sparsity, block, module): w.observe(redraw, names="value")
     redraw()
-    return W.VBox([W.HBox([method, statistic, block]), W.HBox([sparsity, module]), W.HTML(f"<small>{HELP}</small>"), out])
+    return W.VBox([W.HBox([method, statistic, block]), W.HBox([sparsity, typed, module]), typed_error, W.HTML(f"<small>{HELP}</small>"), out])

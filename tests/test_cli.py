@@ -1,14 +1,22 @@
-"""`smt_nb demo` and `smt_nb train`: the real offline SmolLM2 path, local folders, the console script, Trainer checkpoints and resume."""
+"""`smt_nb demo` and `smt_nb train`: the real offline SmolLM2 path, local folders, the console script, Trainer checkpoints and resume,
+and the command line as a tool: one-line errors, fast failure on model names, Ctrl-C, help for every flag."""
+import argparse
 import json
+import os
+import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from smt_nb.cli import load_pairs, main, run_demo, run_train
+from smt_nb.cli import build_parser, load_pairs, main, parse_sparsity, run_demo, run_train
 from smt_nb.core import load_smt, smt_layers
 from smt_nb.data import SMOLLM2, load_model
+from smt_nb.train import _complete_trainer_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +72,8 @@ def test_train_saves_resumes_and_reloads(tiny_dir, qa_file, tmp_path):
     ckpt = tmp_path / "a" / "checkpoint-2"
     assert (ckpt / "adapter_model.safetensors").exists() and not list(ckpt.glob("model*"))   # checkpoints hold only the blocks
     resumed = run_train(tiny_dir, qa_file, str(tmp_path / "b"), resume=str(ckpt), **kw)   # as if run "a" had died after step 2
+    assert resumed["train_loss"] == pytest.approx(first["train_loss"], rel=1e-6)          # the whole run's mean, not steps 3-4
+    assert resumed["train_loss_steps"] == first["train_loss_steps"] == (1, 4)
     a = load_smt(load_model(tiny_dir)[0], tmp_path / "a" / "adapter")
     b = load_smt(load_model(tiny_dir)[0], tmp_path / "b" / "adapter")
     for la, lb in zip(smt_layers(a).values(), smt_layers(b).values()):
@@ -81,3 +91,110 @@ def test_train_resume_latest_without_checkpoint_fails(tiny_dir, qa_file, tmp_pat
 
 def test_load_pairs_formats(qa_file):
     assert len(load_pairs(qa_file)) == 40 and len(load_pairs("chatterbot")) > 1000
+
+
+# ---------- the command line as a tool
+
+def smt_nb(*args, **kw):
+    "Run the console script; a clean environment for the hub (an empty cache, online unless the test says otherwise)."
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_HUB_")}
+    env.update(kw.pop("env", {}))
+    return subprocess.Popen(["smt_nb", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw)
+
+
+def test_unknown_model_fails_fast_naming_what_works(tmp_path):
+    "Without a network, from_pretrained retries for ~50 s and ends in a 25-line traceback; the command answers in seconds, in one line."
+    t0 = time.time()
+    p = smt_nb("train", "--model", "no-such-org/no-such-model", "--data", "chatterbot", "--out", str(tmp_path / "run"),
+               env={"HF_HUB_CACHE": str(tmp_path / "hub")})
+    out, err = p.communicate(timeout=120)
+    assert time.time() - t0 < 30 and p.returncode == 2, err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("smt_nb: error: Cannot load model 'no-such-org/no-such-model'"), err[-2000:]
+    assert "smollm2-135m-offline" in lines[0] and "a local folder" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_model_from_a_local_hub_cache_needs_no_network(tiny_dir, tmp_path, monkeypatch):
+    "A model downloaded before (here: a hub cache laid out by hand) loads by name with HF_HUB_OFFLINE; one that is not there fails at once."
+    from huggingface_hub import constants
+    snapshot = tmp_path / "hub" / "models--someone--tiny" / "snapshots" / ("ab" * 20)
+    snapshot.parent.mkdir(parents=True)
+    import shutil
+    shutil.copytree(tiny_dir, snapshot)
+    (tmp_path / "hub" / "models--someone--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someone--tiny" / "refs" / "main").write_text("ab" * 20)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    model, tok = load_model("someone/tiny")
+    assert model.config.hidden_size == 64 and tok.pad_token is not None
+    with pytest.raises(OSError, match="not in the local hub cache .* HF_HUB_OFFLINE is set. Use 'smollm2-135m-offline'"):
+        load_model("someone/other")
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path, qa_file, capsys):
+    never = tmp_path / "never"
+    cases = [(["train", "--out", str(never), "--resume", "latest"], "--resume latest: "),
+             (["train", "--out", str(never), "--data", str(tmp_path / "nope.jsonl")], "use 'chatterbot'"),
+             (["train", "--out", str(never), "--data", qa_file, "--model", str(tmp_path)], "has no config.json"),
+             (["demo", "--out", str(never), "--target-modules", "q_proj", "--block-size", "0"], "block_size")]
+    for argv, says in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("smt_nb: error: ") and err.count("\n") == 1 and says in err, err
+    with pytest.raises(SystemExit) as e:  # a value argparse refuses: the same one line
+        main(["train", "--out", str(never), "--sparsity", "5"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "did you mean 5%?" in err and err.startswith("smt_nb: error: ")
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint|not a folder of checkpoints"):  # --debug: the traceback
+        main(["train", "--out", str(never), "--resume", "latest", "--debug"])
+    assert not never.exists()
+
+
+def test_sparsity_as_fraction_or_percent():
+    assert [parse_sparsity(t) for t in ("0.02", "2%", "0.5%", " 1 % ")] == pytest.approx([0.02, 0.02, 0.005, 0.01])
+    assert parse_sparsity("2", percent=True) == pytest.approx(0.02)  # the widget's box takes percent
+    for bad in ("5", "0", "-1%", "150%", "two", "nan"):
+        with pytest.raises(ValueError, match="0.02, or a percent such as 2%"):
+            parse_sparsity(bad)
+    assert build_parser().parse_args(["train", "--out", "x", "--sparsity", "0.5%"]).sparsity == pytest.approx(0.005)
+
+
+def test_every_flag_has_help(capsys):
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(subparsers) == {"demo", "train"}
+    for name, sub in subparsers.items():
+        missing = [a.option_strings for a in sub._actions if not a.help or a.help == argparse.SUPPRESS]
+        assert not missing, (name, missing)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for words in ("{question, answer}", "{instruction, input, output}", "{messages:", "percent (1%)", "--resume latest", "--debug",
+                  "smollm2-135m-offline", "checkpoint"):
+        assert words in text, words
+
+
+def test_ctrl_c_says_where_to_continue(tiny_dir, qa_file, tmp_path):
+    "SIGINT while training: one line naming the step and the checkpoint to resume from, status 130; the checkpoint resumes."
+    out = tmp_path / "run"
+    p = smt_nb("train", "--model", tiny_dir, "--data", qa_file, "--out", str(out), "--steps", "100000", "--save-steps", "3",
+               "--batch-size", "4", "--block-size", "16", "--sparsity", "20%", "--warmup-steps", "1", "--method", "random", "--cpu",
+               env={"HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 300
+    while not (out.is_dir() and any(_complete_trainer_checkpoint(d) for d in out.glob("checkpoint-*"))):
+        assert p.poll() is None and time.time() < deadline, p.communicate()[1][-3000:] if p.poll() is not None else "no checkpoint"
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "pin_memory" not in stderr + stdout  # item: quiet on a CPU
+    last = stderr.strip().splitlines()[-1]
+    step, ckpt = int(last.split("after step ")[1].split(";")[0]), last.split("; ")[1].split(" ")[0]
+    assert last == f"smt_nb: interrupted after step {step}; {ckpt} is complete; continue with --resume latest"
+    assert "trainable: " in stdout and "blocks of 16²" in stdout  # what trains, printed before training
+    m = int(ckpt.removeprefix("checkpoint-"))
+    assert 3 <= m <= step and m % 3 == 0 and _complete_trainer_checkpoint(out / ckpt)
+    r = run_train(tiny_dir, qa_file, str(out), resume="latest", steps=m + 1, save_steps=3, batch_size=4, block_size=16, sparsity=0.2,
+                  warmup_steps=1, method="random", cpu=True)
+    assert r["train_loss_steps"] == (1, m + 1) and (out / "adapter" / "adapter_model.safetensors").exists()

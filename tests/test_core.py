@@ -85,6 +85,22 @@ def test_load_onto_other_base_fails(tmp_path):
         load_smt(ARCHS["llama"](seed=1), tmp_path)
 
 
+def test_adapter_and_checkpoint_files_are_readable_by_others(tmp_path):
+    "Under umask 022 the adapter's files are 0644 and a checkpoint's folder 0755, as plain open()/mkdir would make them, not mkstemp's 0600."
+    import os, stat
+    from smt_nb.train import make_optimizer, save_checkpoint
+    old = os.umask(0o022)
+    try:
+        model = prepare_smt(ARCHS["llama"](), smt_config("llama", init_std=0.05))
+        save_smt(model, tmp_path / "adapter")
+        save_checkpoint(model, make_optimizer(model, lr=1e-3), 3, tmp_path / "ckpt")
+    finally: os.umask(old)
+    modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*")}
+    assert {k: v for k, v in modes.items() if (tmp_path / k).is_file()} and all(
+        v == (0o755 if (tmp_path / k).is_dir() else 0o644) for k, v in modes.items()), modes
+    assert any(k.startswith("ckpt/") for k in modes) and "adapter/adapter_model.safetensors" in modes
+
+
 def test_selection_is_reusable():
     a = prepare_smt(ARCHS["llama"](), SMTConfig(block_size=16, sparsity=0.05, method="mw"))
     b = prepare_smt(ARCHS["llama"](), selection=a.smt_selection)
@@ -95,7 +111,7 @@ def test_selection_is_reusable():
 
 def test_targets_whose_weight_is_read_outside_forward_are_refused():
     "Mamba's CUDA path reads dt_proj.weight without calling dt_proj: wrapping it would leave its blocks untrained, so prepare_smt refuses."
-    from smt_nb.core import weights_read_outside_forward
+    from smt_nb.config import weights_read_outside_forward
 
     class ReadsWeight(nn.Module):
         dummy_inputs = {"x": torch.ones(2, 8)}

@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from smt_nb.data import (SMOLLM2, bigbench_examples, chatterbot_pairs, encode_chat, find_bigbench_task, generate, instruction_dataset,
-                         load_model, make_dataloader)
+from smt_nb.data import (SMOLLM2, bigbench_examples, chatterbot_pairs, decode_whole, encode_chat, find_bigbench_task, generate,
+                         instruction_dataset, load_model, make_dataloader, stop_token_ids)
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +50,31 @@ def test_answer_only_labels_and_batches(smol):
     batch = next(iter(make_dataloader(ds["train"], tok, batch_size=3)))
     assert batch["input_ids"].shape == batch["labels"].shape and (batch["labels"] != -100).any()
     with torch.no_grad(): assert torch.isfinite(model(**batch).loss)
+
+
+class Scripted:
+    "Stands in for a model: `generate` returns the prompt and then `tokens`, and records the stop ids it was given."
+    device, generation_config = torch.device("cpu"), None
+    def __init__(self, tokens): self.tokens, self.asked = tokens, {}
+    def generate(self, input_ids, **kw):
+        self.asked = kw
+        return torch.cat([input_ids, torch.tensor([self.tokens])], 1)
+
+
+def test_generate_stops_at_the_turn_and_never_cuts_a_character(smol):
+    tok = smol[1]
+    smile = tok("Hi 😀😀", add_special_tokens=False)["input_ids"]
+    assert tok.decode(smile[:-1]).endswith("\ufffd")                      # a byte-level cut inside the second emoji
+    assert decode_whole(tok, smile[:-1]) == "Hi 😀" and decode_whole(tok, smile) == "Hi 😀😀" and decode_whole(tok, []) == ""
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert im_end in stop_token_ids(tok)
+    cut = Scripted(smile[:-1])                                             # max_new_tokens reached mid-character
+    assert generate(cut, tok, "Say hi") == "Hi 😀" and im_end in cut.asked["eos_token_id"]
+    runs_on = Scripted(tok("Rome.", add_special_tokens=False)["input_ids"] + [im_end] + smile)  # past the end of its turn
+    assert generate(runs_on, tok, "Capital of Italy?") == "Rome."
+
+
+def test_dataloader_pins_memory_only_with_an_accelerator(smol):
+    ds = instruction_dataset([("Hi?", "Hello.")] * 10, smol[1], max_length=64, test_size=0.2)
+    assert make_dataloader(ds["train"], smol[1]).pin_memory == torch.accelerator.is_available()
+    assert make_dataloader(ds["train"], smol[1], pin_memory=False).pin_memory is False

@@ -42,10 +42,10 @@ def text_dataset(n=16):
 
 # ---------- mixed precision through the HF trainers
 
-def test_trainer_bf16_trains():
+def test_trainer_bf16_trains(tmp_path):
     model = prepare_smt(ARCHS["llama"](), SMTConfig(**MW))
     before = deltas(model)
-    args = TrainingArguments(output_dir="unused", bf16=True, use_cpu=True, max_steps=3, per_device_train_batch_size=4,
+    args = TrainingArguments(output_dir=str(tmp_path), bf16=True, use_cpu=True, max_steps=3, per_device_train_batch_size=4,
                              learning_rate=1e-2, save_strategy="no", report_to=[], disable_tqdm=True)
     out = Trainer(model=model, args=args, train_dataset=rows()).train()
     after = deltas(model)
@@ -92,6 +92,28 @@ def test_sft_trainer_adapter_checkpoints_resume_exactly(tmp_path):
     a, b = deltas(straight), deltas(resumed)
     assert all(torch.equal(a[n], b[n]) for n in a)  # bit-exact
     assert any(a[n].abs().sum() > 0 for n in a)
+
+
+def test_resumed_trainer_reports_the_whole_runs_loss(tmp_path):
+    "Trainer alone averages only the steps after a resume; SMTTrainer's training_loss is the uninterrupted run's, to rounding."
+    def trainer():
+        args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, max_steps=6, save_steps=3, logging_steps=2,  # a save between logs
+                                 per_device_train_batch_size=4, learning_rate=1e-2, report_to=[], disable_tqdm=True, seed=0,
+                                 dataloader_pin_memory=False)
+        return SMTTrainer(model=prepare_smt(ARCHS["llama"](), SMTConfig(**MW)), args=args, train_dataset=rows())
+    straight = trainer().train()
+    ckpt = tmp_path / "checkpoint-3"
+    resumed_trainer = trainer()
+    resumed = resumed_trainer.train(resume_from_checkpoint=str(ckpt))
+    assert resumed.training_loss == pytest.approx(straight.training_loss, rel=1e-6) and resumed_trainer.train_loss_steps == (1, 6)
+    assert resumed_trainer.state.log_history[-1]["train_loss"] == resumed.training_loss  # what is printed and logged, too
+    import json
+    state = json.loads((ckpt / "trainer_state.json").read_text())  # a checkpoint without the running sum (another trainer's)
+    del state["stateful_callbacks"]["SMTRunLoss"]
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    old = trainer()
+    partial = old.train(resume_from_checkpoint=str(ckpt))
+    assert old.train_loss_steps == (4, 6) and abs(partial.training_loss - straight.training_loss) > 1e-4  # labelled as steps 4-6
 
 
 def test_sft_trainer_refuses_lm_head_blocks(tmp_path):
