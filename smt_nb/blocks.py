@@ -259,7 +259,7 @@ def sparsity_for_blocks(n_blocks: int, shapes: list[tuple[int, int]], block_size
     "Sparsity ratio that `n_blocks` full blocks represent on these shapes."
     return n_blocks * block_size**2 / sum(o * i for o, i in shapes)
 
-# %% ../nbs/00_blocks.ipynb #c11a0002
+# %% ../nbs/00_blocks.ipynb #c56deb6d
 def parse_sparsity(text, percent: bool = False) -> float:
     "A sparsity as a fraction in (0, 1] from '0.02', '2%' or '0.5%' (a percent sign divides by 100); `percent=True` reads a bare number as a percent too."
     s = str(text).strip()

@@ -23,8 +23,7 @@ from .train import (SMTTrainer, evaluate_loss, smt_training_arguments, train_smt
                           _complete_trainer_checkpoint)
 
 # %% auto #0
-__all__ = ['DEFAULT_TARGETS', 'DATA_HELP', 'USER_ERRORS', 'load_pairs', 'parse_sparsity', 'run_demo', 'run_train', 'build_parser',
-           'main']
+__all__ = ['DEFAULT_TARGETS', 'DATA_HELP', 'USER_ERRORS', 'load_pairs', 'run_demo', 'run_train', 'build_parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #ab0b47a8
 def _pair(row, where: str) -> tuple[str, str]:
@@ -65,19 +64,6 @@ def load_pairs(spec: str) -> list[tuple[str, str]]:
     pairs = [_pair(row, where) for where, row in _examples(path)]
     if not pairs: raise ValueError(f"{path} holds no examples.")
     return pairs
-
-# %% ../nbs/09_cli.ipynb #c11a0002
-def parse_sparsity(text, percent: bool = False) -> float:
-    "A sparsity as a fraction in (0, 1] from '0.02', '2%' or '0.5%' (a percent sign divides by 100); `percent=True` reads a bare number as a percent too."
-    s = str(text).strip()
-    in_percent = percent or s.endswith("%")
-    try: value = float(s.removesuffix("%").strip())
-    except ValueError: value = math.nan
-    fraction = value / 100 if in_percent else value
-    if math.isfinite(fraction) and 0 < fraction <= 1: return fraction
-    hint = f" (did you mean {value:g}%?)" if not in_percent and 1 < value <= 100 else ""
-    how = "a percent: 2 for 2 %" if percent else "a fraction such as 0.02, or a percent such as 2%"
-    raise ValueError(f"sparsity {text!r} is not in (0, 1]: give the share of the target weights that trains as {how}{hint}.")
 
 # %% ../nbs/09_cli.ipynb #d6329197
 DEFAULT_TARGETS = "q_proj,k_proj,v_proj,o_proj"
