@@ -301,7 +301,7 @@ def sampled_block_grad(g2: Tensor, strips: Tensor, rows: Tensor, strip_idx: Tens
     return out
 
 # %% ../nbs/00_blocks.ipynb #ebb31035
-OUTSIDE_SAMPLE = 4096  # entries per matrix read by `outside_sample`
+OUTSIDE_SAMPLE = 4096  # entries per matrix read by `outside_sample` (at most a quarter of a small matrix)
 
 def sample_positions(out_features: int, in_features: int, k: int = OUTSIDE_SAMPLE) -> tuple[Tensor, Tensor]:
     "(rows, cols), each (k,): fixed pseudo-random positions in an out×in matrix, the same everywhere (splitmix64 of 1…k, int64 tensor ops)."
@@ -313,6 +313,7 @@ def sample_positions(out_features: int, in_features: int, k: int = OUTSIDE_SAMPL
 
 def outside_sample(w: Tensor, grid: BlockGrid, blocks: Tensor, k: int = OUTSIDE_SAMPLE) -> Tensor:
     "(k,) float32 entries of the (out, in) `w` at `sample_positions`, 0 where one of `blocks` (n, 2) covers the position; on `w`'s device."
+    k = min(k, max(1, grid.numel // 4))  # at most a quarter of the matrix: never a dense copy of a small one
     r, c = sample_positions(grid.out_features, grid.in_features, k)
     chosen = torch.zeros(grid.n_rows, grid.n_cols, dtype=torch.bool)
     chosen[blocks[:, 0].cpu(), blocks[:, 1].cpu()] = True

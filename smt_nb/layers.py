@@ -242,7 +242,7 @@ class SMTLinear(nn.Module):
         x_cols = blocks[:, 1] if self.keep_x else block_strip  # each block's column strip in what backward keeps
         for name, t in dict(blocks=blocks, rows=blocks[:, 0].contiguous(), strips=strips, x_cols=x_cols.contiguous(),
                             base_blocks=gather_blocks(w, self.grid, blocks).clone(memory_format=torch.contiguous_format),
-                            base_sample=outside_sample(w, self.grid, blocks)).items():
+                            base_sample=outside_sample(w, self.grid, self._blocks_cpu)).items():
             self.register_buffer(name, t, persistent=False)  # the adapter file stores what matters (base_sample: its fingerprint's)
         device = w.device
         del w  # for a quantized base this was a temporary dequantized copy: nothing dense stays alive
