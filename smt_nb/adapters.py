@@ -29,10 +29,10 @@ from .experts import SMTExperts, expert_entries, smt_experts
 from .config import SMTConfig, SelectionEntry, check_not_shared, check_selection_fits, selection_entries, split_targets
 
 # %% auto #0
-__all__ = ['ADAPTER_WEIGHTS', 'ADAPTER_CONFIG', 'ADAPTER_FORMAT', 'SKETCH_SIZE', 'ROUNDING', 'block_sketch', 'storage_kind',
-           'fingerprint', 'base_model_name', 'expert_fingerprint', 'adapter_meta', 'whole', 'assign_whole',
-           'is_sharded', 'save_smt', 'check_fingerprint', 'resolve_adapter', 'check_not_meta', 'read_adapter',
-           'write_deltas', 'save_pretrained', 'push_to_hub']
+__all__ = ['ADAPTER_WEIGHTS', 'ADAPTER_CONFIG', 'ADAPTER_FORMAT', 'SKETCH_SIZE', 'ROUNDING', 'TRAINER_WEIGHTS', 'STATE_META_KEY',
+           'block_sketch', 'storage_kind', 'fingerprint', 'base_model_name', 'expert_fingerprint', 'adapter_meta',
+           'whole', 'assign_whole', 'is_sharded', 'save_smt', 'check_fingerprint', 'resolve_adapter', 'check_not_meta',
+           'read_adapter', 'write_deltas', 'save_pretrained', 'load_state_dict', 'push_to_hub']
 
 # %% ../nbs/05b_adapters.ipynb #bec830ed
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
@@ -319,6 +319,8 @@ def write_deltas(model: nn.Module, tensors: dict[str, Tensor]):
 
 # %% ../nbs/05b_adapters.ipynb #52d1cf55
 _SAVE_OPTIONS_FOR_WHOLE_MODELS = {"state_dict", "safe_serialization", "max_shard_size", "variant", "save_function", "token"}
+TRAINER_WEIGHTS = "model.safetensors"  # the file a plain Trainer reads back when it resumes (its SAFE_WEIGHTS_NAME)
+STATE_META_KEY = "smt_nb_adapter"     # in that file: the adapter's JSON as a uint8 tensor (Trainer's loader drops file headers)
 
 def _calling_trainer():
     "The `transformers.Trainer` that called our caller directly, if any (Trainer._save calls `model.save_pretrained`)."
@@ -326,16 +328,42 @@ def _calling_trainer():
     caller = sys._getframe(2).f_locals.get("self")
     return caller if isinstance(caller, Trainer) else None
 
+def _write_trainer_weights(d: Path):
+    """Beside the adapter in `d`: `model.safetensors` with the same deltas plus the adapter's JSON as a tensor, so that the state dict
+    a plain Trainer loads from it carries the selection, and `load_state_dict` can check it as `load_smt` checks the adapter."""
+    with safe_open(d / ADAPTER_WEIGHTS, framework="pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()["smt_nb_adapter"]
+    tensors[STATE_META_KEY] = torch.frombuffer(bytearray(meta.encode()), dtype=torch.uint8)
+    with atomic_write(d / TRAINER_WEIGHTS) as tmp: save_file(tensors, tmp, metadata={"format": "pt", "library": "smt_nb"})
+
 def save_pretrained(model: nn.Module, save_directory: str | Path, is_main_process: bool = True, **kwargs):
-    "Save the SMT adapter (PEFT's convention for adapter models); options for sharding whole models do not apply and are ignored."
-    if (trainer := _calling_trainer()) is not None:
+    """Save the SMT adapter (PEFT's convention for adapter models); options for sharding whole models do not apply and are ignored.
+    Called by a plain `transformers.Trainer` (a checkpoint, `save_model`), it also writes what Trainer resumes from: see `load_state_dict`."""
+    trainer = _calling_trainer()
+    if trainer is not None and (getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)):
         name = type(trainer).__name__
-        raise TypeError(f"{name} would write checkpoints it cannot resume an SMT model from. Use smt_nb.train.SMTTrainer instead of "
-                        f"transformers.Trainer, or smt_trainer_class({name}) for another Trainer class (e.g. TRL's SFTTrainer): "
-                        "same arguments, adapter-only checkpoints, exact resume.")
+        raise TypeError(f"{name} under FSDP or DeepSpeed would write checkpoints it cannot resume an SMT model from. Use "
+                        f"smt_nb.train.SMTTrainer instead of transformers.Trainer, or smt_trainer_class({name}) for another Trainer "
+                        "class (e.g. TRL's SFTTrainer): same arguments, adapter-only checkpoints, exact resume.")
     unknown = set(kwargs) - _SAVE_OPTIONS_FOR_WHOLE_MODELS
     if unknown: raise TypeError(f"save_pretrained of an SMT model does not take {sorted(unknown)}; use model.push_to_hub(repo_id) to upload.")
     if is_main_process or is_sharded(model): save_smt(model, save_directory)  # FSDP2: every rank gathers, rank 0 writes
+    if trainer is not None and is_main_process: _write_trainer_weights(Path(save_directory))
+
+def load_state_dict(model: nn.Module, state_dict, strict: bool = True, assign: bool = False):
+    """`nn.Module.load_state_dict`, except for the state dict of an SMT checkpoint written for a plain Trainer (it holds the adapter's
+    JSON): that one is checked as `load_smt` checks an adapter (same modules, same blocks, same base) and its deltas written, all or nothing."""
+    if STATE_META_KEY not in state_dict: return type(model).load_state_dict(model, state_dict, strict=strict, assign=assign)
+    meta = bytes(state_dict[STATE_META_KEY].cpu().to(torch.uint8).tolist()).decode()
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items() if k != STATE_META_KEY}
+    with tempfile.TemporaryDirectory() as tmp:  # the adapter file it was made from, checked by the one reader adapters have
+        save_file(tensors, Path(tmp) / ADAPTER_WEIGHTS, metadata={"format": "pt", "smt_nb_adapter": meta})
+        try: _, _, checked = read_adapter(model, Path(tmp))
+        except ValueError as e:
+            raise ValueError(f"This SMT checkpoint does not fit the model it is loaded into: {str(e).replace(tmp + '/', '')}") from e
+    write_deltas(model, checked)
+    from torch.nn.modules.module import _IncompatibleKeys
+    return _IncompatibleKeys([], [])  # nothing missing: the checkpoint holds all that trains, the base is the model's own
 
 def push_to_hub(model: nn.Module, repo_id: str, revision: str | None = None, private: bool | None = None, token: str | bool | None = None,
                 commit_message: str = "Upload SMT adapter", create_pr: bool = False):

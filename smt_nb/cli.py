@@ -7,23 +7,30 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Iterable
 
 import matplotlib
 import torch
 
 from .blocks import parse_sparsity
+from .adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, _adapter_meta_from_files
+from .atomic import atomic_folder
 from .core import SMTConfig, load_smt, prepare_smt, save_smt, trainable_report
 from .data import (SMOLLM2, bigbench_examples, bigbench_question, chatterbot_pairs, generate, instruction_dataset, load_model,
-                         make_dataloader, tensor_columns)
+                         make_dataloader, read_utf8, tensor_columns, TooFewExamples)
 from .selection import SCORERS
 from .train import (SMTTrainer, evaluate_loss, smt_training_arguments, train_smt, checkpoint_folders, newest_complete_checkpoint,
                           _complete_trainer_checkpoint)
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 # %% auto #0
-__all__ = ['DEFAULT_TARGETS', 'DATA_HELP', 'USER_ERRORS', 'load_pairs', 'run_demo', 'run_train', 'build_parser', 'main']
+__all__ = ['DEFAULT_TARGETS', 'DATA_HELP', 'USER_ERRORS', 'load_pairs', 'run_demo', 'run_train', 'SMTRunSettings', 'build_parser',
+           'main']
 
 # %% ../nbs/09_cli.ipynb #ab0b47a8
 def _pair(row, where: str) -> tuple[str, str]:
@@ -42,7 +49,7 @@ def _pair(row, where: str) -> tuple[str, str]:
                      f"got {str(row)[:80]!r}.")
 
 def _examples(path: Path) -> list:
-    text = path.read_text()
+    text = read_utf8(path)  # a byte that is not UTF-8: the file, line and byte offset, and how to re-encode
     if text.lstrip().startswith("["):
         try: return [(f"{path} item {i}", r) for i, r in enumerate(json.loads(text))]
         except json.JSONDecodeError as e: raise ValueError(f"{path} is not valid JSON: {e}") from e
@@ -65,6 +72,46 @@ def load_pairs(spec: str) -> list[tuple[str, str]]:
     if not pairs: raise ValueError(f"{path} holds no examples.")
     return pairs
 
+# %% ../nbs/09_cli.ipynb #c9a10002
+_WHOLE = dict(steps=(1, "the number of optimizer steps in the run (Trainer would read -1 as 'train for 3 epochs')"),
+              batch_size=(1, "the number of examples per step"), max_length=(1, "the number of tokens per example"),
+              save_steps=(1, "a checkpoint every N steps"), block_size=(1, "the side of the b×b blocks"),
+              warmup_steps=(0, "the number of warm-up batches"))
+
+def _whole_number(name: str, value, least: int, what: str) -> str | None:
+    "Why `value` is not a whole number ≥ `least` (None if it is one)."
+    if isinstance(value, int) and not isinstance(value, bool) and value >= least: return None
+    return f"--{name.replace('_', '-')} {value}: give {what}, a whole number ≥ {least}"
+
+def _learning_rate(value) -> str | None:
+    "Why `value` is not a learning rate (None if it is one)."
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0: return None
+    return f"--lr {value}: give a learning rate > 0 such as 1e-3"
+
+def _check_numbers(settings: dict):
+    "The numeric settings of a run checked before anything is loaded, so that -1 steps or a zero learning rate cannot train quietly."
+    for name, (least, what) in _WHOLE.items():
+        if name in settings and (why := _whole_number(name, settings[name], least, what)): raise ValueError(why + ".")
+    if settings.get("lr") is not None and (why := _learning_rate(settings["lr"])): raise ValueError(why + ".")
+
+def _whole_flag(name: str):
+    "An argparse type: a whole number ≥ the least value `_WHOLE` gives for `name`, refused in one line naming what to give."
+    least, what = _WHOLE[name]
+    def parse(text: str) -> int:
+        try: value = int(text)
+        except ValueError: raise argparse.ArgumentTypeError(f"{text!r} is not a whole number: give {what}, a whole number ≥ {least}") from None
+        if value < least: raise argparse.ArgumentTypeError(f"{value} is below {least}: give {what}, a whole number ≥ {least}")
+        return value
+    return parse
+
+def _lr_flag(text: str) -> float:
+    try: value = float(text)
+    except ValueError: value = math.nan
+    if _learning_rate(value): raise argparse.ArgumentTypeError(f"{text!r} is not a learning rate: give a number > 0 such as 1e-3")
+    return value
+
+def _data_name(data: str) -> str: return "the chatterbot pairs" if data == "chatterbot" else data
+
 # %% ../nbs/09_cli.ipynb #d6329197
 DEFAULT_TARGETS = "q_proj,k_proj,v_proj,o_proj"
 
@@ -81,6 +128,7 @@ def run_demo(out: str = "smt_demo", model_name: str = SMOLLM2, data: str = "chat
     "Select, look at, train and save SMT blocks on a real model; prints and returns the figures."
     matplotlib.use("Agg")  # files only: works without a display
     from smt_nb.viz import plot_selection, plot_selection_overview
+    _check_numbers(dict(steps=steps, batch_size=batch_size, max_length=max_length, block_size=block_size, warmup_steps=warmup_steps, lr=lr))
     cfg = SMTConfig(block_size=block_size, sparsity=sparsity, method=method, warmup_steps=warmup_steps, seed=seed,
                     target_modules=target_modules.split(","))  # validates before anything is loaded or written
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
@@ -88,7 +136,8 @@ def run_demo(out: str = "smt_demo", model_name: str = SMOLLM2, data: str = "chat
     pairs = load_pairs(data)  # checked before the model loads
     torch.manual_seed(seed)
     model, tok = load_model(model_name)
-    ds = instruction_dataset(pairs, tok, max_length=max_length, test_size=held_out, seed=seed)
+    try: ds = instruction_dataset(pairs, tok, max_length=max_length, test_size=held_out, seed=seed)
+    except TooFewExamples as e: raise ValueError(e.describe(_data_name(data))) from None
     train_dl = make_dataloader(ds["train"], tok, batch_size=batch_size, seed=seed)
     test_batches = list(make_dataloader(ds["test"], tok, batch_size=batch_size, shuffle=False))
     question = ds["test"][0]["question"]
@@ -113,25 +162,39 @@ def run_demo(out: str = "smt_demo", model_name: str = SMOLLM2, data: str = "chat
 # %% ../nbs/09_cli.ipynb #6de4efa7
 def run_train(model_name: str, data: str, out: str, method: str = "gw", sparsity: float = 0.01, block_size: int = 64,
               target_modules: str = DEFAULT_TARGETS, lr: float | None = None, steps: int = 200, batch_size: int = 8, max_length: int = 128,
-              warmup_steps: int = 20, save_steps: int = 50, resume: str | None = None, seed: int = 0, cpu: bool = False) -> dict:
-    "Fine-tune `model_name` on `data` with SMT through SMTTrainer; checkpoints and the final adapter hold only the blocks."
+              warmup_steps: int = 20, save_steps: int = 50, resume: str | None = None, seed: int = 0, cpu: bool = False,
+              given: Iterable[str] | None = None) -> dict:
+    """Fine-tune `model_name` on `data` with SMT through SMTTrainer; checkpoints and the final adapter hold only the blocks.
+    With `resume`, the settings named in `given` (the command line: the flags given; None: all) must be the resumed run's, and the
+    others are taken from it; a run that already reached `steps` is not trained again."""
+    s = dict(model_name=model_name, data=data, method=method, sparsity=sparsity, block_size=block_size, target_modules=target_modules,
+             lr=lr, steps=steps, batch_size=batch_size, max_length=max_length, warmup_steps=warmup_steps, save_steps=save_steps, seed=seed)
+    _check_numbers(s)
     cfg = SMTConfig(block_size=block_size, sparsity=sparsity, method=method, warmup_steps=warmup_steps, seed=seed, target_modules=target_modules.split(","))
-    pairs = load_pairs(data)  # checked before the model loads
     ckpt = _checkpoint_to_resume(out, resume) if resume else None
+    if resume:
+        s, step = _same_run(ckpt, resume, s, given)  # other flags than the run's are refused; those left out are the run's
+        if step >= s["steps"]: return _finished(out, ckpt, step, s["steps"])
+    model_name, data, lr, steps, batch_size, max_length, save_steps, seed = (
+        s[k] for k in ("model_name", "data", "lr", "steps", "batch_size", "max_length", "save_steps", "seed"))
+    pairs = load_pairs(data)  # checked before the model loads
     torch.manual_seed(seed)
     model, tok = load_model(model_name)
-    ds = instruction_dataset(pairs, tok, max_length=max_length, seed=seed)
+    try: ds = instruction_dataset(pairs, tok, max_length=max_length, seed=seed)
+    except TooFewExamples as e: raise ValueError(e.describe(_data_name(data), "--max-length {}")) from None
     if resume:  # the blocks come from the checkpoint: no warm-up, the same selection
         model = load_smt(model, ckpt)
     else:
         model = prepare_smt(model, cfg, dataloader=make_dataloader(ds["train"], tok, batch_size=batch_size, seed=seed))
     _print_trainable(model)
     from transformers import DataCollatorForSeq2Seq
-    kw = dict(learning_rate=lr) if lr else {}
+    kw = dict(learning_rate=lr) if lr is not None else {}
     args = smt_training_arguments(model, out, per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size, max_steps=steps,
                                   save_steps=save_steps, logging_steps=max(1, min(10, steps // 5)), seed=seed, use_cpu=cpu, **kw)
+    recorded = SMTRunSettings(model_name=_where(model_name), data=_where(data), lr=args.learning_rate, steps=steps, batch_size=batch_size,
+                              max_length=max_length, save_steps=save_steps, seed=seed)
     trainer = SMTTrainer(model=model, args=args, train_dataset=tensor_columns(ds["train"]), eval_dataset=tensor_columns(ds["test"]), processing_class=tok,
-                         data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
+                         data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100), callbacks=[recorded])
     try:
         result = trainer.train(resume_from_checkpoint=ckpt)
         metrics = trainer.evaluate()
@@ -166,6 +229,68 @@ def _interrupted(out: str, step: int, save_steps: int) -> str:
     return (f"interrupted after step {step}, before the first checkpoint (one every {save_steps} steps, --save-steps): "
             "nothing to resume; start again")
 
+# %% ../nbs/09_cli.ipynb #c9a10003
+class SMTRunSettings(TrainerCallback, ExportableState):
+    "The settings of an `smt_nb train` run, kept in each checkpoint's trainer_state.json, so that a resume can check them and reuse them."
+    def __init__(self, **settings): self.settings = settings
+    def state(self) -> dict: return {"args": self.settings, "attributes": {}}
+
+_RUN_FLAGS = dict(model_name="--model", data="--data", method="--method", sparsity="--sparsity", block_size="--block-size",
+                  target_modules="--target-modules", warmup_steps="--warmup-steps", seed="--seed", lr="--lr", batch_size="--batch-size",
+                  max_length="--max-length")  # a resumed run keeps these; --steps (to go further) and --save-steps may change
+_TAKEN_ON_RESUME = ("model_name", "data", "lr", "steps", "batch_size", "max_length", "save_steps", "seed")
+
+def _where(name: str) -> str:
+    "A model or data name as one string wherever the command runs: a path made absolute, a built-in name as it is."
+    p = Path(name).expanduser()
+    return str(p.resolve()) if name not in (SMOLLM2, "chatterbot") and p.exists() else name
+
+def _run_settings(ckpt) -> tuple[dict, int]:
+    """(settings, global step) of the run a checkpoint belongs to: the SMT config in its adapter, and the other settings that
+    `smt_nb train` records in trainer_state.json (checkpoints from before that record give the SMT config only)."""
+    meta, _ = _adapter_meta_from_files(Path(ckpt))
+    config = meta.get("config") or {}
+    run = {k: config[k] for k in ("method", "sparsity", "block_size", "target_modules", "warmup_steps", "seed") if config.get(k) is not None}
+    state = json.loads((Path(ckpt) / "trainer_state.json").read_text())
+    saved = ((state.get("stateful_callbacks") or {}).get(SMTRunSettings.__name__) or {}).get("args") or {}
+    run.update({k: v for k, v in saved.items() if k in _RUN_FLAGS or k in _TAKEN_ON_RESUME})
+    return run, int(state["global_step"])
+
+def _modules(value) -> list[str]: return value.split(",") if isinstance(value, str) else list(value)
+
+def _same(name: str, mine, theirs) -> bool:
+    if name in ("sparsity", "lr"): return math.isclose(float(mine), float(theirs), rel_tol=1e-9)
+    if name == "target_modules": return _modules(mine) == _modules(theirs)
+    if name in ("model_name", "data"): return _where(mine) == _where(theirs)
+    return mine == theirs
+
+def _shown(name: str, value) -> str:
+    if name in ("sparsity", "lr"): return f"{value:g}"
+    return ",".join(_modules(value)) if name == "target_modules" else str(value)
+
+def _same_run(ckpt, resume: str, settings: dict, given: Iterable[str] | None) -> tuple[dict, int]:
+    "(the settings to continue with, the checkpoint's step): flags given must be the run's (else a one-line error naming them); the rest are the run's."
+    run, step = _run_settings(ckpt)
+    given = set(settings if given is None else given) - ({"lr"} if settings.get("lr") is None else set())
+    differ = [k for k in _RUN_FLAGS if k in given and k in run and not _same(k, settings[k], run[k])]
+    if differ:
+        flags = ", ".join(f"{_RUN_FLAGS[k]} {_shown(k, settings[k])} (the run: {_shown(k, run[k])})" for k in differ)
+        raise ValueError(f"--resume {resume}: {ckpt} belongs to a run with other settings: {flags}. A resumed run keeps its own: drop "
+                         f"{'this flag' if len(differ) == 1 else 'these flags'} to continue it, or give a new --out to start a new run.")
+    return {**settings, **{k: run[k] for k in _TAKEN_ON_RESUME if k not in given and k in run}}, step
+
+def _finished(out: str, ckpt, step: int, steps: int) -> dict:
+    "A run whose newest checkpoint is at --steps (or past it) is done: its adapter goes to OUT/adapter if a crash kept it from there; no training."
+    adapter, ckpt = Path(out) / "adapter", Path(ckpt)
+    missing = not all((adapter / f).is_file() for f in (ADAPTER_WEIGHTS, ADAPTER_CONFIG))
+    if missing:  # killed after the last checkpoint, before the final save: the last checkpoint's adapter is the final one
+        with atomic_folder(adapter) as tmp:
+            for f in (ADAPTER_WEIGHTS, ADAPTER_CONFIG): shutil.copyfile(ckpt / f, tmp / f)
+    past = f" (past --steps {steps})" if step > steps else ""
+    print(f"the run in {ckpt.parent} already finished at step {step}{past}; its adapter is in {adapter}"
+          + (f" (written now from {ckpt.name})" if missing else ""))
+    return dict(finished=True, step=step, out=out, adapter=str(adapter))
+
 # %% ../nbs/09_cli.ipynb #d4eaea66
 class _Parser(argparse.ArgumentParser):
     "argparse, but a bad flag is one line naming --help, not the usage block."
@@ -192,10 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--data", default="chatterbot", help=DATA_HELP)
     common.add_argument("--method", default="gw", choices=sorted(SCORERS), help="how blocks are chosen: gw (gradient magnitudes over the "
                         "warm-up, the paper's), aw (activations), mw (weight magnitudes), random (default: %(default)s)")
-    common.add_argument("--block-size", type=int, default=64, help="block side b (default: %(default)s; SmolLM2's widths are 576/192/1536)")
+    common.add_argument("--block-size", type=_whole_flag("block_size"), default=64, help="block side b (default: %(default)s; SmolLM2's widths are 576/192/1536)")
     common.add_argument("--target-modules", default=DEFAULT_TARGETS, help="comma-separated names of the linear layers that get blocks "
                         "(default: %(default)s)")
-    common.add_argument("--warmup-steps", type=int, default=8, help="batches the gw/aw warm-up scores blocks on (default: %(default)s)")
+    common.add_argument("--warmup-steps", type=_whole_flag("warmup_steps"), default=8, help="batches the gw/aw warm-up scores blocks on (default: %(default)s)")
     common.add_argument("--seed", type=int, default=0, help="seed of the warm-up, the data order and the held-out split (default: %(default)s)")
     common.add_argument("--debug", action="store_true", help="on an error, show the full Python traceback instead of one line")
     d = sub.add_parser("demo", parents=[common], help="SMT on SmolLM2 offline: select, plot, train, compare, save (minutes on a CPU)",
@@ -203,27 +328,35 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="smt_demo", help="folder for the plots and the adapter (default: %(default)s)")
     d.add_argument("--sparsity", type=_sparsity_flag, default=0.02, help="share of the target weights that trains: a fraction (0.02) "
                    "or a percent (2%%) (default: 0.02)")
-    d.add_argument("--steps", type=int, default=40, help="training steps (default: %(default)s)")
-    d.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (default: %(default)s)")
-    d.add_argument("--batch-size", type=int, default=8, help="examples per training step (default: %(default)s)")
+    d.add_argument("--steps", type=_whole_flag("steps"), default=40, help="training steps (default: %(default)s)")
+    d.add_argument("--lr", type=_lr_flag, default=3e-3, help="AdamW learning rate (default: %(default)s)")
+    d.add_argument("--batch-size", type=_whole_flag("batch_size"), default=8, help="examples per training step (default: %(default)s)")
     t = sub.add_parser("train", parents=[common], help="fine-tune with SMT on transformers.Trainer; checkpoints hold only the blocks",
                        description="Fine-tune a model with SMT through transformers.Trainer; checkpoints and the final adapter hold only "
                                    "the blocks. Ctrl-C stops it; --resume latest continues.")
     t.add_argument("--out", required=True, help="output folder: checkpoint-N folders, then the final adapter in OUT/adapter")
     t.add_argument("--sparsity", type=_sparsity_flag, default=0.01, help="share of the target weights that trains: a fraction (0.01) "
                    "or a percent (1%%) (default: 0.01)")
-    t.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: by sparsity, smt_nb.train.default_lr: "
+    t.add_argument("--lr", type=_lr_flag, default=None, help="AdamW learning rate (default: by sparsity, smt_nb.train.default_lr: "
                    "2e-3 up to 5%%, 2e-4 from 10%%)")
-    t.add_argument("--steps", type=int, default=200, help="optimizer steps in the whole run, resumed or not (default: %(default)s)")
-    t.add_argument("--batch-size", type=int, default=8, help="examples per training step and per evaluation batch (default: %(default)s)")
-    t.add_argument("--max-length", type=int, default=128, help="tokens per example, prompt and answer; longer ones are cut "
+    t.add_argument("--steps", type=_whole_flag("steps"), default=200, help="optimizer steps in the whole run, resumed or not (default: %(default)s)")
+    t.add_argument("--batch-size", type=_whole_flag("batch_size"), default=8, help="examples per training step and per evaluation batch (default: %(default)s)")
+    t.add_argument("--max-length", type=_whole_flag("max_length"), default=128, help="tokens per example, prompt and answer; longer ones are cut "
                    "(default: %(default)s)")
-    t.add_argument("--save-steps", type=int, default=50, help="write a checkpoint (adapter, optimizer and scheduler state: a few MB) "
+    t.add_argument("--save-steps", type=_whole_flag("save_steps"), default=50, help="write a checkpoint (adapter, optimizer and scheduler state: a few MB) "
                    "every N steps (default: %(default)s)")
     t.add_argument("--resume", default=None, help="continue a run: 'latest' (the newest complete checkpoint in --out) or a "
-                   "checkpoint-N folder; the other flags should be those of the first run")
+                   "checkpoint-N folder; flags left out are the run's, flags given must be the run's too (--steps may go further); "
+                   "a run that already reached --steps is not trained again")
     t.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
     return p
+
+def _given(argv: list[str] | None) -> set[str]:
+    "The settings given on the command line: a flag left out is not one, even where its default happens to be the resumed run's value."
+    p = build_parser()
+    for sub in next(x for x in p._actions if isinstance(x, argparse._SubParsersAction)).choices.values():
+        for action in sub._actions: action.default = argparse.SUPPRESS  # so a flag not given leaves no attribute
+    return {"model_name" if k == "model" else k for k in vars(p.parse_args(argv))} - {"command"}
 
 USER_ERRORS = (ValueError, TypeError, OSError, ImportError, FloatingPointError)  # bad flags, data, model names, folders; divergence
 
@@ -234,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                   target_modules=a.target_modules, warmup_steps=a.warmup_steps, seed=a.seed, lr=a.lr, steps=a.steps, batch_size=a.batch_size)
     try:
         if a.command == "demo": run_demo(a.out, **shared)
-        else: run_train(out=a.out, max_length=a.max_length, save_steps=a.save_steps, resume=a.resume, cpu=a.cpu, **shared)
+        else: run_train(out=a.out, max_length=a.max_length, save_steps=a.save_steps, resume=a.resume, cpu=a.cpu, given=_given(argv), **shared)
     except KeyboardInterrupt as e:
         if a.debug: raise
         print(f"smt_nb: {e or 'interrupted'}", file=sys.stderr)

@@ -19,12 +19,16 @@ from .selection import Selection, SCORERS, ACCUMULATIONS
 from .experts import expert_of
 
 # %% auto #0
-__all__ = ['ALL_LINEAR', 'DEFAULT_TARGETS', 'CROSS_ATTENTION', 'SMTConfig', 'default_targets', 'output_head_names',
-           'module_owners', 'check_not_shared', 'find_targets', 'weights_read_outside_forward', 'check_targets_run',
-           'make_grids', 'SelectionEntry', 'selection_entries', 'check_selection_fits', 'split_targets', 'as_config']
+__all__ = ['ALL_LINEAR', 'WARMUP_SCHEDULES', 'WARMUP_OPTIMIZER_DEFAULTS', 'DEFAULT_TARGETS', 'CROSS_ATTENTION', 'SMTConfig',
+           'default_targets', 'output_head_names', 'module_owners', 'check_not_shared', 'find_targets',
+           'weights_read_outside_forward', 'check_targets_run', 'make_grids', 'SelectionEntry', 'selection_entries',
+           'check_selection_fits', 'split_targets', 'as_config']
 
 # %% ../nbs/04d_config.ipynb #c96047a2
 ALL_LINEAR = "all-linear"  # PEFT's shorthand: every linear layer but the output head
+WARMUP_SCHEDULES = ("constant", "linear_ramp")  # learning rate of the warm-up's optimizer steps (with warmup_lr)
+WARMUP_OPTIMIZER_DEFAULTS = dict(warmup_adam_beta1=0.9, warmup_adam_beta2=0.999, warmup_weight_decay=0.0, warmup_max_grad_norm=None,
+                                 warmup_schedule="constant")  # options that only mean something with warmup_lr
 
 @dataclass
 class SMTConfig:
@@ -49,6 +53,13 @@ class SMTConfig:
     accumulation: str = "sum"       # GW: "sum" (gradients summed, statistic at the end: paper, official) or "abs_per_step" (SMFT)
     warmup_lr: float | None = None  # GW: take full fine-tuning AdamW steps at this rate during warm-up (official); None = no steps
     warmup_keep_updates: bool = False  # with warmup_lr: keep the warmed-up weights as the base (default: restore the pretrained ones)
+    warmup_adam_beta1: float = 0.9  # with warmup_lr: AdamW's β1 for the warm-up steps (transformers' `adam_beta1`)
+    warmup_adam_beta2: float = 0.999  # with warmup_lr: AdamW's β2 (the official code's: 0.95)
+    warmup_weight_decay: float = 0.0  # with warmup_lr: AdamW's decoupled weight decay (none on biases and norm weights, as the official code)
+    warmup_max_grad_norm: float | None = None  # with warmup_lr: clip the gradient's global L2 norm before each step (official: 1.0);
+                                    # the scores use the unclipped gradient, as the official code's
+    warmup_schedule: str = "constant"  # with warmup_lr: "constant", or "linear_ramp" (step k of N takes warmup_lr·k/N, from 0: the
+                                    # official code's linear schedule with num_warmup_steps = warmup_steps)
     warmup_steps: int = 100         # warm-up optimizer-step equivalents for GW/AW (paper: 100)
     gradient_accumulation_steps: int = 1  # micro-batches per warm-up step (the gradient is summed over all of them)
     seed: int = 0                   # for the random scorer
@@ -107,6 +118,21 @@ class SMTConfig:
                 raise ValueError(f"warmup_lr must be a positive learning rate or None, got {self.warmup_lr!r}.")
             if self.method != "gw": raise ValueError("warmup_lr (optimizer steps during warm-up) only applies to method='gw'.")
         if self.warmup_keep_updates and self.warmup_lr is None: raise ValueError("warmup_keep_updates needs warmup_lr (steps to keep).")
+        def number(x): return isinstance(x, (int, float)) and not isinstance(x, bool)
+        for beta in ("warmup_adam_beta1", "warmup_adam_beta2"):
+            if not number(getattr(self, beta)) or not 0 <= getattr(self, beta) < 1:
+                raise ValueError(f"{beta} must be in [0, 1), got {getattr(self, beta)!r}; e.g. 0.95 (the official warm-up's β2).")
+        if not number(self.warmup_weight_decay) or self.warmup_weight_decay < 0:
+            raise ValueError(f"warmup_weight_decay must be ≥ 0, got {self.warmup_weight_decay!r}.")
+        if self.warmup_max_grad_norm is not None and (not number(self.warmup_max_grad_norm) or not self.warmup_max_grad_norm > 0):
+            raise ValueError(f"warmup_max_grad_norm must be a positive norm or None (no clipping), got {self.warmup_max_grad_norm!r}; "
+                             "e.g. 1.0 (the official warm-up's).")
+        if self.warmup_schedule not in WARMUP_SCHEDULES:
+            raise ValueError(f"Unknown warmup_schedule {self.warmup_schedule!r}; choose one of {WARMUP_SCHEDULES}.")
+        if self.warmup_lr is None:
+            changed = [f"{k}={getattr(self, k)!r}" for k, v in WARMUP_OPTIMIZER_DEFAULTS.items() if getattr(self, k) != v]
+            if changed: raise ValueError(f"{', '.join(changed)} set(s) the warm-up's optimizer steps, and warmup_lr=None takes none: "
+                                         "set warmup_lr (e.g. 9.865e-6, the official run's), or drop those options.")
 
 
 # %% ../nbs/04d_config.ipynb #96bd3dd4

@@ -21,7 +21,7 @@ from .experts import (expert_parameters, expert_grids, install_experts, smt_expe
 from .config import (ALL_LINEAR, SMTConfig, as_config, default_targets, find_targets, make_grids, check_not_shared,
                            check_targets_run, check_selection_fits, split_targets)
 from .adapters import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, save_smt, save_pretrained, push_to_hub, read_adapter, resolve_adapter,
-                             write_deltas, is_sharded)
+                             write_deltas, is_sharded, load_state_dict)
 
 # `from smt_nb.core import ...` keeps offering what users reach for, wherever it is defined
 _all_ = ["SMTConfig", "ALL_LINEAR", "default_targets", "find_targets", "make_grids", "smt_layers", "save_smt", "save_pretrained",
@@ -42,7 +42,7 @@ def model_method(fn: Callable) -> Callable:
     MODEL_METHODS[fn.__name__] = fn
     return fn
 
-for _fn in (save_smt, save_pretrained, push_to_hub): model_method(_fn)  # the adapter verbs of 05b_adapters, bound as methods too
+for _fn in (save_smt, save_pretrained, push_to_hub, load_state_dict): model_method(_fn)  # the adapter verbs of 05b_adapters, bound as methods too
 
 def _set_module(model: nn.Module, name: str, module: nn.Module):
     parent, _, child = name.rpartition(".")

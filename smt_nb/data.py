@@ -6,6 +6,7 @@
 from __future__ import annotations
 import importlib.util
 import json
+import math
 import os
 import random
 from pathlib import Path
@@ -15,8 +16,9 @@ from filelock import FileLock
 
 # %% auto #0
 __all__ = ['SMOLLM2', 'SMOLLM2_GGUF', 'END_OF_TURN', 'package_dir', 'cache_dir', 'convert_smollm2', 'resolve_model', 'load_model',
-           'stop_token_ids', 'decode_whole', 'generate', 'chatterbot_pairs', 'bigbench_examples', 'bigbench_question',
-           'find_bigbench_task', 'encode_chat', 'instruction_dataset', 'tensor_columns', 'make_dataloader']
+           'stop_token_ids', 'decode_whole', 'generate', 'chatterbot_pairs', 'read_utf8', 'bigbench_examples',
+           'bigbench_question', 'find_bigbench_task', 'encode_chat', 'examples_needed', 'TooFewExamples',
+           'instruction_dataset', 'tensor_columns', 'make_dataloader']
 
 # %% ../nbs/08_data.ipynb #cf9968f3
 SMOLLM2 = "smollm2-135m-offline"
@@ -152,10 +154,21 @@ def chatterbot_pairs(categories: list[str] | None = None) -> list[tuple[str, str
             if len(conv) >= 2 and all(isinstance(t, str) for t in conv[:2]): pairs.append((conv[0].strip(), conv[1].strip()))
     return pairs
 
+# %% ../nbs/08_data.ipynb #d8a10002
+def read_utf8(path: str | Path) -> str:
+    "The text of a UTF-8 file (a leading byte-order mark is dropped); a byte that is not UTF-8 is reported with its line and byte offset."
+    path = Path(path)
+    data = path.read_bytes()
+    try: return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path} line {line} is not UTF-8: byte 0x{data[e.start]:02x} at byte offset {e.start} ({e.reason}); re-encode "
+                         f"the file as UTF-8, e.g. iconv -f latin1 -t utf-8 {path} > {path.stem}.utf8{path.suffix}") from None
+
 # %% ../nbs/08_data.ipynb #01de5207
 def bigbench_examples(task_json: str | Path) -> list[dict]:
     "[{input, choices, answer}] from a BIG-bench task.json with `target_scores`."
-    task = json.loads(Path(task_json).read_text())
+    task = json.loads(read_utf8(task_json))
     out = []
     for ex in task["examples"]:
         scores = ex.get("target_scores")
@@ -176,24 +189,64 @@ def find_bigbench_task(root: str | Path, name: str) -> Path:
     return hits[0]
 
 # %% ../nbs/08_data.ipynb #26fb81ad
-def encode_chat(tokenizer, question: str, answer: str, max_length: int = 128) -> dict:
-    "input_ids, attention_mask and labels (-100 on the prompt) for one chat-formatted (question, answer) pair."
+def _chat_ids(tokenizer, question: str, answer: str) -> tuple[list[int], int]:
+    "The token ids of the whole chat-formatted pair, not cut, and the length of its prompt (up to the assistant header)."
     msgs = [{"role": "user", "content": question}]
     prompt = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": answer}], tokenize=False)
-    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    ids = tokenizer(full, add_special_tokens=False)["input_ids"][:max_length]
-    labels = [-100] * min(len(p_ids), len(ids)) + ids[len(p_ids):]
-    return dict(input_ids=ids, attention_mask=[1] * len(ids), labels=labels)
+    return tokenizer(full, add_special_tokens=False)["input_ids"], len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+def _cut(ids: list[int], n_prompt: int, max_length: int) -> dict:
+    ids = ids[:max_length]
+    return dict(input_ids=ids, attention_mask=[1] * len(ids), labels=[-100] * min(n_prompt, len(ids)) + ids[n_prompt:])
+
+def encode_chat(tokenizer, question: str, answer: str, max_length: int = 128) -> dict:
+    "input_ids, attention_mask and labels (-100 on the prompt) for one chat-formatted (question, answer) pair."
+    return _cut(*_chat_ids(tokenizer, question, answer), max_length)
+
+def examples_needed(test_size: int | float) -> int:
+    "The fewest examples a train/held-out split with `test_size` (a count, or a share in (0, 1)) can take: one or more on each side."
+    if isinstance(test_size, bool) or not isinstance(test_size, (int, float)) or test_size <= 0 or (isinstance(test_size, float) and test_size >= 1):
+        raise ValueError(f"test_size must be a number of held-out examples (≥ 1) or a share in (0, 1), got {test_size!r}.")
+    if isinstance(test_size, int): return test_size + 1
+    n = 2
+    while n - math.ceil(test_size * n) < 1: n += 1  # datasets holds out ceil(test_size · n) and trains on the rest
+    return n
+
+class TooFewExamples(ValueError):
+    "Fewer examples than the train/held-out split needs, with the numbers a caller (the command line) can say it with in its own words."
+    def __init__(self, total: int, kept: int, needed: int, test_size, max_length: int, lengths: list[int]):
+        self.total, self.kept, self.needed, self.test_size, self.max_length = total, kept, needed, test_size, max_length
+        self.longest = max(lengths, default=0)
+        ranked = sorted(lengths)  # the whole of 90 % of the examples fits in `suggested_max_length` tokens (a multiple of 8)
+        self.suggested_max_length = 8 * math.ceil(ranked[math.ceil(0.9 * len(ranked)) - 1] / 8) if ranked else None
+        super().__init__(self.describe())
+
+    def describe(self, source: str = "the data", length: str = "max_length={}") -> str:
+        "The message, naming the data `source` and the length setting as `length` spells it ('--max-length {}' on the command line)."
+        held = f"{self.test_size}" if isinstance(self.test_size, int) else f"{self.test_size:.0%} of them, at least 1,"
+        need = f"training needs at least {self.needed} (one or more to train on, and {held} held out for the evaluation loss)"
+        n = f"{self.total} example{'s' * (self.total != 1)}"
+        if self.kept == self.total:
+            return f"{source} holds {n}; {need}: add examples."
+        fix = (f"use {length.format(self.suggested_max_length)} (the whole of 90% of them fits; the longest has {self.longest} tokens)")
+        if self.kept == 0:
+            return (f"every one of the {n} in {source} is longer than {length.format(self.max_length)} tokens before its answer starts "
+                    f"(the question and the chat template), so no answer is left to learn: {fix}.")
+        return (f"only {self.kept} of the {n} in {source} keep part of their answer within {length.format(self.max_length)} tokens "
+                f"(the others are longer before their answer starts); {need}: {fix}.")
 
 def instruction_dataset(pairs: list[tuple[str, str]], tokenizer, max_length: int = 128, test_size: float = 0.1, seed: int = 0):
     "A `datasets.DatasetDict` with 'train' and 'test' splits of chat-encoded pairs (answer-only labels; the texts kept as columns)."
     from datasets import Dataset
+    needed = examples_needed(test_size)
     pairs = list(pairs)
     random.Random(seed).shuffle(pairs)
-    ds = Dataset.from_list([dict(encode_chat(tokenizer, q, a, max_length), question=q, answer=a) for q, a in pairs])
-    ds = ds.filter(lambda ex: any(l != -100 for l in ex["labels"]))  # an answer cut off entirely by max_length teaches nothing
-    return ds.train_test_split(test_size=test_size, seed=seed)
+    whole = [(_chat_ids(tokenizer, q, a), q, a) for q, a in pairs]
+    rows = [dict(_cut(ids, n_prompt, max_length), question=q, answer=a) for (ids, n_prompt), q, a in whole]
+    rows = [r for r in rows if any(l != -100 for l in r["labels"])]  # an answer cut off entirely by max_length teaches nothing
+    if len(rows) < needed: raise TooFewExamples(len(pairs), len(rows), needed, test_size, max_length, [len(ids) for (ids, _), _, _ in whole])
+    return Dataset.from_list(rows).train_test_split(test_size=test_size, seed=seed)
 
 def tensor_columns(ds):
     "`ds` with only the columns a model takes (the text columns dropped), for collators and Trainer."

@@ -10,18 +10,25 @@ ATTENTION_TYPES = ["q_proj", "k_proj", "v_proj"]
 MLP_TYPES = ["gate_proj", "up_proj", "down_proj"]
 
 # %% auto #0
-__all__ = ['ATTENTION_TYPES', 'MLP_TYPES', 'official_smt_config', 'smft_config']
+__all__ = ['ATTENTION_TYPES', 'MLP_TYPES', 'OFFICIAL_WARMUP', 'CONSTANT_RATE_WARMUP', 'official_smt_config', 'smft_config']
 
 # %% ../nbs/05a_recipes.ipynb #130e379c
+OFFICIAL_WARMUP = dict(warmup_adam_beta1=0.9, warmup_adam_beta2=0.95, warmup_weight_decay=0.0, warmup_max_grad_norm=1.0,
+                       warmup_schedule="linear_ramp")  # deepspeed/fine_tune.py's optimizer, DeepSpeed's clipping, the linear schedule's ramp
+CONSTANT_RATE_WARMUP = dict(warmup_adam_beta1=0.9, warmup_adam_beta2=0.999, warmup_weight_decay=0.0, warmup_max_grad_norm=None,
+                            warmup_schedule="constant")  # plain AdamW at a constant rate: official_smt_config's warm-up before issue 31
+
 def official_smt_config(attention_blocks: int, mlp_blocks: int, mlp_statistic: str = "mean_abs", block_size: int = 256,
-                        warmup_steps: int = 100, warmup_lr: float | None = 1e-5, **kwargs) -> SMTConfig:
-    "The official implementation's selection: GW warm-up with AdamW steps, Q/K/V by |mean| and gate/up/down by `mlp_statistic`, separate counts, heap ties."
+                        warmup_steps: int = 100, warmup_lr: float | None = 9.865e-6, **kwargs) -> SMTConfig:
+    """The official implementation's selection: GW warm-up with its AdamW steps (β2 0.95, clipping at 1.0, the rate ramped up from 0 over
+    the warm-up), Q/K/V by |mean| and gate/up/down by `mlp_statistic`, separate counts, heap ties. `kwargs` override any of it."""
     groups = {}
     if attention_blocks: groups["attention"] = dict(types=ATTENTION_TYPES, n_blocks=attention_blocks, statistic="mean_abs")
     if mlp_blocks: groups["mlp"] = dict(types=MLP_TYPES, n_blocks=mlp_blocks, statistic=mlp_statistic)
     types = [t for g in groups.values() for t in g["types"]]
+    optimizer = {**OFFICIAL_WARMUP, **kwargs} if warmup_lr is not None else kwargs  # no steps: no optimizer options
     return SMTConfig(block_size=block_size, method="gw", budget="groups", groups=groups, target_modules=types, ties="official",
-                     warmup_steps=warmup_steps, warmup_lr=warmup_lr, **kwargs)
+                     warmup_steps=warmup_steps, warmup_lr=warmup_lr, **optimizer)
 
 def smft_config(sparsity: float, block_size: int = 256, warmup_steps: int = 100, **kwargs) -> SMTConfig:
     "SMFT's GW: |gradient| summed step by step, then each block's mean."

@@ -24,10 +24,11 @@ from .blocks import (BlockGrid, block_reduce, block_sizes, block_sum, select_top
 from .layers import dequantized_weight, keep_4bit_differentiable
 
 # %% auto #0
-__all__ = ['SCORERS', 'ACCUMULATIONS', 'score_mw', 'score_random', 'Selection', 'name_of', 'make_selection', 'selection_to_dict',
-           'selection_from_dict', 'save_selection', 'load_selection', 'union', 'intersection', 'difference', 'restrict',
-           'rebudget', 'row_block_sums', 'GradientStatistics', 'embedding_modules', 'gradients_to_inputs_only',
-           'to_device', 'run_warmup', 'full_finetuning', 'score_gw', 'InputNorms', 'score_aw', 'selection_overlap']
+__all__ = ['SCORERS', 'ACCUMULATIONS', 'NO_DECAY', 'score_mw', 'score_random', 'Selection', 'name_of', 'make_selection',
+           'selection_to_dict', 'selection_from_dict', 'save_selection', 'load_selection', 'union', 'intersection',
+           'difference', 'restrict', 'rebudget', 'row_block_sums', 'GradientStatistics', 'embedding_modules',
+           'gradients_to_inputs_only', 'to_device', 'run_warmup', 'full_finetuning', 'warmup_lr_at', 'score_gw',
+           'InputNorms', 'score_aw', 'selection_overlap']
 
 # %% ../nbs/01_selection.ipynb #b7cf94aa
 def score_mw(model: nn.Module, modules: dict[str, nn.Module], grids: dict[str, BlockGrid], dataloader=None, config=None) -> dict[str, Tensor]:
@@ -95,6 +96,9 @@ def make_selection(model: nn.Module, modules: dict[str, nn.Module], grids: dict[
     chosen = select_top_blocks(scores, grids, sparsity=sparsity, n_blocks=n_blocks, budget=budget, type_shares=type_shares, groups=groups, ties=ties)
     meta = dict(method=name_of(method), sparsity=sparsity, n_blocks=n_blocks, budget=budget, type_shares=type_shares, groups=groups, ties=ties)
     if config is not None: meta.update({k: getattr(config, k, None) for k in ("statistic", "warmup_steps", "accumulation", "warmup_lr")})
+    if getattr(config, "warmup_lr", None) is not None:  # how the warm-up's optimizer steps were taken
+        meta.update({k: getattr(config, k, None) for k in ("warmup_adam_beta1", "warmup_adam_beta2", "warmup_weight_decay",
+                                                            "warmup_max_grad_norm", "warmup_schedule")})
     return Selection(chosen, grids, scores, meta)
 
 # %% ../nbs/01_selection.ipynb #336b3a74
@@ -282,16 +286,24 @@ def _sum_over_ranks(t: Tensor) -> Tensor:
     return t
 
 # %% ../nbs/01_selection.ipynb #3760a50b
+NO_DECAY = ("bias", "layer_norm.weight", "layernorm.weight", "norm.weight", "ln_f.weight")  # the official code's no-decay names
+
 @contextmanager
-def full_finetuning(model: nn.Module, lr: float, keep_updates: bool = False):
-    "Within the block every float parameter trains (AdamW at `lr`); afterwards the weights are restored unless `keep_updates`. Yields the optimizer."
+def full_finetuning(model: nn.Module, lr: float, keep_updates: bool = False, betas: tuple[float, float] = (0.9, 0.999),
+                    weight_decay: float = 0.0):
+    """Within the block every float parameter trains (AdamW at `lr` with `betas`; `weight_decay` on all but biases and norm weights);
+    afterwards the weights are restored unless `keep_updates`. Yields the optimizer."""
     if any(not p.is_floating_point() for p in model.parameters()):
         raise ValueError("warmup_lr needs a float model: quantized weights cannot take optimizer steps. Warm up without steps (warmup_lr=None).")
-    params = list(model.parameters())
+    named = list(model.named_parameters())
+    params = [p for _, p in named]
     flags = [p.requires_grad for p in params]
     saved = None if keep_updates else [p.detach().to("cpu", copy=True) for p in params]  # a full copy of the weights, on the host
     for p in params: p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    groups = params if not weight_decay else [g for g in (  # the official grouping: no decay on biases and norm weights
+        dict(params=[p for n, p in named if not any(k in n.lower() for k in NO_DECAY)], weight_decay=weight_decay),
+        dict(params=[p for n, p in named if any(k in n.lower() for k in NO_DECAY)], weight_decay=0.0)) if g["params"]]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=0.0)
     try: yield opt
     finally:
         del opt
@@ -301,6 +313,13 @@ def full_finetuning(model: nn.Module, lr: float, keep_updates: bool = False):
                 if s is not None: p.copy_(s)
                 p.requires_grad_(f)
 
+def warmup_lr_at(lr: float, step: int, steps: int, schedule: str = "constant") -> float:
+    """The learning rate of warm-up optimizer step `step` (0, 1, ...) of `steps`: `lr`, or with "linear_ramp" `lr`·step/steps, which is
+    transformers' `get_linear_schedule_with_warmup(num_warmup_steps=steps)` before it starts to decay (step 0 takes lr 0)."""
+    if schedule == "constant": return lr
+    if schedule == "linear_ramp": return lr * (float(step) / float(max(1, steps)))
+    raise ValueError(f"Unknown warmup_schedule {schedule!r}; choose 'constant' or 'linear_ramp'.")
+
 def score_gw(model: nn.Module, modules: dict[str, nn.Module], grids: dict[str, BlockGrid], dataloader=None, config=None) -> dict[str, Tensor]:
     "Gradient-aware: a statistic of each block of the weight gradient summed over the warm-up (no weight needs grad, unless warm-up steps)."
     if dataloader is None: raise ValueError("method='gw' needs warm-up data: prepare_smt(model, config, dataloader=...) with batches that include labels.")
@@ -308,11 +327,17 @@ def score_gw(model: nn.Module, modules: dict[str, nn.Module], grids: dict[str, B
     groups, accumulation = getattr(config, "groups", None) or {}, getattr(config, "accumulation", "sum")
     def statistic_of(n): return groups.get(group_of(n, groups), {}).get("statistic", stat) if groups else stat
     collectors = {n: GradientStatistics(m, grids[n], statistic_of(n), accumulation) for n, m in modules.items()}
-    lr = getattr(config, "warmup_lr", None)
+    lr, taken = getattr(config, "warmup_lr", None), [0]
+    clip, schedule = getattr(config, "warmup_max_grad_norm", None), getattr(config, "warmup_schedule", "constant")
+    betas = (getattr(config, "warmup_adam_beta1", 0.9), getattr(config, "warmup_adam_beta2", 0.999))
     try:
-        with (full_finetuning(model, lr, getattr(config, "warmup_keep_updates", False)) if lr else gradients_to_inputs_only(model)) as opt:
-            def on_step():
-                if opt is not None: opt.step(); opt.zero_grad(set_to_none=True)  # the official warm-up: full fine-tuning steps
+        with (full_finetuning(model, lr, getattr(config, "warmup_keep_updates", False), betas, getattr(config, "warmup_weight_decay", 0.0))
+              if lr else gradients_to_inputs_only(model)) as opt:
+            def on_step():  # the collectors already hold this step's gradient: the scores see it unclipped, as the official code's
+                if opt is not None:  # the official warm-up: full fine-tuning steps (clip, then step at the schedule's rate)
+                    if clip is not None: torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
+                    for g in opt.param_groups: g["lr"] = warmup_lr_at(lr, taken[0], steps, schedule)
+                    opt.step(); opt.zero_grad(set_to_none=True); taken[0] += 1
                 for c in collectors.values(): c.end_step()
             run_warmup(model, dataloader, steps, getattr(config, "gradient_accumulation_steps", 1), desc="GW warm-up", on_step=on_step)
     finally:

@@ -46,6 +46,8 @@ def make_optimizer(model: nn.Module, lr: float | None = None, name: str = "adamw
     "AdamW or SGD over the SMT deltas; `lr=None` picks `default_lr` for the model's sparsity."
     params = smt_parameters(model)
     lr = default_lr(model.smt_selection.sparsity) if lr is None else lr
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        raise ValueError(f"lr must be a positive finite number (or None for default_lr), got {lr!r}.")
     if name == "adamw": return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "sgd": return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"Unknown optimizer {name!r}; use 'adamw' or 'sgd', or build your own over smt_parameters(model).")
@@ -101,25 +103,45 @@ class NonFiniteGuard:
                                      "the data holds NaN. Lower the learning rate, check the data, or resume from an earlier checkpoint.")
         return False
 
-def _check_training_args(batches, steps: int, start_step: int, checkpoint_dir, save_every) -> list:
+def _is_int(x) -> bool: return isinstance(x, int) and not isinstance(x, bool)
+
+def _check_training_args(batches, steps: int, start_step: int, checkpoint_dir, save_every, grad_accum, max_grad_norm) -> list:
     if not isinstance(batches, (list, tuple)): batches = list(batches)
     if not batches: raise ValueError("train_smt got no batches: pass a non-empty list or loader of dicts with input_ids and labels.")
     if not all(isinstance(b, Mapping) for b in batches): raise TypeError("train_smt needs batches as dicts (input_ids, labels, ...), "
                                                                         f"got {type(next(b for b in batches if not isinstance(b, Mapping))).__name__}.")
-    if not isinstance(steps, int) or steps < 1 or not 0 <= start_step < steps:
-        raise ValueError(f"Need integers 0 ≤ start_step < steps, got start_step={start_step!r}, steps={steps!r}.")
+    if not (_is_int(steps) and _is_int(start_step)) or steps < 1 or not 0 <= start_step <= steps:
+        raise ValueError(f"Need integers 0 ≤ start_step ≤ steps, steps ≥ 1, got start_step={start_step!r}, steps={steps!r}.")
+    if not _is_int(grad_accum) or grad_accum < 1:
+        raise ValueError(f"grad_accum must be an integer ≥ 1 (micro-batches per optimizer step; 1 for none), got {grad_accum!r}.")
+    if max_grad_norm is not None and (isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float))
+                                      or not 0 < max_grad_norm < math.inf):
+        raise ValueError(f"max_grad_norm must be a positive finite number, or None for no clipping, got {max_grad_norm!r}.")
     if (checkpoint_dir is None) != (save_every is None):
         raise ValueError("Checkpoints need both checkpoint_dir and save_every (a checkpoint every save_every steps); pass both or neither.")
-    if save_every is not None and (not isinstance(save_every, int) or save_every < 1): raise ValueError(f"save_every must be an integer ≥ 1, got {save_every!r}.")
+    if save_every is not None and (not _is_int(save_every) or save_every < 1): raise ValueError(f"save_every must be an integer ≥ 1, got {save_every!r}.")
     return batches
+
+def _check_optimizer_holds_deltas(opt: torch.optim.Optimizer, params: list[nn.Parameter]):
+    "Refuse an optimizer that would leave deltas untrained (typically one built before prepare_smt, over parameters that no longer train)."
+    held = {id(p) for g in opt.param_groups for p in g["params"]}
+    missing = sum(id(p) not in held for p in params)
+    if missing:
+        lost = "none of the blocks would train" if missing == len(params) else f"the blocks of {missing} would never train"
+        raise ValueError(f"The optimizer holds {len(params) - missing} of the model's {len(params)} trainable SMT deltas, so {lost}. Build it "
+                         "after prepare_smt, over the deltas: make_optimizer(model) or torch.optim.AdamW(smt_parameters(model), ...), "
+                         "or pass optimizer='adamw'.")
 
 def train_smt(model: nn.Module, batches: Iterable[dict], steps: int, lr: float | None = None, optimizer: str | torch.optim.Optimizer = "adamw",
               grad_accum: int = 1, max_grad_norm: float | None = None, progress: bool = True, start_step: int = 0,
               checkpoint_dir=None, save_every: int | None = None, max_nonfinite_skips: int = 10) -> list[float]:
-    "Train the SMT deltas up to step `steps` over `batches` (cycled), from `start_step`; returns the loss of each step run (NaN if skipped)."
-    batches = _check_training_args(batches, steps, start_step, checkpoint_dir, save_every)
+    """Train the SMT deltas up to step `steps` over `batches` (cycled), from `start_step`; returns the loss of each step run (NaN if skipped).
+    `start_step=steps` (a finished run resumed) runs nothing and returns []."""
+    batches = _check_training_args(batches, steps, start_step, checkpoint_dir, save_every, grad_accum, max_grad_norm)
     opt = make_optimizer(model, lr, optimizer) if isinstance(optimizer, str) else optimizer
     params, device = smt_parameters(model), next(model.parameters()).device
+    _check_optimizer_holds_deltas(opt, params)
+    if start_step == steps: return []  # nothing left to run: not even model.train() or a progress bar
     guard = NonFiniteGuard(params, max_nonfinite_skips)
     stream = islice(cycle(batches), start_step * grad_accum, None)  # a resumed run sees the data where the first one stopped
     model.train()
@@ -169,8 +191,19 @@ def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, step: in
     directory = Path(directory)
     with atomic_folder(directory) as tmp:
         save_smt(model, tmp)
-        torch.save({"optimizer": optimizer.state_dict(), "step": step, "rng": rng_states()}, tmp / TRAINING_STATE)
+        torch.save({"optimizer": optimizer.state_dict(), "optimizer_class": type(optimizer).__name__, "step": step, "rng": rng_states()},
+                   tmp / TRAINING_STATE)
     return directory
+
+_OPTIMIZER_CLASSES = {"adamw": "AdamW", "sgd": "SGD"}  # make_optimizer's names and the classes they build
+
+def _saved_optimizer_class(state: dict) -> str | None:
+    "The optimizer class a checkpoint was saved with: recorded, or (older checkpoints) told by its parameter groups' keys."
+    if "optimizer_class" in state: return state["optimizer_class"]
+    groups = state["optimizer"].get("param_groups") or [{}]
+    if "betas" in groups[0]: return "AdamW"
+    if "momentum" in groups[0]: return "SGD"
+    return None
 
 _STEP_DIR = re.compile(r"^(?:step|checkpoint)-(\d+)$")
 
@@ -210,6 +243,16 @@ def resume_smt(base_model: nn.Module, directory, lr: float | None = None, optimi
         print(f"resuming from {directory}")
     try: state = torch.load(directory / TRAINING_STATE, weights_only=True)
     except Exception as e: raise ValueError(f"{directory / TRAINING_STATE} cannot be read (truncated?): {e}") from e
+    if optimizer not in _OPTIMIZER_CLASSES:
+        raise ValueError(f"Unknown optimizer {optimizer!r}; resume_smt rebuilds {' or '.join(map(repr, _OPTIMIZER_CLASSES))}.")
+    saved = _saved_optimizer_class(state)
+    if saved is not None and saved != _OPTIMIZER_CLASSES[optimizer]:
+        known = {c: n for n, c in _OPTIMIZER_CLASSES.items()}
+        fix = (f"pass optimizer={known[saved]!r}" if saved in known else
+               "resume it yourself: load_smt, build that optimizer over smt_parameters(model) and load the state dict saved in "
+               f"{TRAINING_STATE} (key 'optimizer')")
+        raise ValueError(f"{directory} was saved with the optimizer {saved}, not {_OPTIMIZER_CLASSES[optimizer]} ({optimizer!r}): its state "
+                         f"does not fit another optimizer. To resume, {fix}.")
     model = load_smt(base_model, directory)
     opt = make_optimizer(model, lr, optimizer)
     opt.load_state_dict(state["optimizer"])

@@ -4,7 +4,11 @@ python fault_worker.py adapter DIR     overwrite DIR with adapter A, then B, the
 python fault_worker.py train DIR STEPS train with a checkpoint after every step into DIR
 python fault_worker.py fsize DIR BYTES overwrite DIR with adapter B under a file-size limit of BYTES (a full disk)
 Prints "ready" once the first write is done, so that the parent kills it while it is writing.
+python fault_worker.py runs - STEPS    for each line "DIR" read: fork a run like `train DIR STEPS` that waits, once finished, to be killed;
+                                       prints "pid N" and the run's "ready"/"finished", then "reaped" once it is dead (many killed runs
+                                       for the price of one start of Python, torch and transformers)
 """
+import os
 import resource
 import signal
 import sys
@@ -36,3 +40,17 @@ elif mode == "train":
     print("ready", flush=True)
     train_smt(model, train_batches(), steps=int(sys.argv[3]), lr=1e-2, progress=False, checkpoint_dir=folder, save_every=1)
     print("finished", flush=True)
+elif mode == "runs":
+    for line in sys.stdin:
+        pid = os.fork()
+        if pid == 0:  # the run: nothing ran torch in this process before the fork
+            try:
+                model = prepare_smt(dropout_llama(), SMT)
+                print("ready", flush=True)
+                train_smt(model, train_batches(), steps=int(sys.argv[3]), lr=1e-2, progress=False, checkpoint_dir=line.strip(), save_every=1)
+                print("finished", flush=True)
+                while True: signal.pause()  # to be killed after the last step
+            finally: os._exit(1)  # never back into the loop above
+        print(f"pid {pid}", flush=True)
+        os.waitpid(pid, 0)
+        print("reaped", flush=True)

@@ -3,6 +3,7 @@ and the command line as a tool: one-line errors, fast failure on model names, Ct
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,7 +100,8 @@ def smt_nb(*args, **kw):
     "Run the console script; a clean environment for the hub (an empty cache, online unless the test says otherwise)."
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_HUB_")}
     env.update(kw.pop("env", {}))
-    return subprocess.Popen(["smt_nb", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw)
+    kw = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kw}
+    return subprocess.Popen(["smt_nb", *args], text=True, env=env, **kw)
 
 
 def test_unknown_model_fails_fast_naming_what_works(tmp_path):
@@ -137,7 +139,7 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, qa_file, capsys):
     cases = [(["train", "--out", str(never), "--resume", "latest"], "--resume latest: "),
              (["train", "--out", str(never), "--data", str(tmp_path / "nope.jsonl")], "use 'chatterbot'"),
              (["train", "--out", str(never), "--data", qa_file, "--model", str(tmp_path)], "has no config.json"),
-             (["demo", "--out", str(never), "--target-modules", "q_proj", "--block-size", "0"], "block_size")]
+             (["train", "--out", str(never), "--resume", str(tmp_path)], "not a complete checkpoint")]
     for argv, says in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
@@ -146,6 +148,9 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, qa_file, capsys):
         main(["train", "--out", str(never), "--sparsity", "5"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "did you mean 5%?" in err and err.startswith("smt_nb: error: ")
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--out", str(never), "--target-modules", "q_proj", "--block-size", "0"])
+    assert e.value.code == 2 and "argument --block-size: 0 is below 1" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="no complete checkpoint|not a folder of checkpoints"):  # --debug: the traceback
         main(["train", "--out", str(never), "--resume", "latest", "--debug"])
     assert not never.exists()
@@ -192,9 +197,178 @@ def test_ctrl_c_says_where_to_continue(tiny_dir, qa_file, tmp_path):
     last = stderr.strip().splitlines()[-1]
     step, ckpt = int(last.split("after step ")[1].split(";")[0]), last.split("; ")[1].split(" ")[0]
     assert last == f"smt_nb: interrupted after step {step}; {ckpt} is complete; continue with --resume latest"
-    assert "trainable: " in stdout and "blocks of 16²" in stdout  # what trains, printed before training
+    assert "trainable: " in stdout and "blocks of 16×16" in stdout  # what trains, printed before training
     m = int(ckpt.removeprefix("checkpoint-"))
     assert 3 <= m <= step and m % 3 == 0 and _complete_trainer_checkpoint(out / ckpt)
     r = run_train(tiny_dir, qa_file, str(out), resume="latest", steps=m + 1, save_steps=3, batch_size=4, block_size=16, sparsity=0.2,
                   warmup_steps=1, method="random", cpu=True)
     assert r["train_loss_steps"] == (1, m + 1) and (out / "adapter" / "adapter_model.safetensors").exists()
+
+
+# ---------- issue 31: silent mistakes fail, a finished run stays finished, data problems named, kill -9 and resume
+
+RUN = ["--steps", "6", "--save-steps", "2", "--batch-size", "4", "--block-size", "16", "--sparsity", "20%", "--warmup-steps", "1",
+       "--method", "random", "--cpu"]
+
+
+def _out_err(capsys, code_or_call):
+    "(exit status, stdout, stderr) of main(argv) in this process; argparse's refusals (SystemExit) included."
+    try: code = code_or_call()
+    except SystemExit as e: code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _tensors(folder) -> dict:
+    from safetensors.torch import load_file
+    return load_file(str(Path(folder) / "adapter_model.safetensors"))
+
+
+def _metadata(folder) -> dict:
+    "The adapter's header (the file's bytes may differ between two saves: safetensors writes its metadata in hash order)."
+    from safetensors import safe_open
+    with safe_open(str(Path(folder) / "adapter_model.safetensors"), framework="pt") as f: return f.metadata()
+
+
+def _assert_same_adapter(a, b):
+    ta, tb = _tensors(a), _tensors(b)
+    assert ta.keys() == tb.keys()
+    for k in ta: assert torch.equal(ta[k], tb[k]), k  # bit for bit
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_dir, qa_file, tmp_path_factory):
+    "An uninterrupted `smt_nb train` run (in this process): 6 steps, checkpoints at 2, 4 and 6; the reference for the resumes below."
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert main(["train", "--model", tiny_dir, "--data", qa_file, "--out", str(out), *RUN]) == 0
+    return out
+
+
+@pytest.mark.parametrize("flag,value,says", [
+    ("--steps", "-1", "argument --steps: -1 is below 1"), ("--steps", "0", "'train for 3 epochs'"),
+    ("--batch-size", "0", "argument --batch-size: 0 is below 1"), ("--max-length", "0", "argument --max-length"),
+    ("--save-steps", "0", "argument --save-steps"), ("--block-size", "0", "argument --block-size"),
+    ("--warmup-steps", "-2", "argument --warmup-steps"), ("--steps", "2.5", "'2.5' is not a whole number"),
+    ("--lr", "0", "argument --lr: '0' is not a learning rate"), ("--lr", "-0.001", "not a learning rate"),
+    ("--lr", "nan", "not a learning rate"), ("--lr", "inf", "not a learning rate")])
+def test_numbers_that_would_train_quietly_are_refused(flag, value, says, tmp_path, capsys):
+    "Trainer reads max_steps=-1 as 'three epochs'; lr=0 was taken for 'not given': one line, exit 2, nothing written."
+    code, _, err = _out_err(capsys, lambda: main(["train", "--out", str(tmp_path / "never"), flag, value]))
+    assert code == 2 and err.count("\n") == 1 and err.startswith("smt_nb: error: ") and says in err, err
+    assert not (tmp_path / "never").exists()
+
+
+def test_numbers_are_checked_in_python_too(tmp_path):
+    for kw, says in [(dict(steps=-1), "--steps -1"), (dict(lr=0.0), "--lr 0"), (dict(lr=float("nan")), "--lr nan"),
+                     (dict(batch_size=0), "--batch-size 0"), (dict(save_steps=0), "--save-steps 0")]:
+        with pytest.raises(ValueError, match=says):
+            run_train("never-loaded", "chatterbot", str(tmp_path / "never"), **kw)
+    with pytest.raises(ValueError, match="--steps 0"):
+        run_demo(str(tmp_path / "never"), steps=0)
+    assert not (tmp_path / "never").exists()
+
+
+def test_resume_with_other_flags_is_refused(finished_run, capsys):
+    "Flags given on a resume must be the run's; flags left out are not differences (and take the run's values)."
+    code, _, err = _out_err(capsys, lambda: main(["train", "--out", str(finished_run), "--resume", "latest", "--sparsity", "0.9",
+                                                  "--block-size", "8", "--method", "gw"]))
+    assert code == 2 and err.count("\n") == 1, err
+    for says in ("--method gw (the run: random)", "--sparsity 0.9 (the run: 0.2)", "--block-size 8 (the run: 16)", "drop these flags",
+                 "new --out"):
+        assert says in err, (says, err)
+    code, _, err = _out_err(capsys, lambda: main(["train", "--out", str(finished_run), "--resume", "latest", "--lr", "0.5",
+                                                  "--max-length", "64"]))
+    assert code == 2 and "--lr 0.5 (the run: 0.0002)" in err and "--max-length 64 (the run: 128)" in err, err
+    code, _, err = _out_err(capsys, lambda: main(["train", "--out", str(finished_run), "--resume", "latest", "--data", "chatterbot"]))
+    assert code == 2 and "--data chatterbot (the run: " in err and "drop this flag" in err, err
+
+
+def test_resuming_a_finished_run_trains_nothing(finished_run, tiny_dir, qa_file, capsys):
+    "The newest checkpoint is at --steps: say so, exit 0, and put the final adapter in place if a crash kept it from there."
+    adapter, ckpts = finished_run / "adapter", sorted(p.name for p in finished_run.glob("checkpoint-*"))
+    saved = _tensors(adapter), _metadata(adapter)
+    for argv in (["--resume", "latest"], ["--resume", "latest", *RUN, "--model", tiny_dir, "--data", qa_file]):  # alone, or the same flags
+        code, out, err = _out_err(capsys, lambda: main(["train", "--out", str(finished_run), *argv]))
+        assert code == 0, err
+        assert f"the run in {finished_run} already finished at step 6; its adapter is in {adapter}\n" in out and "trainable" not in out
+    shutil.rmtree(adapter)  # killed after the last checkpoint, before the final save
+    code, out, err = _out_err(capsys, lambda: main(["train", "--out", str(finished_run), "--resume", "latest"]))
+    assert code == 0 and "(written now from checkpoint-6)" in out, err
+    assert (adapter / "adapter_config.json").is_file() and _metadata(adapter) == saved[1]
+    _assert_same_adapter(adapter, finished_run / "checkpoint-6")
+    assert all(torch.equal(t, saved[0][k]) for k, t in _tensors(adapter).items())
+    assert sorted(p.name for p in finished_run.glob("checkpoint-*")) == ckpts
+
+
+def test_resume_takes_the_runs_settings(finished_run, tmp_path, capsys):
+    "`--resume checkpoint-4` with no other flag continues with the run's model, data, batch size, steps…: the same adapter, bit for bit."
+    code, out, err = _out_err(capsys, lambda: main(["train", "--out", str(tmp_path / "b"), "--resume", str(finished_run / "checkpoint-4"),
+                                                    "--cpu"]))
+    assert code == 0 and "(mean of steps 1–6)" in out, err
+    _assert_same_adapter(tmp_path / "b" / "adapter", finished_run / "adapter")
+
+
+def test_data_problems_name_file_line_and_fix(tiny_dir, qa_file, tmp_path, capsys):
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"question": "Hi?", "answer": "Hello."}\n{"question": "Caf\xe9?", "answer": "Coffee."}\n')
+    one = tmp_path / "one.jsonl"
+    one.write_text('{"question": "Hi?", "answer": "Hello."}\n')
+    at = latin.read_bytes().index(b"\xe9")
+    cases = [(["--data", str(latin)], [f"{latin} line 2 is not UTF-8: byte 0xe9 at byte offset {at}", "re-encode the file as UTF-8"]),
+             (["--data", qa_file, "--max-length", "4"], [f"every one of the 40 examples in {qa_file} is longer than --max-length 4 tokens",
+                                                         "use --max-length 48"]),
+             (["--data", str(one)], [f"{one} holds 1 example; training needs at least 2", "held out for the evaluation loss"])]
+    for argv, says in cases:
+        code, _, err = _out_err(capsys, lambda: main(["train", "--model", tiny_dir, "--out", str(tmp_path / "never"), *argv]))
+        err = err.strip().splitlines()[-1]  # after transformers' progress bar for loading the weights, where the model loaded
+        assert code == 2 and err.startswith("smt_nb: error: "), err
+        for s in says: assert s in err, (s, err)
+    assert not (tmp_path / "never").exists()
+
+
+# A process that imports smt_nb once and forks a child per command: each trial's `smt_nb train` is a process of its own that SIGKILL can
+# end anywhere, without paying the 5-15 s of imports again (the parent computes nothing, so forking it is safe).
+FORKER = r"""
+import json, os, sys
+from smt_nb.cli import main
+for line in sys.stdin:
+    argv, log = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(fd, 1); os.dup2(fd, 2)
+        try: code = main(argv)
+        finally: sys.stdout.flush(); sys.stderr.flush()
+        os._exit(code)
+    print(pid, flush=True)
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
+
+
+def test_kill_9_and_resume_until_done(finished_run, tiny_dir, qa_file, tmp_path, capsys):
+    """`smt_nb train` killed with SIGKILL at random points (after checkpoint 2 or 4, or after the last step), then `--resume latest` with
+    the same flags until it is done: every trial ends with the uninterrupted run's adapter, bit for bit (data order, RNG, optimizer state)."""
+    import random
+    rng = random.Random(31)
+    argv = ["train", "--model", tiny_dir, "--data", qa_file, *RUN]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("HF_HUB_")}, "HF_HUB_OFFLINE": "1"}
+    forker = subprocess.Popen([sys.executable, "-c", FORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        for trial, k in enumerate([rng.choice([2, 4]), rng.choice([2, 4]), 6]):  # the last: killed after its last step
+            out, log = tmp_path / f"trial{trial}", tmp_path / f"trial{trial}.log"
+            forker.stdin.write(json.dumps([[*argv, "--out", str(out)], str(log)]) + "\n"); forker.stdin.flush()
+            pid, deadline = int(forker.stdout.readline()), time.time() + 300
+            while not _complete_trainer_checkpoint(out / f"checkpoint-{k}"):
+                assert time.time() < deadline and not (log.exists() and "smt_nb: error" in log.read_text()), log.read_text()[-3000:]
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0, 0.5) if k < 6 else 0)
+            os.kill(pid, signal.SIGKILL)
+            assert int(forker.stdout.readline()) in (0, -signal.SIGKILL), log.read_text()[-3000:]
+            for attempt in range(3):  # `smt_nb train --resume latest`, here in this process (the console script's main)
+                code, stdout, err = _out_err(capsys, lambda: main([*argv, "--out", str(out), "--resume", "latest"]))
+                assert code == 0, err
+                if (out / "adapter" / "adapter_model.safetensors").is_file(): break
+            _assert_same_adapter(out / "adapter", finished_run / "adapter")
+    finally:
+        forker.stdin.close()
+        forker.wait(timeout=60)

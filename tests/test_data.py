@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from smt_nb.data import (SMOLLM2, bigbench_examples, chatterbot_pairs, decode_whole, encode_chat, find_bigbench_task, generate,
-                         instruction_dataset, load_model, make_dataloader, stop_token_ids)
+from smt_nb.data import (SMOLLM2, TooFewExamples, bigbench_examples, chatterbot_pairs, decode_whole, encode_chat, examples_needed,
+                         find_bigbench_task, generate, instruction_dataset, load_model, make_dataloader, read_utf8, stop_token_ids)
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +78,38 @@ def test_dataloader_pins_memory_only_with_an_accelerator(smol):
     ds = instruction_dataset([("Hi?", "Hello.")] * 10, smol[1], max_length=64, test_size=0.2)
     assert make_dataloader(ds["train"], smol[1]).pin_memory == torch.accelerator.is_available()
     assert make_dataloader(ds["train"], smol[1], pin_memory=False).pin_memory is False
+
+
+def test_read_utf8_names_the_line_and_byte(tmp_path):
+    f = tmp_path / "cp1252.jsonl"
+    f.write_bytes('{"q": "tea"}\n{"q": "café"}\n'.encode("cp1252"))
+    with pytest.raises(ValueError, match=rf"cp1252.jsonl line 2 is not UTF-8: byte 0xe9 at byte offset 23 .*re-encode the file as UTF-8"):
+        read_utf8(f)
+    f.write_bytes("\ufeff{}".encode("utf-8"))  # a byte-order mark, as some editors write it
+    assert read_utf8(f) == "{}"
+    task = tmp_path / "task.json"
+    task.write_bytes(b'{"examples": [{"input": "\xff", "target_scores": {"a": 1}}]}')
+    with pytest.raises(ValueError, match="task.json line 1 is not UTF-8"):
+        bigbench_examples(task)
+
+
+def test_too_few_examples_says_how_many_and_what_to_change(smol):
+    tok = smol[1]
+    assert [examples_needed(t) for t in (0.1, 0.5, 0.9, 1, 32)] == [2, 2, 10, 2, 33]
+    for bad in (0, 1.0, -1, "10%"):
+        with pytest.raises(ValueError, match="test_size must be"):
+            examples_needed(bad)
+    with pytest.raises(TooFewExamples, match=r"the data holds 1 example; training needs at least 2 \(one or more to train on, and 10% of "
+                                             r"them, at least 1, held out for the evaluation loss\): add examples"):
+        instruction_dataset([("Hi?", "Hello.")], tok)
+    pairs = [(f"What is {i} plus {i}?", f"{2 * i}.") for i in range(20)]
+    with pytest.raises(TooFewExamples) as e:
+        instruction_dataset(pairs, tok, max_length=4)
+    assert (e.value.total, e.value.kept, e.value.needed) == (20, 0, 2)
+    fits = e.value.suggested_max_length
+    assert fits % 8 == 0 and sum(len(encode_chat(tok, q, a, 10**6)["input_ids"]) <= fits for q, a in pairs) >= 18
+    assert "every one of the 20 examples in qa.jsonl is longer than --max-length 4 tokens before its answer starts" in \
+        e.value.describe("qa.jsonl", "--max-length {}")
+    assert f"use max_length={fits} (the whole of 90% of them fits" in str(e.value)
+    ds = instruction_dataset(pairs, tok, max_length=fits)  # the suggestion works
+    assert len(ds["train"]) + len(ds["test"]) == 20

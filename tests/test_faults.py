@@ -4,6 +4,7 @@ import json
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -28,9 +29,10 @@ TRIALS = 30
 STEPS = 120  # steps of the killed training runs: a checkpoint after each
 
 
-def worker(*args):
+def worker(*args, **popen):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.Popen([sys.executable, str(HERE / "fault_worker.py"), *map(str, args)], stdout=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen([sys.executable, str(HERE / "fault_worker.py"), *map(str, args)], stdout=subprocess.PIPE, text=True, env=env,
+                            **popen)
 
 
 def kill_while_writing(args, seed, max_wait=0.25):
@@ -113,6 +115,104 @@ def test_kill_while_checkpointing_then_resume_is_exact(tmp_path, uninterrupted):
             assert same_state(state(model), uninterrupted[end])  # bit-identical with dropout: the RNG states came back too
             resumed_runs += 1
     assert resumed_runs >= TRIALS // 3
+
+
+RESTART_STEPS = 8  # steps of the runs killed anywhere, the last step included
+
+
+def kill_runs_at(folders, points, seed=0):
+    "One run per folder (forked by one worker); kill -9 each once checkpoint `point` exists (0: at once), a moment later; None: after it finished."
+    rng = random.Random(seed)
+    proc = worker("runs", "-", RESTART_STEPS, stdin=subprocess.PIPE)
+    try:
+        for folder, point in zip(folders, points):
+            proc.stdin.write(f"{folder}\n"); proc.stdin.flush()
+            seen, pid = set(), None
+            while pid is None or "ready" not in seen:
+                line = proc.stdout.readline().strip()
+                assert line and line != "reaped", "the run or its worker died (its traceback is above)"
+                if line.startswith("pid "): pid = int(line.split()[1])
+                else: seen.add(line)
+            if point is None:
+                assert proc.stdout.readline().strip() == "finished"
+            else:
+                deadline = time.monotonic() + 120
+                while point and not (folder / f"step-{point}").is_dir() and time.monotonic() < deadline: time.sleep(0.002)
+                time.sleep(rng.uniform(0, 0.05))  # within the next step or its save
+            os.kill(pid, signal.SIGKILL)
+            while (line := proc.stdout.readline().strip()) != "reaped": assert line == "finished", line
+    finally:
+        proc.kill(); proc.wait(timeout=60)
+
+
+def restart_until_done(folder) -> int:
+    "What a restart loop does after a crash: resume from the newest complete checkpoint (or start over), train to the end."
+    if folder.is_dir() and any(p.name.startswith("step-") for p in folder.iterdir()):
+        model, opt, step = resume_smt(dropout_llama(), folder, lr=1e-2)
+    else: model, step = prepare_smt(dropout_llama(), SMT), 0
+    opt = opt if step else make_optimizer(model, 1e-2)
+    losses = train_smt(model, train_batches(), steps=RESTART_STEPS, start_step=step, optimizer=opt, progress=False,
+                       checkpoint_dir=folder, save_every=1)
+    assert len(losses) == RESTART_STEPS - step  # a finished run: none
+    return step, state(model)
+
+
+def test_kill_anywhere_then_restart_ends_with_the_uninterrupted_adapter(tmp_path, one_thread):
+    "kill -9 before the first checkpoint, mid-run (perhaps mid-save) and after the last step: the restart loop ends bit-exact every time."
+    model = prepare_smt(dropout_llama(), SMT)
+    train_smt(model, train_batches(), steps=RESTART_STEPS, lr=1e-2, progress=False)
+    want = state(model)
+    points = [0, 2, 4, 6, None, None]  # checkpoint after which each trial's run is killed (None: after it finished)
+    folders = [tmp_path / f"run{i}" for i in range(len(points))]
+    kill_runs_at(folders, points)
+    resumed_from = []
+    for d in folders:
+        step, got = restart_until_done(d)
+        assert same_state(got, want), f"{d}: resumed at step {step}, ended with other deltas"
+        assert same_state(state(load_smt(dropout_llama(), d / f"step-{RESTART_STEPS}")), want)  # and so does the last checkpoint
+        resumed_from.append(step)
+    assert resumed_from[-2:] == [RESTART_STEPS] * 2 and any(0 < s < RESTART_STEPS for s in resumed_from), resumed_from
+
+
+def test_train_smt_at_its_last_step_runs_nothing():
+    model = prepare_smt(ARCHS["llama"](), SMTConfig(block_size=16, sparsity=0.1, method="mw", init_std=0.05))
+    before = state(model)
+    assert train_smt(model, lm_batches(2), steps=3, start_step=3, lr=1e-2, progress=False) == []
+    assert same_state(state(model), before)
+
+
+def test_an_optimizer_without_the_deltas_is_refused():
+    "An optimizer built before prepare_smt holds the base's parameters, none of the deltas: the blocks would never move."
+    base = ARCHS["llama"]()
+    early = torch.optim.AdamW(base.parameters(), lr=1e-2)
+    model = prepare_smt(base, SMTConfig(block_size=16, sparsity=0.1, method="mw", init_std=0.05))
+    before = state(model)
+    with pytest.raises(ValueError, match=r"holds 0 of the model's \d+ trainable SMT deltas.*make_optimizer\(model\)"):
+        train_smt(model, lm_batches(2), steps=2, optimizer=early, progress=False)
+    deltas = [l.smt_delta for l in smt_layers(model).values()]
+    with pytest.raises(ValueError, match="holds 1 of .* the blocks of \\d+ would never train"):
+        train_smt(model, lm_batches(2), steps=2, optimizer=torch.optim.SGD(deltas[:1], lr=1e-2), progress=False)
+    assert same_state(state(model), before)
+
+
+def test_resume_with_another_optimizer_is_refused(tmp_path):
+    train_smt(prepare_smt(dropout_llama(), SMT), train_batches(), steps=2, lr=1e-2, progress=False, checkpoint_dir=tmp_path, save_every=2)
+    ckpt = tmp_path / "step-2"
+    with pytest.raises(ValueError, match="saved with the optimizer AdamW.*pass optimizer='adamw'"):
+        resume_smt(dropout_llama(), ckpt, optimizer="sgd")
+    saved = torch.load(ckpt / "training_state.pt", weights_only=True)
+    del saved["optimizer_class"]  # as checkpoints of older versions: told by the state's keys
+    torch.save(saved, ckpt / "training_state.pt")
+    with pytest.raises(ValueError, match="saved with the optimizer AdamW"):
+        resume_smt(dropout_llama(), ckpt, optimizer="sgd")
+    assert resume_smt(dropout_llama(), ckpt, lr=1e-2)[2] == 2
+    sgd_dir = tmp_path / "sgd"
+    train_smt(prepare_smt(dropout_llama(), SMT), train_batches(), steps=1, lr=1e-2, optimizer="sgd", progress=False,
+              checkpoint_dir=sgd_dir, save_every=1)
+    with pytest.raises(ValueError, match="saved with the optimizer SGD.*pass optimizer='sgd'"):
+        resume_smt(dropout_llama(), sgd_dir)
+    model, opt, _ = resume_smt(dropout_llama(), sgd_dir, optimizer="sgd")
+    train_smt(model, train_batches(), steps=2, start_step=1, optimizer=opt, progress=False)  # the step that raised KeyError('momentum')
 
 
 def test_resume_skips_an_incomplete_checkpoint_with_a_warning(tmp_path, uninterrupted):
@@ -317,6 +417,14 @@ BAD_INPUTS = [
     (lambda: train_smt(prepare_smt(ARCHS["llama"](), SMTConfig(block_size=16, method="mw")), [], steps=1), ValueError, "no batches"),
     (lambda: train_smt(prepare_smt(ARCHS["llama"](), SMTConfig(block_size=16, method="mw")), lm_batches(1), steps=1,
                        checkpoint_dir="x"), ValueError, "need both checkpoint_dir and save_every"),
+    *[(lambda kw=kw: train_smt(prepare_smt(ARCHS["llama"](), SMTConfig(block_size=16, method="mw")), lm_batches(1), **kw), ValueError, msg)
+      for kw, msg in [(dict(steps=3, grad_accum=0), "grad_accum must be an integer ≥ 1"),
+                      (dict(steps=3, grad_accum=1.5), "grad_accum must be an integer ≥ 1"),
+                      (dict(steps=3, max_grad_norm=0.0), "max_grad_norm must be a positive finite number"),
+                      (dict(steps=3, lr=-1e-3), "lr must be a positive finite number"),
+                      (dict(steps=3, lr=float("nan")), "lr must be a positive finite number"),
+                      (dict(steps=3, start_step=4), "0 ≤ start_step ≤ steps"),
+                      (dict(steps=True), "0 ≤ start_step ≤ steps")]],
 ]
 
 

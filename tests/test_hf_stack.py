@@ -124,19 +124,82 @@ def test_sft_trainer_refuses_lm_head_blocks(tmp_path):
         sft(model, tmp_path, max_steps=1)
 
 
-@pytest.mark.parametrize("trainer", ["transformers", "trl"])
-def test_plain_trainers_fail_at_first_save_naming_the_fix(tmp_path, trainer):
-    model = prepare_smt(ARCHS["llama"](), SMTConfig(**MW))
-    if trainer == "trl":
+def plain_trainer(kind, model, out_dir, max_steps=4, eval_dataset=None, **extra):
+    "transformers.Trainer with bf16=True, or TRL's SFTTrainer with its default SFTConfig (bf16, gradient checkpointing): no SMT class."
+    common = dict(output_dir=str(out_dir), use_cpu=True, max_steps=max_steps, save_steps=2, per_device_train_batch_size=4,
+                  learning_rate=1e-2, report_to=[], disable_tqdm=True, seed=0, **extra)
+    if kind == "trl":
         from trl import SFTConfig, SFTTrainer
-        run = SFTTrainer(model=model, args=SFTConfig(output_dir=str(tmp_path), use_cpu=True, max_steps=2, save_steps=1, report_to=[]),
-                         train_dataset=text_dataset(), processing_class=tiny_tokenizer())
-    else:
-        args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, max_steps=2, save_steps=1, report_to=[])
-        run = Trainer(model=model, args=args, train_dataset=rows())
-    with pytest.raises(TypeError, match="smt_trainer_class"):
-        run.train()
-    assert list(tmp_path.rglob("*.safetensors")) == []  # no checkpoint it could not resume from
+        return SFTTrainer(model=model, args=SFTConfig(**common), train_dataset=text_dataset(), processing_class=tiny_tokenizer())
+    return Trainer(model=model, args=TrainingArguments(bf16=True, **common), train_dataset=rows(), eval_dataset=eval_dataset)
+
+
+@pytest.mark.parametrize("kind", ["transformers", "trl"])
+def test_plain_trainers_write_adapter_checkpoints_and_resume_exactly(tmp_path, kind):
+    "No SMT class: a plain Trainer or SFTTrainer checkpoints the adapter and resumes from it bit for bit, also from the last checkpoint."
+    from safetensors import safe_open
+    straight = prepare_smt(ARCHS["llama"](), SMTConfig(**MW))
+    trainer = plain_trainer(kind, straight, tmp_path / "a")
+    if kind == "trl": assert trainer.args.bf16 and trainer.args.gradient_checkpointing  # TRL's defaults are what is tested
+    assert trainer.train().global_step == 4
+    trainer.save_model()  # at the end, as scripts do: the adapter again, never an error
+    want = deltas(straight)
+    assert any(d.abs().sum() > 0 for d in want.values())
+    ckpt = tmp_path / "a" / "checkpoint-2"
+    files = set(os.listdir(ckpt))
+    assert {"adapter_model.safetensors", "adapter_config.json", "model.safetensors", "optimizer.pt", "rng_state.pth"} <= files
+    with safe_open(ckpt / "model.safetensors", "pt") as f:  # what Trainer reads back: the deltas and the adapter's JSON, no base weight
+        assert all(k.endswith(".smt_delta") for k in f.keys() if k != "smt_nb_adapter") and len(list(f.keys())) == len(want) + 1
+    assert sum(f.stat().st_size for f in ckpt.glob("*.safetensors")) < 200_000
+    assert all(torch.equal(a, b) for a, b in zip(deltas(load_smt(ARCHS["llama"](), tmp_path / "a")).values(), want.values()))
+
+    for start in ("checkpoint-2", "checkpoint-4"):  # mid-run, and a run already finished (nothing left to do)
+        resumed = prepare_smt(ARCHS["llama"](), SMTConfig(**MW))
+        out = plain_trainer(kind, resumed, tmp_path / "b").train(resume_from_checkpoint=str(tmp_path / "a" / start))
+        got = deltas(resumed)
+        assert out.global_step == 4 and all(torch.equal(want[n], got[n]) for n in want), start  # bit-exact
+
+
+def test_plain_trainer_refuses_a_checkpoint_with_other_blocks(tmp_path):
+    from smt_nb.selection import Selection
+    trainer = plain_trainer("transformers", prepare_smt(ARCHS["llama"](), SMTConfig(**MW)), tmp_path, max_steps=2)
+    trainer.train()
+    sel = trainer.model.smt_selection
+    name = next(iter(sel.blocks))
+    blocks = sel.blocks[name].clone()
+    grid = sel.grids[name]
+    taken = {tuple(b) for b in blocks.tolist()}
+    blocks[0] = torch.tensor(next((r, c) for r in range(grid.n_rows) for c in range(grid.n_cols) if (r, c) not in taken))
+    other = prepare_smt(ARCHS["llama"](), SMTConfig(**MW), selection=Selection({**sel.blocks, name: blocks}, sel.grids, {}, sel.meta))
+    before = deltas(other)
+    with pytest.raises(ValueError, match="blocks differ"):
+        plain_trainer("transformers", other, tmp_path / "b", max_steps=2).train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert all(torch.equal(before[n], d) for n, d in deltas(other).items())  # untouched
+    sd = other.state_dict()  # any other state dict loads as nn.Module loads it
+    assert other.load_state_dict(sd) is not None and all(torch.equal(sd[k], v) for k, v in other.state_dict().items())
+
+
+def test_plain_trainer_loads_the_best_checkpoint_at_end(tmp_path):
+    model = prepare_smt(ARCHS["llama"](), SMTConfig(**MW))
+    trainer = plain_trainer("transformers", model, tmp_path, eval_dataset=rows(4, seed=1), eval_strategy="steps", eval_steps=2,
+                            load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=False)
+    trainer.train()
+    best = deltas(load_smt(ARCHS["llama"](), trainer.state.best_model_checkpoint))
+    assert all(torch.equal(best[n], d) for n, d in deltas(model).items())
+
+
+def test_smt_trainer_resumed_at_max_steps_ends_as_trainer_does(tmp_path):
+    def trainer():
+        args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, max_steps=4, save_steps=2, per_device_train_batch_size=4,
+                                 learning_rate=1e-2, report_to=[], disable_tqdm=True, seed=0, dataloader_pin_memory=False)
+        return SMTTrainer(model=prepare_smt(ARCHS["llama"](), SMTConfig(**MW)), args=args, train_dataset=rows())
+    first = trainer()
+    straight = first.train()
+    again = trainer()
+    out = again.train(resume_from_checkpoint=str(tmp_path / "checkpoint-4"))
+    assert out.global_step == 4 and out.training_loss == pytest.approx(straight.training_loss, rel=1e-6)
+    a, b = deltas(first.model), deltas(again.model)
+    assert all(torch.equal(a[n], b[n]) for n in a)
 
 
 # ---------- saving that cannot go silently wrong

@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, get_scheduler
 
 from smt_nb.core import SMTConfig, prepare_smt, smt_layers
-from smt_nb.recipes import ATTENTION_TYPES, MLP_TYPES, official_smt_config, smft_config
+from smt_nb.recipes import ATTENTION_TYPES, CONSTANT_RATE_WARMUP, MLP_TYPES, official_smt_config, smft_config
 from smt_nb.selection import (Selection, difference, intersection, load_selection, rebudget, restrict, save_selection,
-                              selection_from_dict, selection_overlap, selection_to_dict, union)
+                              selection_from_dict, selection_overlap, selection_to_dict, union, warmup_lr_at)
 from smt_nb.train import counting_batches
 
 B = 16
@@ -29,11 +29,18 @@ STATS = {  # the official code's statistics, on a (R, b, C, b) view of the summe
 }
 
 
-def official_reference(model, batches, lr, n_attention, n_mlp, mlp_statistic):
-    """The official procedure, written out: full fine-tuning warm-up (backward, add each weight's gradient to a float32 sum,
-    optimizer step), then per group the top blocks by its statistic from a min-heap of (score, ((type, layer), row, col))."""
+def official_reference(model, batches, lr, n_attention, n_mlp, mlp_statistic, official=True, return_sums=False):
+    """The official procedure, written out from deepspeed/fine_tune.py: full fine-tuning warm-up, per micro-batch backward, add each
+    weight's (unclipped) gradient to a float32 sum, then DeepSpeed's step: clip the global gradient norm to 1.0 (gradient_clipping in
+    helpers/deepspeed_helpers.py), AdamW step with betas (0.9, 0.95), weight decay 0, then the linear schedule's step (get_scheduler
+    'linear', num_warmup_steps = the warm-up length: the first step takes lr 0). `official=False`: plain AdamW at a constant `lr`.
+    Then per group the top blocks by its statistic from a min-heap of (score, ((type, layer), row, col))."""
     model.requires_grad_(True)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    if official:
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+        sched = get_scheduler("linear", opt, num_warmup_steps=len(batches), num_training_steps=3 * len(batches))
+    else:
+        opt, sched = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0), None
     sums = {}
     for batch in batches:
         model(**batch).loss.backward()
@@ -41,7 +48,10 @@ def official_reference(model, batches, lr, n_attention, n_mlp, mlp_statistic):
             kind = name.split(".")[-2]
             if kind in ATTENTION_TYPES + MLP_TYPES:
                 sums[(kind, int(name.split(".")[2]))] = sums.get((kind, int(name.split(".")[2])), 0) + p.grad.detach().float()
-        opt.step(); opt.zero_grad()
+        if official: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if sched is not None: sched.step()
+        opt.zero_grad()
     chosen = {}
     for types, n, stat in ((ATTENTION_TYPES, n_attention, "mean_abs"), (MLP_TYPES, n_mlp, mlp_statistic)):
         heap = []
@@ -53,7 +63,12 @@ def official_reference(model, batches, lr, n_attention, n_mlp, mlp_statistic):
                     item = (scores[i, j].item(), (key, i, j))
                     heapq.heappush(heap, item) if len(heap) < n else heapq.heappushpop(heap, item)
         for _, (key, i, j) in heap: chosen.setdefault(key, set()).add((i, j))
-    return chosen
+    return (chosen, sums) if return_sums else chosen
+
+
+def jaccard(got, ref):
+    inter = sum(len(got.get(k, set()) & ref.get(k, set())) for k in set(got) | set(ref))
+    return inter / sum(len(got.get(k, set()) | ref.get(k, set())) for k in set(got) | set(ref))
 
 
 def as_official_keys(sel: Selection):
@@ -61,15 +76,48 @@ def as_official_keys(sel: Selection):
 
 
 @pytest.mark.parametrize("lr,mlp_statistic", [(1e-3, "l1"), (1e-2, "mean_abs"), (1e-4, "l2")])
-def test_official_procedure_selects_the_same_blocks(lr, mlp_statistic):
+def test_constant_rate_warmup_selects_the_same_blocks(lr, mlp_statistic):
     batches = counting_batches(6, 64, batch_size=4, seq_len=16, seed=3)
-    ref = official_reference(tiny_llama(), batches, lr, 5, 7, mlp_statistic)
-    ours = prepare_smt(tiny_llama(), official_smt_config(5, 7, mlp_statistic, block_size=B, warmup_steps=6, warmup_lr=lr),
+    ref = official_reference(tiny_llama(), batches, lr, 5, 7, mlp_statistic, official=False)
+    ours = prepare_smt(tiny_llama(), official_smt_config(5, 7, mlp_statistic, block_size=B, warmup_steps=6, warmup_lr=lr, **CONSTANT_RATE_WARMUP),
                        dataloader=batches).smt_selection
-    got = as_official_keys(ours)
-    inter = sum(len(got.get(k, set()) & ref.get(k, set())) for k in set(got) | set(ref))
-    union_ = sum(len(got.get(k, set()) | ref.get(k, set())) for k in set(got) | set(ref))
-    assert inter / union_ == 1.0, (got, ref)
+    assert jaccard(as_official_keys(ours), ref) == 1.0
+
+
+@pytest.mark.parametrize("lr,mlp_statistic", [(1e-5, "l1"), (1e-4, "abs_mean"), (1e-3, "l2")])
+def test_official_warmup_selects_the_official_blocks_and_scores(lr, mlp_statistic):
+    """Acceptance for issue 31: official_smt_config's default warm-up (β2 0.95, clip 1.0, linear ramp from 0) = the official loop."""
+    batches = counting_batches(12, 64, batch_size=4, seq_len=16, seed=3)
+    ref, sums = official_reference(tiny_llama(), batches, lr, 5, 7, mlp_statistic, return_sums=True)
+    cfg = official_smt_config(5, 7, mlp_statistic, block_size=B, warmup_steps=12, warmup_lr=lr)
+    assert (cfg.warmup_adam_beta2, cfg.warmup_max_grad_norm, cfg.warmup_schedule) == (0.95, 1.0, "linear_ramp")
+    ours = prepare_smt(tiny_llama(), cfg, dataloader=batches).smt_selection
+    assert jaccard(as_official_keys(ours), ref) == 1.0
+    for n, s in ours.scores.items():
+        kind, layer = n.split(".")[-1], int(n.split(".")[2])
+        g = sums[(kind, layer)]
+        want = STATS["mean_abs" if kind in ATTENTION_TYPES else mlp_statistic](g.reshape(g.shape[0] // B, B, g.shape[1] // B, B))
+        assert ((s - want).norm() / want.norm()).item() < 1e-5, n
+    if lr == 1e-3:  # the settings matter: the constant-rate warm-up's gradient sums are not the official ones
+        _, plain = official_reference(tiny_llama(), batches, lr, 5, 7, mlp_statistic, official=False, return_sums=True)
+        assert max(((plain[k] - g).norm() / g.norm()).item() for k, g in sums.items()) > 1e-2
+
+
+def test_linear_ramp_is_transformers_linear_schedule():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=3e-4)
+    sched = get_scheduler("linear", opt, num_warmup_steps=7, num_training_steps=100)
+    for k in range(7):
+        assert warmup_lr_at(3e-4, k, 7, "linear_ramp") == opt.param_groups[0]["lr"]
+        opt.step(); sched.step()
+    assert warmup_lr_at(3e-4, 0, 7, "linear_ramp") == 0.0 and warmup_lr_at(3e-4, 5, 7, "constant") == 3e-4
+
+
+def test_official_warmup_options_need_steps():
+    assert official_smt_config(2, 2, warmup_lr=None).warmup_schedule == "constant"  # no steps: no optimizer options
+    with pytest.raises(ValueError, match="set warmup_lr"):
+        SMTConfig(warmup_max_grad_norm=1.0)
+    with pytest.raises(ValueError, match="warmup_schedule"):
+        official_smt_config(2, 2, warmup_schedule="cosine")
 
 
 def test_warmup_steps_leave_the_base_as_it_was():

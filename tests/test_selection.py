@@ -118,3 +118,31 @@ def test_gw_reaches_encoder_and_decoder(arch):
     assert all(s.abs().sum() > 0 for s in sel.scores.values())  # every target, encoder and decoder, got a gradient
     assert any(len(b) for n, b in sel.blocks.items() if n.startswith("encoder.") or ".encoder." in n)
     assert any(len(b) for n, b in sel.blocks.items() if n.startswith("decoder.") or ".decoder." in n)
+
+
+def test_warmup_optimizer_options_match_a_plain_loop():
+    "warmup_lr with every optimizer option (β1, β2, decoupled decay off biases/norms, clipping, linear ramp) and gradient accumulation."
+    from smt_nb.selection import NO_DECAY
+    data = batches(6, seed=4)
+    cfg = SMTConfig(block_size=16, sparsity=0.2, statistic="l1", target_modules=["q_proj", "v_proj"], warmup_steps=3, gradient_accumulation_steps=2,
+                    warmup_lr=3e-3, warmup_adam_beta1=0.8, warmup_adam_beta2=0.95, warmup_weight_decay=0.1, warmup_max_grad_norm=0.5,
+                    warmup_schedule="linear_ramp")
+    ours = prepare_smt(ARCHS["qwen2"](), cfg, dataloader=data).smt_selection
+    assert ours.meta["warmup_schedule"] == "linear_ramp" and ours.meta["warmup_max_grad_norm"] == 0.5
+    model = ARCHS["qwen2"]()  # qwen2: q/k/v carry biases, which take no decay
+    named = list(model.named_parameters())
+    no_decay = [p for n, p in named if any(k in n.lower() for k in NO_DECAY)]
+    assert any(n.endswith("q_proj.bias") for n, p in named if any(p is q for q in no_decay))
+    opt = torch.optim.AdamW([dict(params=[p for n, p in named if not any(k in n.lower() for k in NO_DECAY)], weight_decay=0.1),
+                             dict(params=no_decay, weight_decay=0.0)], lr=3e-3, betas=(0.8, 0.95))
+    targets = {n: m for n, m in model.named_modules() if n.endswith(("q_proj", "v_proj"))}
+    sums = {n: 0 for n in targets}
+    for step in range(3):
+        for b in data[2 * step:2 * step + 2]:
+            (model(**b).loss / 2).backward()
+        for n, m in targets.items(): sums[n] = sums[n] + m.weight.grad  # the step's (unclipped) gradient
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+        for g in opt.param_groups: g["lr"] = 3e-3 * step / 3
+        opt.step(); opt.zero_grad()
+    for n, g in sums.items():
+        assert rel_err(ours.scores[n], block_reduce(g.float(), ours.grids[n], "l1")) < 1e-5, n
