@@ -3,8 +3,8 @@ and of the Triton kernel against the PyTorch gather+bmm path, across shapes, blo
 then mixed precision: float32 weights under bf16/fp16 autocast (Trainer(bf16=True)) against a dense layer under the same autocast;
 then the Hugging Face path on CUDA (in-place blocks): SMTTrainer in bf16 with adapter-only checkpoints and an exact resume, a NaN
 micro-batch skipped, disable_adapter giving the base exactly, unload giving the base weights bit for bit; fused MoE experts
-(grouped and eager) one step against the dense masked step.
-Exits non-zero if any case fails. Usage: python benchmarks/check_cuda.py
+(grouped and eager) one step against the dense masked step; NF4 bases (if bitsandbytes is installed) on both routes of the additive
+path. Exits non-zero if any case fails. Usage: python benchmarks/check_cuda.py [--only-4bit]
 """
 import itertools
 import sys
@@ -242,8 +242,38 @@ def expert_checks() -> dict:
     return out
 
 
+def four_bit_checks() -> dict:
+    "NF4 bases (bitsandbytes, bf16 compute) on CUDA: both routes of the additive path against a float64 dense layer with the dequantized weight."
+    import bitsandbytes as bnb
+    from smt_nb.layers import dequantized_weight
+    out = {}
+    for (out_f, in_f), b in (((4096, 4096), 256), ((1000, 3000), 64), ((576, 192), 64)):
+        torch.manual_seed(0)
+        q = bnb.nn.Linear4bit(in_f, out_f, bias=True, compute_dtype=torch.bfloat16, quant_type="nf4")
+        q.load_state_dict(nn.Linear(in_f, out_f).to(torch.bfloat16).state_dict()); q = q.cuda()
+        grid = BlockGrid(out_f, in_f, b)
+        flat = torch.randperm(grid.n_blocks, generator=torch.Generator().manual_seed(1))[:max(1, grid.n_blocks // 20)]
+        layer = SMTLinear(q, torch.stack([flat // grid.n_cols, flat % grid.n_cols], 1), b, init_std=0.02)
+        w = (dequantized_weight(q).double() + scatter_blocks(layer.smt_delta.detach().double(), grid, layer.blocks)).requires_grad_()
+        x = torch.randn(2, 512, in_f, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        y = layer(x); gy = torch.randn_like(y); y.backward(gy)
+        xr = x.detach().double().requires_grad_()
+        yr = F.linear(xr, w, q.bias.double()); yr.backward(gy.double())
+        key = f"{out_f}x{in_f} b={b}"
+        out[f"{key} dequantized route"] = max(rel(y, yr), rel(x.grad, xr.grad), rel(layer.smt_delta.grad, gather_blocks(w.grad, grid, layer.blocks)))
+        with torch.no_grad():
+            one = x[:1, :1].detach()
+            assert not layer.rides_on_dequantized(one)
+            out[f"{key} single-token route"] = rel(layer(one), F.linear(one.double(), w.detach(), q.bias.double()))
+    return out
+
+
 def main():
     torch.backends.cuda.matmul.allow_tf32 = False
+    if "--only-4bit" in sys.argv:
+        four = four_bit_checks()
+        print("NF4 bases on CUDA (bf16 compute) vs float64 dense with the dequantized weight + blocks (norm-relative):", four)
+        sys.exit(0 if all(v < 2e-2 for v in four.values()) else 1)
     shapes = [(4096, 4096), (14336 // 4, 4096), (1000, 3000), (576, 192), (192, 576), (300, 4096)]  # ragged ones included
     rows, failed = [], 0
     for (out_f, in_f), b, density, dtype, path in itertools.product(shapes, (64, 128, 256), (0.01, 0.05, 0.3),
@@ -288,6 +318,12 @@ def main():
     experts = expert_checks()
     print("fused MoE experts on CUDA, one step vs the dense masked step (norm-relative):", experts)
     failed += not all(v < (1e-4 if "float32" in k else 2e-2) for k, v in experts.items())
+    try: import bitsandbytes  # noqa: F401  (not on every GPU image: carry its wheel)
+    except ImportError: print("NF4 bases: skipped, bitsandbytes is not installed")
+    else:
+        four = four_bit_checks()
+        print("NF4 bases on CUDA (bf16 compute) vs float64 dense with the dequantized weight + blocks (norm-relative):", four)
+        failed += not all(v < 2e-2 for v in four.values())
     sys.exit(1 if failed else 0)
 
 

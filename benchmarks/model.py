@@ -3,11 +3,18 @@ random weights, batch 4 × 1024 tokens, bf16, fused AdamW (Trainer's default opt
 fine-tuning, LoRA (peft, all linear layers) and SMT at 1 % and at LoRA-r64's trainable values; SMT also with float32 weights under
 bf16 autocast. Every row of a shape comes from one run: tokens/s from the median step time (CUDA events), peak memory, kernel
 launches per step. Optionally the cost of GW selection (--gw).
+With --bits 4 (or 8) the model is saved once and reloaded as users load a quantized base — BitsAndBytesConfig NF4 with double
+quantization and bf16 compute (or LLM.int8) — and the rows are the frozen quantized floor, QLoRA (peft), SMT at QLoRA's trainable
+values with random and with GW blocks, SMT at 1 %, and SMT with the block product beside the base matmul instead of the blocks
+written into the dequantized weight (the route before the 4-bit fast path), eager only.
 Usage: python benchmarks/model.py --shape 1b [--json out.json] [--layers 16] [--methods floor,smt_matched] [--modes eager,compiled]
+       python benchmarks/model.py --shape 8b --layers 8 --bits 4 --json model_nf4.json
 """
 import argparse
 import gc
 import json
+import os
+import tempfile
 import time
 
 import torch
@@ -25,6 +32,7 @@ SHAPES = {  # Llama-3.2-1B and the layer shapes of Llama-3-8B
     "8b": dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8, layers=4),
 }
 METHODS = ["floor", "full", "lora", "smt_1pct", "smt_matched", "smt_matched_autocast"]
+QUANTIZED_METHODS = ["floor", "lora", "smt_matched", "smt_matched_gw", "smt_1pct", "smt_matched_blockproduct"]
 
 
 def build(shape, layers, dtype=torch.bfloat16, tie=True):
@@ -40,6 +48,20 @@ def build(shape, layers, dtype=torch.bfloat16, tie=True):
     finally: torch.set_default_dtype(default)
     model.config.use_cache = False
     return model
+
+
+def quantized_loader(shape, layers, bits):
+    "Save the random bf16 model once; each call reloads it 4-bit (NF4, double quantization, bf16 compute) or 8-bit, as users load one."
+    from transformers import BitsAndBytesConfig
+    folder = tempfile.mkdtemp(prefix="smt_bench_", dir=os.environ.get("BENCH_TMP", "/var/tmp"))
+    model = build(shape, layers); model.save_pretrained(folder); del model; free()
+    q = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
+         if bits == 4 else BitsAndBytesConfig(load_in_8bit=True))
+    def load(dtype=torch.bfloat16):
+        model = LlamaForCausalLM.from_pretrained(folder, quantization_config=q, dtype=torch.bfloat16, device_map={"": torch.cuda.current_device()})
+        model.config.use_cache = False
+        return model
+    return load
 
 
 def batch():
@@ -130,30 +152,44 @@ def main():
     p.add_argument("--compiled-methods", default="floor,full,lora,smt_1pct,smt_matched", help="methods also run compiled")
     p.add_argument("--gw", action="store_true", help="also measure the cost of GW selection")
     p.add_argument("--cprofile", default=None, help="instead: profile the host side of 5 eager steps of this method (cProfile)")
+    p.add_argument("--bits", type=int, choices=[4, 8], default=None, help="a bitsandbytes 4-bit (NF4) or 8-bit base; eager only")
     a = p.parse_args()
     layers = a.layers or SHAPES[a.shape]["layers"]
+    if a.bits:
+        if a.methods == ",".join(METHODS): a.methods = ",".join(QUANTIZED_METHODS)
+        a.modes = "eager"
     methods, modes = a.methods.split(","), a.modes.split(",")
 
     shapes = [(m.out_features, m.in_features) for m in find_targets(build(a.shape, layers), TARGETS).values()]
     free()
+    base = quantized_loader(a.shape, layers, a.bits) if a.bits else (lambda dtype=torch.bfloat16: build(a.shape, layers, dtype))
     target_values, lora_values = sum(o * i for o, i in shapes), lora_params(a.lora_rank, shapes)
     matched = lora_values / target_values
 
     def frozen():
-        model = build(a.shape, layers); model.requires_grad_(False); model.enable_input_require_grads(); return model, []
+        model = base(); model.requires_grad_(False); model.enable_input_require_grads(); return model, []
     def full():
-        model = build(a.shape, layers); return model, list(model.parameters())
+        model = base(); return model, list(model.parameters())
     def lora():
         from peft import LoraConfig, get_peft_model
         r = a.lora_rank
-        model = get_peft_model(build(a.shape, layers), LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=TARGETS))
+        model = get_peft_model(base(), LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=TARGETS))
         return model, [p for p in model.parameters() if p.requires_grad]
-    def smt(sparsity, dtype=torch.bfloat16):
-        model = prepare_smt(build(a.shape, layers, dtype), SMTConfig(block_size=256, sparsity=sparsity, method="random", target_modules=TARGETS))
+    def smt(sparsity, dtype=torch.bfloat16, method="random", block_product=False):
+        cfg = SMTConfig(block_size=256, sparsity=sparsity, method=method, target_modules=TARGETS, warmup_steps=4)
+        model = prepare_smt(base(dtype), cfg, dataloader=[batch() for _ in range(4)] if method == "gw" else None)
+        if block_product:  # the route before the 4-bit fast path: base(x) + the block-sparse product
+            from smt_nb.core import smt_layers
+            for layer in smt_layers(model).values(): layer.rides_on_dequantized = lambda x: False
         return model, smt_parameters(model)
-    makers = {"floor": ("floor (frozen)", frozen, False), "full": ("full fine-tuning", full, False),
-              "lora": (f"LoRA r={a.lora_rank} (peft)", lora, False), "smt_1pct": ("SMT 1%", lambda: smt(0.01), False),
-              "smt_matched": (f"SMT {matched:.2%} (= LoRA r={a.lora_rank})", lambda: smt(matched), False),
+    q = {4: "Q", 8: "int8 "}.get(a.bits, "")
+    makers = {"floor": (f"floor (frozen{', NF4' if a.bits == 4 else ', int8' if a.bits else ''})", frozen, False),
+              "full": ("full fine-tuning", full, False),
+              "lora": (f"{q}LoRA r={a.lora_rank} (peft)", lora, False), "smt_1pct": ("SMT 1%", lambda: smt(0.01), False),
+              "smt_matched": (f"SMT {matched:.2%} (= {q}LoRA r={a.lora_rank})" + (", random blocks" if a.bits else ""), lambda: smt(matched), False),
+              "smt_matched_gw": (f"SMT {matched:.2%} (= {q}LoRA r={a.lora_rank}), GW blocks", lambda: smt(matched, method="gw"), False),
+              "smt_matched_blockproduct": (f"SMT {matched:.2%} (= {q}LoRA r={a.lora_rank}), block product beside the base",
+                                           lambda: smt(matched, block_product=True), False),
               "smt_matched_autocast": (f"SMT {matched:.2%}, fp32 weights + bf16 autocast", lambda: smt(matched, torch.float32), True)}
     if a.cprofile:
         import cProfile, pstats
@@ -186,7 +222,8 @@ def main():
         if floor:
             r["speed_vs_floor"] = r["tokens_per_s"] / floor["tokens_per_s"]; r["memory_vs_floor"] = r["peak_gib"] / floor["peak_gib"]
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, shape=a.shape,
-                model=f"Llama-{'3.2-1B' if a.shape == '1b' else '3-8B'} layer shapes, {layers} layers, random weights",
+                model=f"Llama-{'3.2-1B' if a.shape == '1b' else '3-8B'} layer shapes, {layers} layers, random weights"
+                      + {4: ", reloaded NF4 (double quantization, bf16 compute)", 8: ", reloaded LLM.int8"}.get(a.bits, ""),
                 batch=f"{BATCH} x {SEQ} tokens", dtype="bf16 weights, fused AdamW (autocast row: float32 weights, bf16 autocast)",
                 steps=f"{WARMUP} warm-up (compiling) + {STEPS} timed one by one (median)", compile="torch.compile(model), default mode",
                 lora_values=lora_values, target_values=target_values)

@@ -24,7 +24,8 @@ __all__ = ['SUPPORTED_LAYERS', 'PATHS', 'computes_linear', 'is_float_linear', 'l
            'is_supported', 'logical_shape', 'dequantized_weight', 'block_gradients', 'effective_weight',
            'SMTLinearFunction', 'block_sparse_matmul', 'block_sparse_matmul_t', 'BlockDeltaFunction', 'default_path',
            'check_blocks', 'padding_mask', 'SMTLinear', 'write_blocks', 'sync_blocks', 'groupable', 'aligned_for_write',
-           'write_layers', 'compute_dtype', 'InplaceSMTFunction', 'smt_layers', 'keep_4bit_differentiable']
+           'write_layers', 'compute_dtype', 'InplaceSMTFunction', 'smt_layers', 'keep_4bit_differentiable',
+           'DequantizedSMTFunction']
 
 # %% ../nbs/04_layers.ipynb #b0187c0f
 SUPPORTED_LAYERS = (nn.Linear, Conv1D)
@@ -422,6 +423,7 @@ def forward(self: SMTLinear, x: Tensor) -> Tensor:
     if self.merged or self.disable_adapters: return self.base_layer(x)
     x = x.to(compute_dtype(x))  # under autocast, as autocast's own linear: compute in its dtype; autograd casts the gradient back
     if self.path == "additive":
+        if self.quantized and self.rides_on_dequantized(x): return DequantizedSMTFunction.apply(x, self.smt_delta, self).to(x.dtype)
         delta_out = BlockDeltaFunction.apply(x, self.smt_delta, self.blocks, self.rows, self.strips, self.x_cols, self.grid, self.keep_x)
         return self.base_layer(x) + delta_out.to(x.dtype)
     written = self.path == "inplace"
@@ -487,3 +489,43 @@ def keep_4bit_differentiable(model: nn.Module) -> int:
         warnings.warn(f"{unpacked} 4-bit layers had been repacked for CPU inference (an eval forward without gradients); "
                       "they were unpacked so that gradients flow again. Their dequantized values may differ slightly.")
     return unpacked
+
+# %% ../nbs/04_layers.ipynb #88101249
+class DequantizedSMTFunction(torch.autograd.Function):
+    """y = x Wᵀ + bias with W the 4-bit base dequantized and base + Δ written into its blocks; the dense W exists only inside forward
+    and again inside backward (recomputed, as bitsandbytes does for its own backward), never between them."""
+    @staticmethod
+    def forward(ctx, x, delta, layer):
+        base = layer.base_layer
+        dtype = getattr(base, "compute_dtype", None) or x.dtype                # as bitsandbytes computes
+        x = x.to(dtype)
+        y = F.linear(x, layer.dequantized_with_blocks(delta, dtype), _as(base.bias, dtype))  # (..., out)
+        x2 = x.reshape(-1, layer.grid.in_features)                             # (T, in)
+        ctx.save_for_backward(x2 if layer.keep_x else column_strips(x2, layer.grid, layer.strips).flatten(1), delta)
+        ctx.layer, ctx.in_dtype = layer, x.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        saved, delta = ctx.saved_tensors
+        layer, gx, gdelta = ctx.layer, None, None
+        gy = gy.to(ctx.in_dtype)
+        if ctx.needs_input_grad[0]: gx = gy @ layer.dequantized_with_blocks(delta, gy.dtype)  # (..., in)
+        if ctx.needs_input_grad[1]:
+            g2 = gy.reshape(-1, layer.grid.out_features)                       # (T, out)
+            gdelta = block_gradients(g2, saved, layer.rows, layer.x_cols, layer.grid.block_size).to(delta.dtype)
+        return gx, gdelta, None
+
+@patch
+def dequantized_with_blocks(self: SMTLinear, delta: Tensor, dtype: torch.dtype) -> Tensor:
+    "(out, in) temporary: the 4-bit base dequantized, with base + Δ in the selected blocks, in `dtype`."
+    w = dequantized_weight(self.base_layer).to(dtype)                          # a new tensor: writing into it leaves the base alone
+    write_blocks(w, self.grid, self.blocks, (self.base_blocks + delta.detach().to(self.base_blocks.dtype)).to(dtype))
+    return w
+
+@patch
+def rides_on_dequantized(self: SMTLinear, x: Tensor) -> bool:
+    "Whether this call adds the blocks to the dequantized 4-bit weight: a 4-bit base, and more than one token or gradients wanted."
+    w = self.base_layer.weight
+    if type(w).__name__ != "Params4bit" or isinstance(w, DTensor) or torch.compiler.is_compiling(): return False
+    return x.numel() != x.shape[-1] or torch.is_grad_enabled()

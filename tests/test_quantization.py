@@ -111,3 +111,31 @@ def test_smt_trainer_trains_a_4bit_model_in_bf16(model_dir, tmp_path):
     assert not getattr(model, "_hf_peft_config_loaded", False)  # declared only while Trainer checks the model
     reloaded = load_smt(load(model_dir, 4), tmp_path / "checkpoint-2")
     assert all(torch.equal(a.smt_delta, b.smt_delta) for a, b in zip(smt_layers(model).values(), smt_layers(reloaded).values()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_4bit_routes_equal_the_dense_step_on_the_dequantized_weight(model_dir, dtype):
+    "The 4-bit fast path (blocks written into the dequantized weight) and the single-token route (block product beside bitsandbytes'"
+    "matrix-vector kernel) against a dense layer holding the dequantized base + Δ: output, input gradient and block gradients."
+    import torch.nn.functional as F
+    from smt_nb.blocks import gather_blocks, scatter_blocks
+    from smt_nb.layers import dequantized_weight
+    model = prepare_smt(load(model_dir, 4), config(method="random", init_std=0.05))
+    layer = next(iter(smt_layers(model).values()))
+    base = layer.base_layer
+    base.compute_dtype = dtype                                          # bitsandbytes' compute dtype: the fast path follows it
+    w = (dequantized_weight(base).double() + scatter_blocks(layer.smt_delta.detach().double(), layer.grid, layer.blocks)).requires_grad_()
+    x = torch.randn(3, 7, layer.grid.in_features, requires_grad=True)
+    assert layer.rides_on_dequantized(x)
+    y = layer(x); gy = torch.randn_like(y); y.backward(gy)
+    xr = x.detach().double().requires_grad_()
+    F.linear(xr, w).backward(gy.double())
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    rel = lambda a, b: ((a.double() - b.double()).norm() / b.double().norm()).item()
+    assert y.dtype == x.dtype and rel(y, F.linear(xr, w)) < tol
+    assert rel(x.grad, xr.grad) < tol
+    assert rel(layer.smt_delta.grad, gather_blocks(w.grad, layer.grid, layer.blocks)) < tol
+    with torch.no_grad():                                                # generation: one token, no gradients
+        one = x[:1, :1].detach()
+        assert not layer.rides_on_dequantized(one)
+        assert rel(layer(one), F.linear(one.double(), w.detach())) < tol
