@@ -32,7 +32,8 @@ from .config import SMTConfig, SelectionEntry, check_not_shared, check_selection
 __all__ = ['ADAPTER_WEIGHTS', 'ADAPTER_CONFIG', 'ADAPTER_FORMAT', 'SKETCH_SIZE', 'ROUNDING', 'TRAINER_WEIGHTS', 'STATE_META_KEY',
            'block_sketch', 'storage_kind', 'fingerprint', 'base_model_name', 'expert_fingerprint', 'adapter_meta',
            'whole', 'assign_whole', 'is_sharded', 'save_smt', 'check_fingerprint', 'resolve_adapter', 'check_not_meta',
-           'read_adapter', 'write_deltas', 'save_pretrained', 'load_state_dict', 'push_to_hub']
+           'read_adapter', 'write_deltas', 'refuse_unresumable_trainers', 'save_pretrained', 'load_state_dict',
+           'push_to_hub']
 
 # %% ../nbs/05b_adapters.ipynb #bec830ed
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
@@ -336,15 +337,39 @@ def _write_trainer_weights(d: Path):
     tensors[STATE_META_KEY] = torch.frombuffer(bytearray(meta.encode()), dtype=torch.uint8)
     with atomic_write(d / TRAINER_WEIGHTS) as tmp: save_file(tensors, tmp, metadata={"format": "pt", "library": "smt_nb"})
 
+def _unresumable(trainer) -> bool:
+    "A plain Trainer under FSDP or DeepSpeed: its checkpoints hold sharded or engine state an SMT model cannot be resumed from."
+    sharded = getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)
+    return bool(sharded) and not getattr(trainer, "smt_checkpoints", False)  # SMTTrainer writes its own checkpoints
+
+def _unresumable_error(trainer) -> TypeError:
+    name = type(trainer).__name__
+    return TypeError(f"{name} under FSDP or DeepSpeed would write checkpoints it cannot resume an SMT model from. Use "
+                     f"smt_nb.train.SMTTrainer instead of transformers.Trainer, or smt_trainer_class({name}) for another Trainer "
+                     "class (e.g. TRL's SFTTrainer): same arguments, adapter-only checkpoints, exact resume.")
+
+def _driving_trainer(max_depth: int = 64):
+    "The `transformers.Trainer` whose method is on the call stack, if any (none can be where transformers' trainer was never imported)."
+    trainer_module = sys.modules.get("transformers.trainer")
+    if trainer_module is None: return None
+    f = sys._getframe(2)
+    for _ in range(max_depth):
+        if f is None: return None
+        if isinstance(f.f_locals.get("self"), trainer_module.Trainer): return f.f_locals["self"]
+        f = f.f_back
+    return None
+
+def refuse_unresumable_trainers(model: nn.Module, args, kwargs):
+    "Forward pre-hook of a prepared model: a training forward driven by a plain Trainer under FSDP or DeepSpeed raises before its first step."
+    if torch.compiler.is_compiling() or not (model.training and torch.is_grad_enabled()): return
+    trainer = _driving_trainer()
+    if trainer is not None and _unresumable(trainer): raise _unresumable_error(trainer)
+
 def save_pretrained(model: nn.Module, save_directory: str | Path, is_main_process: bool = True, **kwargs):
     """Save the SMT adapter (PEFT's convention for adapter models); options for sharding whole models do not apply and are ignored.
     Called by a plain `transformers.Trainer` (a checkpoint, `save_model`), it also writes what Trainer resumes from: see `load_state_dict`."""
     trainer = _calling_trainer()
-    if trainer is not None and (getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)):
-        name = type(trainer).__name__
-        raise TypeError(f"{name} under FSDP or DeepSpeed would write checkpoints it cannot resume an SMT model from. Use "
-                        f"smt_nb.train.SMTTrainer instead of transformers.Trainer, or smt_trainer_class({name}) for another Trainer "
-                        "class (e.g. TRL's SFTTrainer): same arguments, adapter-only checkpoints, exact resume.")
+    if trainer is not None and _unresumable(trainer): raise _unresumable_error(trainer)  # refuse_unresumable_trainers stops it earlier
     unknown = set(kwargs) - _SAVE_OPTIONS_FOR_WHOLE_MODELS
     if unknown: raise TypeError(f"save_pretrained of an SMT model does not take {sorted(unknown)}; use model.push_to_hub(repo_id) to upload.")
     if is_main_process or is_sharded(model): save_smt(model, save_directory)  # FSDP2: every rank gathers, rank 0 writes

@@ -21,7 +21,7 @@ from .experts import (expert_parameters, expert_grids, install_experts, smt_expe
 from .config import (ALL_LINEAR, SMTConfig, as_config, default_targets, find_targets, make_grids, check_not_shared,
                            check_targets_run, check_selection_fits, split_targets)
 from .adapters import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, save_smt, save_pretrained, push_to_hub, read_adapter, resolve_adapter,
-                             write_deltas, is_sharded, load_state_dict)
+                             write_deltas, is_sharded, load_state_dict, refuse_unresumable_trainers)
 
 # `from smt_nb.core import ...` keeps offering what users reach for, wherever it is defined
 _all_ = ["SMTConfig", "ALL_LINEAR", "default_targets", "find_targets", "make_grids", "smt_layers", "save_smt", "save_pretrained",
@@ -82,7 +82,7 @@ def _install(model: nn.Module, selection: Selection, init_std: float):
             with torch.no_grad(): m.smt_delta.normal_(0.0, init_std)
             m.write()
 
-SMT_ATTRIBUTES = ("smt_config", "smt_selection", "_smt_requires_grad")  # what prepare_smt attaches to the model
+SMT_ATTRIBUTES = ("smt_config", "smt_selection", "_smt_requires_grad", "_smt_trainer_check")  # what prepare_smt attaches to the model
 
 def prepare_smt(model: nn.Module, config: SMTConfig | dict | None = None, dataloader=None, selection: Selection | None = None, **kwargs) -> nn.Module:
     "Choose blocks (or use `selection`), freeze `model`, and wrap its target layers in `SMTLinear` (expert weights: `SMTExperts`); returns `model`, changed in place."
@@ -124,6 +124,8 @@ def prepare_smt(model: nn.Module, config: SMTConfig | dict | None = None, datalo
         unload(model)  # all or nothing: a layer that refused its blocks leaves the model as it was
         raise
     model.smt_config, model.smt_selection = config, selection
+    # a plain Trainer under FSDP/DeepSpeed could not resume what it would save: it is refused at its first training forward
+    model._smt_trainer_check = model.register_forward_pre_hook(refuse_unresumable_trainers, with_kwargs=True)
     for name, fn in MODEL_METHODS.items(): setattr(model, name, MethodType(fn, model))
     return model
 
@@ -160,6 +162,7 @@ def _restore_plain_model(model: nn.Module):
     flags = model.__dict__.get("_smt_requires_grad", {})
     for n, p in model.named_parameters():
         if n in flags and p.is_floating_point(): p.requires_grad_(flags[n])
+    if (check := model.__dict__.get("_smt_trainer_check")) is not None: check.remove()
     for attr in (*SMT_ATTRIBUTES, *MODEL_METHODS): model.__dict__.pop(attr, None)
 
 @model_method

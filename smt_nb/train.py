@@ -292,6 +292,7 @@ def _saved_run_loss(checkpoint) -> tuple[int, float | None]:
 
 class SMTTrainerMixin:
     "Turns a `transformers.Trainer` subclass into one for SMT models: adapter-only checkpoints (under FSDP too), resuming or loading the best model from them, and the whole run's training loss after a resume."
+    smt_checkpoints = True  # writes SMT checkpoints itself: the model's check for plain Trainers under FSDP/DeepSpeed lets it pass
     def __init__(self, *args, **kwargs):
         model = kwargs.get("model", args[0] if args else None)
         if _uses_fused_lm_head(type(self)) and model is not None and hasattr(model, "get_output_embeddings"):

@@ -160,6 +160,28 @@ def test_plain_trainers_write_adapter_checkpoints_and_resume_exactly(tmp_path, k
         assert out.global_step == 4 and all(torch.equal(want[n], got[n]) for n in want), start  # bit-exact
 
 
+@pytest.mark.parametrize("engine", ["is_fsdp_enabled", "is_deepspeed_enabled"])
+def test_plain_trainer_under_fsdp_or_deepspeed_is_refused_before_its_first_step(tmp_path, engine):
+    "Its checkpoints could not be resumed: the model refuses the first training forward (deltas untouched), naming SMTTrainer."
+    from smt_nb.train import SMTTrainer
+    model = prepare_smt(ARCHS["llama"](), SMTConfig(**MW))
+    before = deltas(model)
+    trainer = plain_trainer("transformers", model, tmp_path / "a")
+    setattr(trainer, engine, True)  # what accelerate's FSDP / DeepSpeed plugins set (the engines themselves need several processes,
+    batch = next(iter(trainer.get_train_dataloader()))  # so the step is driven by hand: Trainer's own compute_loss, as train() calls it)
+    model.train()
+    with pytest.raises(TypeError, match="Use smt_nb.train.SMTTrainer"):
+        trainer.compute_loss(model, batch)
+    assert all(torch.equal(before[n], d) for n, d in deltas(model).items())
+    setattr(trainer, engine, False)
+    assert torch.isfinite(trainer.compute_loss(model, batch))  # the same call without the engine passes
+    assert getattr(SMTTrainer, "smt_checkpoints", False)  # SMTTrainer writes its own checkpoints: the check lets it pass
+    model.eval()
+    with torch.no_grad(): model(torch.tensor([[1, 2, 3]]))  # evaluation and generation are never refused
+    plain = model.unload()
+    assert not plain._forward_pre_hooks and "_smt_trainer_check" not in plain.__dict__  # unload takes the check out
+
+
 def test_plain_trainer_refuses_a_checkpoint_with_other_blocks(tmp_path):
     from smt_nb.selection import Selection
     trainer = plain_trainer("transformers", prepare_smt(ARCHS["llama"](), SMTConfig(**MW)), tmp_path, max_steps=2)
