@@ -237,10 +237,10 @@ def _check_tensors(weights: Path, sel: Selection, names: list[str]) -> dict[str,
         if not torch.isfinite(t).all(): raise ValueError(f"{weights}: tensor {k} holds NaN or inf.")
     return tensors
 
-def _current_fingerprints(model: nn.Module, sel: Selection, names: list[str]) -> dict[str, dict]:
-    "Fingerprints of the model's base under the selected blocks, read without changing the model."
+def _current_fingerprints(model: nn.Module, sel: Selection, names: list[str], entries: dict[str, SelectionEntry]) -> dict[str, dict]:
+    "Fingerprints of the model's base under the selected blocks (`entries`: the names resolved), read without changing the model."
     prints = {}
-    installed, entries = expert_entries(model), selection_entries(model, names)
+    installed = expert_entries(model)
     for n in names:
         if n in installed:
             prints[n] = expert_fingerprint(*installed[n])
@@ -251,7 +251,7 @@ def _current_fingerprints(model: nn.Module, sel: Selection, names: list[str]) ->
             prints[n] = fingerprint(gather_blocks(W, sel.grids[n], blocks.to(W.device)), tuple(W.shape), str(W.dtype).removeprefix("torch."),
                                     outside_sample(W, sel.grids[n], blocks))
             continue
-        m = model.get_submodule(n)
+        m = entries[n].module
         if isinstance(m, SMTLinear): original = m.base_blocks
         else:
             w = dequantized_weight(m).detach()  # once: for a 4/8-bit base each call dequantizes the whole matrix
@@ -293,7 +293,7 @@ def read_adapter(model: nn.Module, d: Path, check_base: bool = True) -> tuple[SM
         check_not_shared(model, {n: model.get_submodule(n) for n in module_names})
     tensors = _check_tensors(d / ADAPTER_WEIGHTS, sel, names)
     if check_base:
-        now = _current_fingerprints(model, sel, names)
+        now = _current_fingerprints(model, sel, names, entries)
         for n in names:
             if n not in meta["fingerprint"]: raise ValueError(f"{source}: field 'fingerprint' lacks {n}.")
             check_fingerprint(n, now[n], meta["fingerprint"][n])
