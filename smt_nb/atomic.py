@@ -12,6 +12,7 @@ import stat
 import sys
 import tempfile
 import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -50,6 +51,17 @@ def plain_mode(target: Path, folder: bool = False) -> int:
     if target.exists(): return stat.S_IMODE(target.stat().st_mode)
     return (0o777 if folder else 0o666) & ~current_umask()
 
+_NO_FOLDER_LOCKS = {errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EACCES}
+_WARNED_UNLOCKED: set[str] = set()
+
+def _warn_unlocked(folder, error: OSError):
+    "Say once per filesystem device that folders there cannot be locked (two writers into one folder are then not kept apart)."
+    dev = str(os.stat(folder).st_dev)
+    if dev in _WARNED_UNLOCKED: return
+    _WARNED_UNLOCKED.add(dev)
+    warnings.warn(f"{folder}: this filesystem cannot lock folders ({error.strerror}); writes stay atomic, but two processes saving into one "
+                  "folder at the same time are not kept apart there.")
+
 _HELD = threading.local()  # folders this thread holds the lock of (re-entrant: save_smt locks, then atomic_write locks again)
 
 @contextmanager
@@ -61,7 +73,11 @@ def folder_lock(folder: str | Path):
     if fcntl is None or key in held: yield; return
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try: fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:  # NFS (flock needs a writable file there), Lustre without -o flock...: write unlocked, as on Windows
+            if e.errno not in _NO_FOLDER_LOCKS: raise
+            _warn_unlocked(folder, e)
+            yield; return
         held.add(key)
         try: yield
         finally: held.discard(key)
@@ -71,10 +87,12 @@ _LOW_SPACE = 64 * 2**20  # bytes: a write that failed with less than this free f
 
 def disk_full_error(error: BaseException, target: Path) -> OSError | None:
     "An error that names the full disk, if `error` came from one (ENOSPC, or a writer's own error — torch.save's — with almost no space left)."
-    if not isinstance(error, (OSError, RuntimeError)): return None
+    if isinstance(error, OSError): named = error.errno in (errno.ENOSPC, errno.EDQUOT)  # other OSErrors (permissions...) stay what they are
+    elif isinstance(error, RuntimeError): named = False                                # a writer's own error (torch.save's) that may hide it
+    else: return None
     try: free = shutil.disk_usage(target.parent).free
     except OSError: return None
-    if not (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) and free >= _LOW_SPACE: return None
+    if not named and (isinstance(error, OSError) or free >= _LOW_SPACE): return None
     return OSError(errno.ENOSPC, f"No space left on the disk holding {target.parent} ({free / 2**20:.0f} MiB free): writing {target.name} "
                    f"failed ({type(error).__name__}: {str(error)[:200]}). The previous version, if any, is untouched; free some space "
                    "or write somewhere else.", str(target))

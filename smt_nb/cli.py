@@ -260,7 +260,8 @@ def _modules(value) -> list[str]: return value.split(",") if isinstance(value, s
 
 def _same(name: str, mine, theirs) -> bool:
     if name in ("sparsity", "lr"): return math.isclose(float(mine), float(theirs), rel_tol=1e-9)
-    if name == "target_modules": return _modules(mine) == _modules(theirs)
+    if name == "target_modules":  # a resumed run records its modules by full name (prepare_smt with the saved selection): compare the types
+        return {m.rsplit(".", 1)[-1] for m in _modules(mine)} == {m.rsplit(".", 1)[-1] for m in _modules(theirs)}
     if name in ("model_name", "data"): return _where(mine) == _where(theirs)
     return mine == theirs
 
@@ -282,8 +283,9 @@ def _same_run(ckpt, resume: str, settings: dict, given: Iterable[str] | None) ->
 def _finished(out: str, ckpt, step: int, steps: int) -> dict:
     "A run whose newest checkpoint is at --steps (or past it) is done: its adapter goes to OUT/adapter if a crash kept it from there; no training."
     adapter, ckpt = Path(out) / "adapter", Path(ckpt)
-    missing = not all((adapter / f).is_file() for f in (ADAPTER_WEIGHTS, ADAPTER_CONFIG))
-    if missing:  # killed after the last checkpoint, before the final save: the last checkpoint's adapter is the final one
+    files = (ADAPTER_WEIGHTS, ADAPTER_CONFIG)
+    missing = not all((adapter / f).is_file() for f in files) or any((adapter / f).read_bytes() != (ckpt / f).read_bytes() for f in files)
+    if missing:  # killed after the last checkpoint, before the final save (or an older run's adapter is there): the last checkpoint's is final
         with atomic_folder(adapter) as tmp:
             for f in (ADAPTER_WEIGHTS, ADAPTER_CONFIG): shutil.copyfile(ckpt / f, tmp / f)
     past = f" (past --steps {steps})" if step > steps else ""
@@ -370,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         else: run_train(out=a.out, max_length=a.max_length, save_steps=a.save_steps, resume=a.resume, cpu=a.cpu, given=_given(argv), **shared)
     except KeyboardInterrupt as e:
         if a.debug: raise
-        print(f"smt_nb: {e or 'interrupted'}", file=sys.stderr)
+        print(f"smt_nb: {str(e) or 'interrupted'}", file=sys.stderr)
         return 130
     except USER_ERRORS as e:
         if a.debug: raise

@@ -187,8 +187,11 @@ def set_rng_states(states: dict):
 
 def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, step: int, directory) -> Path:
     "Adapter + optimizer state + step + RNG states, written as one folder atomically: everything needed to resume exactly."
-    from smt_nb.core import save_smt
+    from smt_nb.core import save_smt, is_sharded
     directory = Path(directory)
+    if is_sharded(model) and torch.distributed.get_rank() != 0:  # FSDP2: this rank only helps gather the deltas; rank 0 writes the folder
+        save_smt(model, directory)  # writes nothing on this rank, and takes no folder lock while rank 0 waits for it in the gather
+        return directory
     with atomic_folder(directory) as tmp:
         save_smt(model, tmp)
         torch.save({"optimizer": optimizer.state_dict(), "optimizer_class": type(optimizer).__name__, "step": step, "rng": rng_states()},
@@ -370,7 +373,8 @@ class SMTTrainerMixin:
         run_loss = next(cb for cb in self.callback_handler.callbacks if isinstance(cb, SMTRunLoss))
         if self._loss_before is not None:
             run_loss.loss_sum, run_loss.step = self._loss_before + getattr(self, "_total_loss_scalar", 0.0) + pending, self.state.global_step
-        self.state.stateful_callbacks.setdefault(SMTRunLoss.__name__, run_loss.state())  # absent when resumed from an older checkpoint
+        for cb in self.callback_handler.callbacks:  # a checkpoint from before a callback existed has no entry, and Trainer's save would raise
+            if isinstance(cb, ExportableState): self.state.stateful_callbacks.setdefault(type(cb).__name__, cb.state())
         return super()._save_checkpoint(*args, **kwargs)
 
     def log(self, logs: dict, *args, **kwargs):

@@ -120,3 +120,26 @@ def test_saved_files_are_readable_by_others(tmp_path):
     try: save_smt(trained(), tmp_path)
     finally: os.umask(old)
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == {ADAPTER_CONFIG: 0o644, ADAPTER_WEIGHTS: 0o644}
+
+
+def test_filesystems_without_folder_locks_still_save(tmp_path, monkeypatch):
+    "NFS refuses flock on a folder (EBADF), Lustre without -o flock says ENOSYS: saves go on unlocked, with one warning."
+    import errno
+    import smt_nb.atomic as atomic
+    def refuse(fd, op): raise OSError(errno.EBADF, "Bad file descriptor")
+    monkeypatch.setattr(atomic.fcntl, "flock", refuse)
+    monkeypatch.setattr(atomic, "_WARNED_UNLOCKED", set())
+    with pytest.warns(UserWarning, match="cannot lock folders"):
+        save_smt(trained(), tmp_path)
+    load_smt(ARCHS["llama"](), tmp_path)
+
+
+def test_only_a_full_disk_is_reported_as_one(tmp_path, monkeypatch):
+    "With little space left a writer's RuntimeError (torch.save's) is named a full disk; a PermissionError stays a PermissionError."
+    import shutil
+    import smt_nb.atomic as atomic
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 2**20, 2**20))
+    def fail(exc):
+        with atomic.atomic_write(tmp_path / "f") as tmp: raise exc
+    with pytest.raises(OSError, match="No space left"): fail(RuntimeError("[enforce fail at inline_container.cc:672]"))
+    with pytest.raises(PermissionError): fail(PermissionError(13, "Permission denied"))

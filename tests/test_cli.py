@@ -372,3 +372,22 @@ def test_kill_9_and_resume_until_done(finished_run, tiny_dir, qa_file, tmp_path,
     finally:
         forker.stdin.close()
         forker.wait(timeout=60)
+
+
+def test_review_fixes_resume_settings_finished_adapter_and_interrupt(tmp_path, monkeypatch, capsys):
+    "A resumed run records its modules by full name and still matches the flags; a finished run's stale OUT/adapter is replaced; Ctrl-C "
+    "before the Trainer exists still says 'interrupted'."
+    import smt_nb.cli as cli
+    full = ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj", "model.layers.0.self_attn.v_proj"]
+    assert cli._same("target_modules", "q_proj,v_proj", full) and not cli._same("target_modules", "q_proj,k_proj", full)
+    ckpt, adapter = tmp_path / "checkpoint-4", tmp_path / "adapter"
+    for d, text in ((ckpt, "step 4"), (adapter, "step 2")):
+        d.mkdir()
+        for f in (cli.ADAPTER_WEIGHTS, cli.ADAPTER_CONFIG): (d / f).write_text(text)
+    cli._finished(str(tmp_path), ckpt, 4, 4)
+    assert all((adapter / f).read_text() == "step 4" for f in (cli.ADAPTER_WEIGHTS, cli.ADAPTER_CONFIG))  # not the older run's
+    assert "written now from checkpoint-4" in capsys.readouterr().out
+    def interrupted(**kw): raise KeyboardInterrupt()
+    monkeypatch.setattr(cli, "run_train", interrupted)
+    assert main(["train", "--out", str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err.strip() == "smt_nb: interrupted"

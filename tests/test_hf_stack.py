@@ -378,3 +378,20 @@ def test_prepare_smt_refuses_a_config_with_keywords():
     with pytest.raises(TypeError, match="not both"):
         prepare_smt(ARCHS["llama"](), SMTConfig(**MW), sparsity=0.5)
     assert prepare_smt(ARCHS["llama"](), dict(MW)).smt_config == SMTConfig(**MW)
+
+
+def test_resume_from_a_checkpoint_written_without_a_callback_the_resumed_run_has(tmp_path):
+    "Trainer's save raises KeyError for a stateful callback missing from the resumed state: SMTTrainer records every one (an older run's checkpoint)."
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
+    from smt_nb.train import SMTTrainer
+    class Recorded(TrainerCallback, ExportableState):
+        def state(self): return {"args": {}, "attributes": {}}
+    def trainer(model, callbacks=()):
+        args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, max_steps=3, save_steps=1, per_device_train_batch_size=4,
+                                 learning_rate=1e-2, report_to=[], logging_steps=1)
+        return SMTTrainer(model=model, args=args, train_dataset=rows(), callbacks=list(callbacks))
+    trainer(prepare_smt(ARCHS["llama"](), SMTConfig(**MW))).train()
+    resumed = trainer(prepare_smt(ARCHS["llama"](), SMTConfig(**MW)), [Recorded()])
+    resumed.args.max_steps = 5
+    assert resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-3")).global_step == 5
