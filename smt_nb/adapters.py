@@ -323,12 +323,6 @@ _SAVE_OPTIONS_FOR_WHOLE_MODELS = {"state_dict", "safe_serialization", "max_shard
 TRAINER_WEIGHTS = "model.safetensors"  # the file a plain Trainer reads back when it resumes (its SAFE_WEIGHTS_NAME)
 STATE_META_KEY = "smt_nb_adapter"     # in that file: the adapter's JSON as a uint8 tensor (Trainer's loader drops file headers)
 
-def _calling_trainer():
-    "The `transformers.Trainer` that called our caller directly, if any (Trainer._save calls `model.save_pretrained`)."
-    from transformers import Trainer
-    caller = sys._getframe(2).f_locals.get("self")
-    return caller if isinstance(caller, Trainer) else None
-
 def _write_trainer_weights(d: Path):
     """Beside the adapter in `d`: `model.safetensors` with the same deltas plus the adapter's JSON as a tensor, so that the state dict
     a plain Trainer loads from it carries the selection, and `load_state_dict` can check it as `load_smt` checks the adapter."""
@@ -349,7 +343,7 @@ def _unresumable_error(trainer) -> TypeError:
                      "class (e.g. TRL's SFTTrainer): same arguments, adapter-only checkpoints, exact resume.")
 
 def _driving_trainer(max_depth: int = 64):
-    "The `transformers.Trainer` whose method is on the call stack, if any (none can be where transformers' trainer was never imported)."
+    "The `transformers.Trainer` whose method is on the call stack within `max_depth` frames above our caller's caller, if any."
     trainer_module = sys.modules.get("transformers.trainer")
     if trainer_module is None: return None
     f = sys._getframe(2)
@@ -368,12 +362,17 @@ def refuse_unresumable_trainers(model: nn.Module, args, kwargs):
 def save_pretrained(model: nn.Module, save_directory: str | Path, is_main_process: bool = True, **kwargs):
     """Save the SMT adapter (PEFT's convention for adapter models); options for sharding whole models do not apply and are ignored.
     Called by a plain `transformers.Trainer` (a checkpoint, `save_model`), it also writes what Trainer resumes from: see `load_state_dict`."""
-    trainer = _calling_trainer()
+    trainer = _driving_trainer(max_depth=1)  # the caller itself: Trainer._save calls model.save_pretrained
     if trainer is not None and _unresumable(trainer): raise _unresumable_error(trainer)  # refuse_unresumable_trainers stops it earlier
     unknown = set(kwargs) - _SAVE_OPTIONS_FOR_WHOLE_MODELS
     if unknown: raise TypeError(f"save_pretrained of an SMT model does not take {sorted(unknown)}; use model.push_to_hub(repo_id) to upload.")
-    if is_main_process or is_sharded(model): save_smt(model, save_directory)  # FSDP2: every rank gathers, rank 0 writes
-    if trainer is not None and is_main_process: _write_trainer_weights(Path(save_directory))
+    if trainer is None or not is_main_process:
+        if is_main_process or is_sharded(model): save_smt(model, save_directory)  # FSDP2: every rank gathers, rank 0 writes
+        return
+    Path(save_directory).mkdir(parents=True, exist_ok=True)
+    with folder_lock(save_directory):  # the adapter and Trainer's copy of it come from one save, whoever else writes here
+        save_smt(model, save_directory)
+        _write_trainer_weights(Path(save_directory))
 
 def load_state_dict(model: nn.Module, state_dict, strict: bool = True, assign: bool = False):
     """`nn.Module.load_state_dict`, except for the state dict of an SMT checkpoint written for a plain Trainer (it holds the adapter's
