@@ -280,11 +280,19 @@ def _same_run(ckpt, resume: str, settings: dict, given: Iterable[str] | None) ->
                          f"{'this flag' if len(differ) == 1 else 'these flags'} to continue it, or give a new --out to start a new run.")
     return {**settings, **{k: run[k] for k in _TAKEN_ON_RESUME if k not in given and k in run}}, step
 
+def _same_adapter(a: Path, b: Path) -> bool:
+    "Two adapter folders with the same deltas and config (two saves of one adapter differ in bytes: safetensors orders its header freely)."
+    from safetensors.torch import load_file
+    try:
+        ta, tb = load_file(a / ADAPTER_WEIGHTS), load_file(b / ADAPTER_WEIGHTS)
+        same_config = json.loads((a / ADAPTER_CONFIG).read_text()) == json.loads((b / ADAPTER_CONFIG).read_text())
+    except Exception: return False  # missing, unreadable or damaged: not the same
+    return same_config and ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
 def _finished(out: str, ckpt, step: int, steps: int) -> dict:
     "A run whose newest checkpoint is at --steps (or past it) is done: its adapter goes to OUT/adapter if a crash kept it from there; no training."
     adapter, ckpt = Path(out) / "adapter", Path(ckpt)
-    files = (ADAPTER_WEIGHTS, ADAPTER_CONFIG)
-    missing = not all((adapter / f).is_file() for f in files) or any((adapter / f).read_bytes() != (ckpt / f).read_bytes() for f in files)
+    missing = not _same_adapter(adapter, ckpt)
     if missing:  # killed after the last checkpoint, before the final save (or an older run's adapter is there): the last checkpoint's is final
         with atomic_folder(adapter) as tmp:
             for f in (ADAPTER_WEIGHTS, ADAPTER_CONFIG): shutil.copyfile(ckpt / f, tmp / f)

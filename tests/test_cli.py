@@ -380,13 +380,17 @@ def test_review_fixes_resume_settings_finished_adapter_and_interrupt(tmp_path, m
     import smt_nb.cli as cli
     full = ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj", "model.layers.0.self_attn.v_proj"]
     assert cli._same("target_modules", "q_proj,v_proj", full) and not cli._same("target_modules", "q_proj,k_proj", full)
+    from safetensors.torch import load_file, save_file
     ckpt, adapter = tmp_path / "checkpoint-4", tmp_path / "adapter"
-    for d, text in ((ckpt, "step 4"), (adapter, "step 2")):
+    for d, value in ((ckpt, 4.0), (adapter, 2.0)):
         d.mkdir()
-        for f in (cli.ADAPTER_WEIGHTS, cli.ADAPTER_CONFIG): (d / f).write_text(text)
+        save_file({"x.smt_delta": torch.full((1, 2, 2), value)}, d / cli.ADAPTER_WEIGHTS)
+        (d / cli.ADAPTER_CONFIG).write_text(json.dumps({"step": value}))
     cli._finished(str(tmp_path), ckpt, 4, 4)
-    assert all((adapter / f).read_text() == "step 4" for f in (cli.ADAPTER_WEIGHTS, cli.ADAPTER_CONFIG))  # not the older run's
+    assert load_file(adapter / cli.ADAPTER_WEIGHTS)["x.smt_delta"].eq(4.0).all()  # not the older run's
     assert "written now from checkpoint-4" in capsys.readouterr().out
+    cli._finished(str(tmp_path), ckpt, 4, 4)                                      # the same adapter (bytes aside): left as it is
+    assert "written now" not in capsys.readouterr().out
     def interrupted(**kw): raise KeyboardInterrupt()
     monkeypatch.setattr(cli, "run_train", interrupted)
     assert main(["train", "--out", str(tmp_path / "run")]) == 130
