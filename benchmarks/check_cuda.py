@@ -4,7 +4,8 @@ then mixed precision: float32 weights under bf16/fp16 autocast (Trainer(bf16=Tru
 then the Hugging Face path on CUDA (in-place blocks): SMTTrainer in bf16 with adapter-only checkpoints and an exact resume, a NaN
 micro-batch skipped, disable_adapter giving the base exactly, unload giving the base weights bit for bit; fused MoE experts
 (grouped and eager) one step against the dense masked step; NF4 bases (if bitsandbytes is installed) on both routes of the additive
-path. Exits non-zero if any case fails. Usage: python benchmarks/check_cuda.py [--only-4bit]
+path; the grouped expert kernels (block gradients, bitwise writes, no added host sync). Exits non-zero if any case fails.
+Usage: python benchmarks/check_cuda.py [--only-4bit | --only-experts]
 """
 import itertools
 import sys
@@ -220,10 +221,14 @@ def expert_checks() -> dict:
     g = torch.Generator().manual_seed(1)
     data = dict(input_ids=(ids := torch.randint(0, 512, (4, 128), generator=g).cuda()), labels=ids)
     out = {}
-    for impl, dtype, where in (("grouped_mm", torch.bfloat16, "cuda"), ("eager", torch.float32, "cuda"), ("eager", torch.bfloat16, "cuda"),
-                               ("grouped_mm", torch.bfloat16, "cpu")):  # the last: prepared on the CPU, then moved to the GPU
+    from smt_nb.core import switch_path
+    for impl, dtype, where, path in (("grouped_mm", torch.bfloat16, "cuda", "inplace"), ("eager", torch.float32, "cuda", "inplace"),
+                                     ("eager", torch.bfloat16, "cuda", "inplace"), ("grouped_mm", torch.bfloat16, "cpu", "inplace"),
+                                     ("grouped_mm", torch.float32, "cuda", "inplace"), ("grouped_mm", torch.bfloat16, "cuda", "reference"),
+                                     ("eager", torch.float32, "cuda", "reference")):  # "cpu": prepared on the CPU, then moved to the GPU
         model = prepare_smt(tiny(impl, dtype, where), SMTConfig(block_size=64, sparsity=0.2, method="random", target_modules=["q_proj"],
                                                                 target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])).to("cuda")
+        switch_path(model, path)
         dense = tiny(impl, dtype); dense.requires_grad_(False)
         experts = smt_experts(model)
         for n in experts: dense.get_parameter(n).requires_grad_(True)
@@ -238,8 +243,83 @@ def expert_checks() -> dict:
                 for r, c in model.smt_selection.blocks[expert_matrix_name(n, e)].tolist(): mask[e, r * 64:(r + 1) * 64, c * 64:(c + 1) * 64] = True
             want = (-0.1 * W.grad.float() * mask)
             worst = max(worst, rel(m.delta_weight(), want))
-        out[f"{impl} {str(dtype)[6:]}" + (", prepared on cpu" if where == "cpu" else "")] = worst
+        out[f"{impl} {str(dtype)[6:]} {path}" + (", prepared on cpu" if where == "cpu" else "")] = worst
     return out
+
+
+def grouped_expert_checks() -> dict:
+    """The grouped expert kernels on CUDA: block gradients of every expert's blocks in one launch (token offsets read on the device)
+    against the per-expert PyTorch reference in float64, at Qwen3-30B-A3B's expert shape with uneven and empty experts; the grouped
+    block write against PyTorch's scatter, bit for bit (whole and ragged blocks, bf16 and fp32); host syncs of a training step with
+    SMT on the experts against the frozen model's (torch.cuda.set_sync_debug_mode counts them)."""
+    from smt_nb.kernels import sddmm_blocks_grouped_triton
+    from smt_nb.experts import SMTExperts, write_experts, write_expert_blocks
+    out = {}
+    gen = torch.Generator().manual_seed(0)
+    for (E, rows, cols), b, dtype in (((128, 1536, 2048), 128, torch.bfloat16), ((128, 2048, 768), 128, torch.bfloat16),
+                                      ((8, 1000, 3000), 64, torch.float32), ((16, 576, 192), 64, torch.bfloat16)):
+        T = 4096 * 8 if E == 128 else 4096
+        counts = torch.multinomial(torch.rand(E, generator=gen) + 0.2, T, replacement=True, generator=gen).bincount(minlength=E)
+        counts[:3] = torch.tensor([0, 1, 0])                                   # empty experts and one with a single token
+        counts[3] += T - counts.sum()
+        ends = counts.cumsum(0)
+        grid = BlockGrid(rows, cols, b)
+        n = max(8, E * grid.n_blocks // 50)
+        flat = torch.randperm(E * grid.n_blocks, generator=gen)[:n].sort().values
+        blocks = torch.stack([flat // grid.n_blocks, flat % grid.n_blocks // grid.n_cols, flat % grid.n_cols], 1)
+        a = torch.randn(T, rows, generator=gen).to("cuda", dtype)
+        c = torch.randn(T, cols, generator=gen).to("cuda", dtype)
+        got = sddmm_blocks_grouped_triton(a, c, *(t.cuda() for t in blocks.unbind(1)), ends.to("cuda", torch.int32), b)
+        bounds = [0] + ends.tolist()
+        want = torch.stack([sampled_block_grad(a[bounds[e]:bounds[e + 1]].double(), column_strips(c[bounds[e]:bounds[e + 1]].double(), grid),
+                                               torch.tensor([r], device="cuda"), torch.tensor([k], device="cuda"), grid)[0]
+                            for e, r, k in blocks.tolist()])
+        key = f"E={E} {rows}x{cols} b={b} {str(dtype)[6:]} n={n}"
+        out[f"block gradients {key}"] = rel(got, want)
+        # the grouped write against PyTorch's scatter, bit for bit
+        owner = nn.Module(); owner.w = nn.Parameter(torch.randn(E, rows, cols, generator=gen).to("cuda", dtype))
+        m = SMTExperts(owner, "w", blocks, b)
+        with torch.no_grad(): m.smt_delta.normal_(0, 0.02)
+        expected = owner.w.detach().clone()
+        write_expert_blocks(expected, m.grid, m.blocks, m.base_blocks + m.smt_delta.detach().to(m.base_blocks.dtype))
+        write_experts([m])                                                     # the Triton launch
+        out[f"grouped write bitwise {key}"] = float(not torch.equal(owner.w.detach(), expected))
+    out["host syncs per step, floor -> SMT"] = _host_syncs_per_step()
+    return out
+
+
+def _host_syncs_per_step() -> str:
+    "Device->host synchronisations in one training step (forward, backward, optimizer step) of a small Qwen3-MoE: frozen vs SMT on the experts."
+    import warnings
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+    from smt_nb.core import SMTConfig, prepare_smt
+    from smt_nb.train import smt_parameters
+    def tiny():
+        torch.manual_seed(0)
+        cfg = Qwen3MoeConfig(vocab_size=512, hidden_size=256, moe_intermediate_size=128, intermediate_size=512, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, head_dim=64, num_experts=16, num_experts_per_tok=4,
+                             decoder_sparse_step=1, max_position_embeddings=256)
+        return Qwen3MoeForCausalLM(cfg).to("cuda", torch.bfloat16)
+    ids = torch.randint(0, 512, (2, 128), device="cuda")
+    def syncs(model, params):
+        opt = torch.optim.AdamW(params, lr=1e-4) if params else None
+        for _ in range(2):  # warm: first calls compile kernels
+            model(input_ids=ids, labels=ids).loss.backward()
+            if opt: opt.step(); opt.zero_grad()
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                model(input_ids=ids, labels=ids).loss.backward()
+                if opt: opt.step(); opt.zero_grad()
+            finally: torch.cuda.set_sync_debug_mode(0)
+        return sum("synchroniz" in str(w.message) for w in caught)
+    floor = tiny().requires_grad_(False)
+    floor.get_input_embeddings().weight.requires_grad_(True)                 # gradients flow through every layer, as in training
+    smt = prepare_smt(tiny(), SMTConfig(block_size=64, sparsity=0.05, method="random", target_modules=["q_proj", "v_proj"],
+                                        target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]))
+    return f"{syncs(floor, [floor.get_input_embeddings().weight])} -> {syncs(smt, smt_parameters(smt))}"
 
 
 def four_bit_checks() -> dict:
@@ -268,8 +348,21 @@ def four_bit_checks() -> dict:
     return out
 
 
+def _experts_ok(experts: dict, grouped: dict) -> bool:
+    "Expert steps within tolerance; grouped gradients within 1e-5 (fp32) / 1e-2 (bf16) of float64; writes bitwise; no host sync added."
+    floor, smt = grouped["host syncs per step, floor -> SMT"].split(" -> ")
+    return (all(v < (1e-4 if "float32" in k else 2e-2) for k, v in experts.items())
+            and all(v < (1e-5 if "float32" in k else 1e-2) for k, v in grouped.items() if k.startswith("block gradients"))
+            and all(v == 0 for k, v in grouped.items() if k.startswith("grouped write")) and int(smt) <= int(floor))
+
+
 def main():
     torch.backends.cuda.matmul.allow_tf32 = False
+    if "--only-experts" in sys.argv:
+        experts, grouped = expert_checks(), grouped_expert_checks()
+        print("fused MoE experts on CUDA, one step vs the dense masked step (norm-relative):", experts)
+        print("grouped expert kernels:", grouped)
+        sys.exit(0 if _experts_ok(experts, grouped) else 1)
     if "--only-4bit" in sys.argv:
         four = four_bit_checks()
         print("NF4 bases on CUDA (bf16 compute) vs float64 dense with the dequantized weight + blocks (norm-relative):", four)
@@ -315,9 +408,10 @@ def main():
     print("torch.compile on CUDA:", comp)
     failed += not (comp["decoder_layer_fullgraph"] and comp["decoder_layer_max_rel_err"] < 1e-2 and comp["trainer_compiled_graphs"] >= 1
                    and comp["trainer_graph_breaks"] == 0 and comp["trainer_max_rel_delta_diff"] < 2e-2 and comp["weights_hold_base_plus_delta"])
-    experts = expert_checks()
+    experts, grouped = expert_checks(), grouped_expert_checks()
     print("fused MoE experts on CUDA, one step vs the dense masked step (norm-relative):", experts)
-    failed += not all(v < (1e-4 if "float32" in k else 2e-2) for k, v in experts.items())
+    print("grouped expert kernels:", grouped)
+    failed += not _experts_ok(experts, grouped)
     try: import bitsandbytes  # noqa: F401  (not on every GPU image: carry its wheel)
     except ImportError: print("NF4 bases: skipped, bitsandbytes is not installed")
     else:

@@ -5,6 +5,7 @@
 # %% ../nbs/05b_adapters.ipynb #5d946dba
 from __future__ import annotations
 import hashlib
+import inspect
 import json
 import math
 import sys
@@ -79,9 +80,8 @@ def base_model_name(model: nn.Module) -> str | None:
 
 def expert_fingerprint(m: SMTExperts, expert: int) -> dict:
     "The fingerprint of one expert's base under its blocks, as `fingerprint` gives a 2-D layer's (outside the blocks the weight holds the base)."
-    pos = m.positions(expert)
-    return fingerprint(m.base_blocks[pos], (m.grid.out_features, m.grid.in_features), str(m.weight.dtype).removeprefix("torch."),
-                       outside_sample(m.weight[expert], m.grid, m.blocks[pos, 1:]))
+    return fingerprint(m.base_blocks[m.positions(expert)], (m.grid.out_features, m.grid.in_features),
+                       str(m.weight.dtype).removeprefix("torch."), m.sample(expert))  # taken at set-up: the weight may be sharded now
 
 def adapter_meta(model: nn.Module) -> dict:
     "Config, selection (without scores) and base fingerprints of a prepared model: everything but the deltas."
@@ -107,14 +107,15 @@ def assign_whole(param: Tensor, value: Tensor):
 
 def is_sharded(model: nn.Module) -> bool:
     "Whether FSDP2 has sharded the SMT deltas of `model` (then saving gathers them on every rank and rank 0 writes)."
-    return any(isinstance(l.smt_delta, DTensor) for l in smt_layers(model).values())
+    return any(isinstance(m.smt_delta, DTensor) for m in [*smt_layers(model).values(), *smt_experts(model).values()])
 
 def save_smt(model: nn.Module, save_directory: str | Path):
     "Save the trained blocks, their indices, the config and a base fingerprint to `save_directory` (each file replaced atomically)."
     layers, experts = smt_layers(model), expert_entries(model)
     if not layers and not experts: raise ValueError("This model has no SMT layers to save; call prepare_smt(model, ...) first.")
     deltas = {n: whole(l.smt_delta.detach()) for n, l in layers.items()}  # under FSDP2: gathered on every rank, deltas only
-    deltas.update({n: m.smt_delta.detach()[m.positions(e)] for n, (m, e) in experts.items()})  # each expert's blocks under its own name
+    gathered = {id(m): whole(m.smt_delta.detach()) for m in smt_experts(model).values()}
+    deltas.update({n: gathered[id(m)][m.positions(e)] for n, (m, e) in experts.items()})  # each expert's blocks under its own name
     bad = [n for n, d in deltas.items() if not torch.isfinite(d).all()]
     if bad: raise ValueError(f"Not saved: the deltas of {bad[0]} (and {len(bad) - 1} more) are not finite; a diverged run must not "
                              "overwrite a good adapter. Lower the learning rate or resume from an earlier checkpoint.")
@@ -305,15 +306,20 @@ def write_deltas(model: nn.Module, tensors: dict[str, Tensor]):
     def sync_all():  # in-place layers and expert weights: the weight holds base + the loaded Δ (compiled forwards do not check)
         sync_blocks(model)
         for m in smt_experts(model).values(): m.write_changed()
-    before = {n: l.smt_delta.detach().clone() for n, l in prepared().items()}
+    before = {n: whole(l.smt_delta.detach()).clone() for n, l in prepared().items()}
     try:
         with torch.no_grad():
             for n, layer in smt_layers(model).items(): assign_whole(layer.smt_delta, tensors[f"{n}.smt_delta"])
-            for n, (m, e) in expert_entries(model).items(): m.smt_delta[m.positions(e)] = tensors[f"{n}.smt_delta"].to(m.smt_delta)
+            by_module = {}
+            for n, (m, e) in expert_entries(model).items(): by_module.setdefault(id(m), []).append((n, e))
+            for m in smt_experts(model).values():                       # whole, then into the parameter (FSDP2: each rank its part)
+                delta = torch.zeros(m.smt_delta.shape, dtype=torch.float32)
+                for n, e in by_module.get(id(m), []): delta[m.positions(e)] = tensors[f"{n}.smt_delta"].float()
+                assign_whole(m.smt_delta, delta)
         sync_all()
     except BaseException:
         with torch.no_grad():
-            for n, layer in prepared().items(): layer.smt_delta.copy_(before[n])
+            for n, layer in prepared().items(): assign_whole(layer.smt_delta, before[n])
         sync_all()
         raise
 
@@ -342,14 +348,30 @@ def _unresumable_error(trainer) -> TypeError:
                      f"smt_nb.train.SMTTrainer instead of transformers.Trainer, or smt_trainer_class({name}) for another Trainer "
                      "class (e.g. TRL's SFTTrainer): same arguments, adapter-only checkpoints, exact resume.")
 
+_TRAINER_CODES: dict = {}  # the classes seen -> the code objects of their methods
+
+def _trainer_method_codes(trainer_class: type) -> frozenset:
+    "Code objects of every function defined by `trainer_class` and its subclasses (TRL's, the user's), recomputed when a class appears."
+    classes, i = [trainer_class], 0
+    while i < len(classes):
+        classes.extend(c for c in classes[i].__subclasses__() if c not in classes); i += 1
+    key = tuple(map(id, classes))
+    if key not in _TRAINER_CODES:
+        _TRAINER_CODES.clear()
+        _TRAINER_CODES[key] = frozenset(inspect.unwrap(f).__code__ for c in classes for f in vars(c).values() if inspect.isfunction(f))
+    return _TRAINER_CODES[key]
+
 def _driving_trainer(max_depth: int = 64):
-    "The `transformers.Trainer` whose method is on the call stack within `max_depth` frames above our caller's caller, if any."
+    """The `transformers.Trainer` whose method is on the call stack within `max_depth` frames above our caller's caller, if any.
+    Only the frames of Trainer methods are looked into: reading a frame's `f_locals` (before Python 3.13) leaves a snapshot of its
+    local variables on the frame, which would keep whatever they held alive — a model the caller has deleted, a past batch."""
     trainer_module = sys.modules.get("transformers.trainer")
     if trainer_module is None: return None
+    codes = _trainer_method_codes(trainer_module.Trainer)
     f = sys._getframe(2)
     for _ in range(max_depth):
         if f is None: return None
-        if isinstance(f.f_locals.get("self"), trainer_module.Trainer): return f.f_locals["self"]
+        if f.f_code in codes and isinstance(trainer := f.f_locals.get("self"), trainer_module.Trainer): return trainer
         f = f.f_back
     return None
 

@@ -186,14 +186,14 @@ def disable_adapter(model: nn.Module):
     "Inside the block, the model computes exactly what its base model computes (PEFT's `disable_adapter`)."
     layers, experts = list(smt_layers(model).values()), list(smt_experts(model).values())
     for layer in layers: layer.enable_adapters(False)
-    for m in experts: m._disabled = True; m.write(delta=False)  # the base's values back in the expert weights
+    for m in experts: m.enable_adapters(False)  # in place: the base's values back in the expert weights
     try: yield model
     finally:
         for layer in layers: layer.enable_adapters(True)
         installed = {id(m) for m in smt_experts(model).values()}  # unload() inside the block took some out: leave those alone
         for m in experts:
-            m._disabled = False
-            if id(m) in installed: m.write()
+            if id(m) in installed: m.enable_adapters(True)
+            else: m._disabled = False  # taken out (and left with the base's values) inside the block
 
 @model_method
 def unload(model: nn.Module) -> nn.Module:
@@ -208,9 +208,10 @@ def unload(model: nn.Module) -> nn.Module:
 def switch_path(model: nn.Module, path: str, from_path: str | None = None) -> nn.Module:
     "Run every SMT layer (or those now on `from_path`) on `path`; e.g. 'reference' before FSDP2 shards the base weights, which the in-place path writes into."
     if path not in PATHS: raise ValueError(f"Unknown path {path!r}; choose one of {PATHS}.")
-    if path != "inplace" and smt_experts(model):
-        raise NotImplementedError(f"SMT blocks in fused expert weights train in place only, so the {path!r} path (and FSDP, which needs "
-                                  "the reference path) is not supported for models prepared with target_parameters.")
+    experts = list(smt_experts(model).values())
+    if path == "additive" and experts:
+        raise NotImplementedError("Expert weights take the 'inplace' or 'reference' path, not 'additive': call switch_path(model, 'reference') "
+                                  "for FSDP2.")
     if from_path is not None and from_path not in PATHS: raise ValueError(f"Unknown from_path {from_path!r}; choose one of {PATHS}.")
     layers = {n: l for n, l in smt_layers(model).items() if from_path is None or l.path == from_path}
     quantized = [n for n, l in layers.items() if l.quantized]
@@ -220,6 +221,8 @@ def switch_path(model: nn.Module, path: str, from_path: str | None = None) -> nn
         layer.path = path
         if path != "inplace": layer._written_version = None  # nothing to keep written: the step hook must leave this weight alone
         elif not layer.disable_adapters: layer._write_blocks()
+    for m in experts:
+        if from_path is None or m.path == from_path: m.set_path(path)
     return model
 
 @model_method

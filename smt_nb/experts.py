@@ -4,24 +4,31 @@
 
 # %% ../nbs/04c_experts.ipynb #0a68da0b
 from __future__ import annotations
+import itertools
 import weakref
 from contextlib import contextmanager
+from functools import partial
 from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 from torch import Tensor
+from torch.autograd.graph import increment_version
+from torch.distributed.tensor import DTensor
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.overrides import TorchFunctionMode
 
-from .blocks import BlockGrid, block_reduce, block_sizes, gather_blocks, scatter_blocks, column_strips
+from .blocks import BlockGrid, block_reduce, block_sizes, gather_blocks, outside_sample, column_strips
+from .kernels import kernel_applies, sddmm_blocks_grouped_triton, write_blocks_triton, _TRITON_DTYPES
 from .layers import block_gradients, write_blocks
 from .selection import gradients_to_inputs_only, row_block_sums, run_warmup, _sum_over_ranks
 
 # %% auto #0
-__all__ = ['GROUPED_MM', 'STORED_OUT_IN', 'expert_parameters', 'expert_matrix_name', 'expert_matrix_names', 'split_expert_name',
-           'expert_of', 'expert_grids', 'ExpertCalls', 'ExpertCallFunction', 'SMTExperts', 'smt_experts',
+__all__ = ['GROUPED_MM', 'STORED_OUT_IN', 'SINGLE_EXPERT', 'EXPERT_PATHS', 'expert_parameters', 'expert_matrix_name',
+           'expert_matrix_names', 'split_expert_name', 'expert_of', 'expert_grids', 'ExpertCalls', 'ExpertCallFunction',
+           'grouped_block_gradients', 'write_expert_blocks', 'SMTExperts', 'write_experts', 'smt_experts',
            'expert_entries', 'remove_experts', 'install_experts', 'score_experts_mw', 'score_experts_random',
            'collecting_expert_gw', 'score_experts_gw', 'collecting_expert_aw', 'score_experts_aw']
 
@@ -89,8 +96,16 @@ def _grouped_mm_functions() -> tuple:
     return tuple(f for f in fs if f is not None)
 
 GROUPED_MM = _grouped_mm_functions()
+# every function ExpertCalls looks at; all others (most of an experts module's ops) pass straight through, at the cost of one set lookup
+_WATCHED = frozenset((F.linear, torch.matmul, Tensor.matmul, Tensor.__matmul__, torch.bmm, Tensor.bmm, torch.einsum, Tensor.__getitem__,
+                      *GROUPED_MM))
 
 def _same_storage(a: Tensor, b: Tensor) -> bool: return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+def _gathers_rows(args) -> bool:
+    "Is this `x[index]` a gather of rows of a 2-D `x` by a 1-D integer tensor (how grouped experts repeat each token for its top-k)?"
+    return (len(args) == 2 and isinstance(args[0], Tensor) and args[0].dim() == 2 and isinstance(args[1], Tensor)
+            and args[1].dim() == 1 and not args[1].is_floating_point() and args[1].dtype != torch.bool)
 
 def _gathers_experts(index) -> bool:
     "Does indexing with `index` copy several experts' matrices (a tensor or list of experts), rather than view one?"
@@ -129,6 +144,7 @@ class ExpertCalls(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func not in _WATCHED: return func(*args, **kwargs)
         if func is F.linear and len(args) >= 2 and (args[2] if len(args) > 2 else kwargs.get("bias")) is None and (hit := self._slice_of(args[1])):
             self.seen.add(hit[0]); out = self.on_call(hit[0], "linear", hit[1], args[0], args[1], func)
             if out is not None: return out
@@ -147,21 +163,26 @@ class ExpertCalls(TorchFunctionMode):
              (func in (torch.bmm, torch.einsum, Tensor.bmm) and any(self._whole(a) for a in args if isinstance(a, Tensor))):
             raise RuntimeError("An expert weight targeted by SMT is used by a batched matmul over all experts: SMT needs each expert's "
                                "tokens. Load the model with experts_implementation='grouped_mm' (the default) or 'eager'.")
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        if func is Tensor.__getitem__ and _gathers_rows(args) and isinstance(out, Tensor):
+            out._smt_rows_of = (args[0], args[1])  # a grouped call's input, routed tokens repeated top-k times: see SMTExperts.on_call
+        return out
 
 # %% ../nbs/04c_experts.ipynb #91555fc1
 def _expert_groups(kind: str, where, x: Tensor) -> list[tuple[int, slice]]:
-    "[(expert, rows of x)] for one call: the whole input for a single expert's matmul, each expert's rows for a grouped one."
+    "[(expert, rows of x)] for one call: the whole input for a single expert's matmul, each expert's rows for a grouped one (warm-up statistics)."
     if kind in ("linear", "matmul"): return [(where, slice(None))]
     if kind in ("bmm", "bmm_t"): return [(e, slice(e * where, (e + 1) * where)) for e in range(x.shape[0] // max(where, 1))]  # `where`: rows per expert
     ends = where.tolist()                                                      # one host sync per grouped call
     return [(e, slice(start, end)) for e, (start, end) in enumerate(zip([0] + ends[:-1], ends)) if end > start]
 
 STORED_OUT_IN = ("linear", "grouped_t", "bmm_t")  # calls computing x wᵀ with w stored (out, in); the others compute x w, stored (in, out)
+SINGLE_EXPERT = ("linear", "matmul")             # calls on one expert's matrix (eager experts); the others cover every expert at once
 
-def _stored_gradient_tiles(kind: str, x2: Tensor, g2: Tensor, rows: Tensor, cols: Tensor, b: int) -> Tensor:
-    "Tiles of the gradient of the stored (rows, cols) expert matrix: g2ᵀx2 when the call computed x wᵀ (stored (out, in)), else x2ᵀg2."
-    return block_gradients(g2, x2, rows, cols, b) if kind in STORED_OUT_IN else block_gradients(x2, g2, rows, cols, b)
+def _token_ends(kind: str, where, n_experts: int, device) -> Tensor:
+    "(E,) one past each expert's last row in a call over every expert: a grouped call's `offs`; Llama 4's bmm gives each `where` rows."
+    if kind in ("grouped", "grouped_t"): return where
+    return torch.arange(1, n_experts + 1, device=device) * where
 
 def _runner(kind: str, where, func):
     "The intercepted call, as a function of (input, weight)."
@@ -175,120 +196,280 @@ def _input_gradient(kind: str, where, func, gy: Tensor, w: Tensor) -> Tensor:
     return func(gy, w.transpose(-2, -1), offs=where)                          # per expert: gy_e (w_e)ᵀ
 
 class ExpertCallFunction(torch.autograd.Function):
-    """An expert matmul as the model made it, whose backward gives the input's gradient and hands each expert's input rows and
-    output-gradient rows to `on_backward(expert, x_rows, g_rows, gdelta)` — which fills Δ's gradient for training (`gdelta`, zeros
-    shaped like Δ) or adds statistics for GW (`delta` None: no gradient of Δ)."""
+    """An expert matmul as the model made it, whose backward gives the input's gradient and hands the call's input and output gradient,
+    flattened to (T, in) and (T, out), to `on_backward(x2, g2)`: it returns Δ's gradient for training, or adds statistics for GW and
+    returns None. `weight_of` (the reference path): the weight the call really uses, made from the one passed — base + Δ, built again
+    for backward rather than kept between the passes. `rows_of`: (source, index) with `x == source[index]` — kept instead of `x`
+    and gathered again in backward (for top-k routing, `x` repeats each token k times: the source is k times smaller)."""
     @staticmethod
-    def forward(ctx, x, w, delta, func, kind, where, on_backward):
-        ctx.save_for_backward(x, w)
-        ctx.func, ctx.kind, ctx.where, ctx.on_backward, ctx.delta = func, kind, where, on_backward, delta
-        return _runner(kind, where, func)(x, w)
+    def forward(ctx, x, w, delta, func, kind, where, on_backward, weight_of=None, rows_of=None):
+        ctx.save_for_backward(*((x,) if rows_of is None else rows_of), w)
+        ctx.func, ctx.kind, ctx.where, ctx.on_backward, ctx.weight_of = func, kind, where, on_backward, weight_of
+        return _runner(kind, where, func)(x, w if weight_of is None else weight_of(w))
 
     @staticmethod
     def backward(ctx, gy):
-        x, w = ctx.saved_tensors
-        gx = _input_gradient(ctx.kind, ctx.where, ctx.func, gy, w.to(gy.dtype)) if ctx.needs_input_grad[0] else None  # autocast: gy may be bf16
-        gdelta = torch.zeros_like(ctx.delta) if ctx.needs_input_grad[2] else None
+        *kept, w = ctx.saved_tensors
+        x = kept[0] if len(kept) == 1 else kept[0][kept[1]]                            # (T, in), gathered again if so kept
+        gx = None
+        if ctx.needs_input_grad[0]:
+            used = w if ctx.weight_of is None else ctx.weight_of(w)
+            gx = _input_gradient(ctx.kind, ctx.where, ctx.func, gy, used.to(gy.dtype))  # autocast: gy may be bf16
+            del used                                                                   # the reference path's copy: gone before the next
         x2, g2 = x.reshape(-1, x.shape[-1]).to(gy.dtype), gy.reshape(-1, gy.shape[-1])  # (T, in), (T, out), one dtype
-        for e, rows in _expert_groups(ctx.kind, ctx.where, x2): ctx.on_backward(e, x2[rows], g2[rows], gdelta)
-        return gx, None, gdelta, None, None, None, None
+        gdelta = ctx.on_backward(x2, g2)
+        return gx, None, gdelta if ctx.needs_input_grad[2] else None, None, None, None, None, None, None
 
+# %% ../nbs/04c_experts.ipynb #66809e17
+def grouped_block_gradients(a: Tensor, c: Tensor, experts: Tensor, rows: Tensor, cols: Tensor, ends: Tensor, block_size: int,
+                            spans: dict[int, tuple[int, int]]) -> Tensor:
+    """(n, b, b) float32 tiles of `a[rows of e]ᵀ c[rows of e]` for the blocks of every expert `e` of a call over all experts: `a` (T, A),
+    `c` (T, C) with rows sorted by expert, `ends` (E,) one past each expert's last row; block k of expert `experts[k]` at row strip
+    `rows[k]` of `a`'s columns, column strip `cols[k]` of `c`'s; `spans[e]`: where expert e's blocks sit (consecutive). On CUDA one
+    Triton launch reads the token offsets on the device; elsewhere, the reference: expert by expert, offsets read on the host."""
+    if kernel_applies(a, block_size): return sddmm_blocks_grouped_triton(a, c, experts, rows, cols, ends, block_size)
+    out = torch.zeros(len(rows), block_size, block_size, dtype=torch.float32, device=a.device)
+    bounds = [0] + ends.tolist()                                                  # one host sync
+    for e, (p0, p1) in spans.items():
+        start, end = bounds[e], bounds[e + 1]
+        if end > start: out[p0:p1] = block_gradients(a[start:end], c[start:end], rows[p0:p1], cols[p0:p1], block_size)
+    return out
+
+def _block_entries(grid: BlockGrid, blocks: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    "Index tensors covering every entry of each block (n, 3: expert, row, col) of a 3-D weight; past a ragged edge they repeat the last real row or column."
+    b, n = grid.block_size, len(blocks)
+    ar = torch.arange(b, device=blocks.device)
+    rows = (blocks[:, 1, None] * b + ar).clamp(max=grid.out_features - 1)        # (n, b)
+    cols = (blocks[:, 2, None] * b + ar).clamp(max=grid.in_features - 1)         # (n, b)
+    return blocks[:, 0, None, None], rows[:, :, None], cols[:, None, :], torch.arange(n, device=blocks.device)[:, None, None]
+
+def write_expert_blocks(w: Tensor, grid: BlockGrid, blocks: Tensor, values: Tensor):
+    "Write (n, b, b) `values` into the blocks (n, 3: expert, row, col) of the 3-D weight `w` in place: one scatter, no host sync, no loop."
+    b, E = grid.block_size, w.shape[0]
+    if grid.out_features % b == 0 and grid.in_features % b == 0 and w.is_contiguous():  # whole blocks: a (E, R, C, b, b) view of w
+        w.view(E, grid.n_rows, b, grid.n_cols, b).transpose(2, 3)[blocks[:, 0], blocks[:, 1], blocks[:, 2]] = values.to(w.dtype)
+        return
+    e, rows, cols, k = _block_entries(grid, blocks)                               # ragged: padding entries repeat their real
+    values = values[k, rows - blocks[:, 1, None, None] * b, cols - blocks[:, 2, None, None] * b]  # neighbour's value: writes agree
+    w[e, rows, cols] = values.to(w.dtype)
 
 # %% ../nbs/04c_experts.ipynb #49bf3683
 _EXPERT_MODULES: weakref.WeakSet = weakref.WeakSet()
+_SERIALS = itertools.count()
+EXPERT_PATHS = ("inplace", "reference")
+
+def _sharded_weight_error(name: str) -> RuntimeError:
+    return RuntimeError(f"FSDP has sharded the expert weight {name}, so SMT cannot write into it. To train, call switch_path(model, "
+                        "'reference') after prepare_smt and before fully_shard (SMTTrainer does it when fsdp is set); to merge, load the "
+                        "adapter into an unsharded model (load_smt) and merge there.")
+
+def _write_after_load(module: nn.Module, incompatible_keys):
+    "After load_state_dict: Δ may be a new tensor with the same version number, so an in-place module rewrites unconditionally."
+    module.write_changed(force=True)
 
 class SMTExperts(nn.Module):
-    """The SMT blocks of one fused expert weight `(experts, rows, cols)`: float32 deltas `(n, b, b)` at `(expert, row, col)` blocks.
-    The weight holds base + Δ in place (written after every optimizer step that stepped Δ); each expert's matmul, seen by `ExpertCalls`
-    while the owning module runs, returns Δ's block gradients from the expert's own tokens — no dense gradient of the weight exists."""
+    """The SMT blocks of one fused expert weight `(experts, rows, cols)`: float32 deltas `(n, b, b)` at `(expert, row, col)` blocks,
+    sorted, so each expert's blocks sit together. On the in-place path (the default) the weight holds base + Δ, written after every
+    optimizer step that stepped Δ; on the reference path (FSDP2) the weight keeps the base and each call computes with a copy holding
+    base + Δ. Either way the expert matmuls, seen by `ExpertCalls` while the owning module runs, return Δ's block gradients from each
+    expert's own tokens — one launch per call, no dense gradient of any expert."""
     def __init__(self, owner: nn.Module, name: str, blocks: Tensor, block_size: int):
         super().__init__()
         W = getattr(owner, name)
         E, rows, cols = W.shape
-        self.grid, self.param_name = BlockGrid(rows, cols, block_size), name
-        blocks = torch.as_tensor(blocks, dtype=torch.long).reshape(-1, 3)
+        self.grid, self.param_name, self.path = BlockGrid(rows, cols, block_size), name, "inplace"
+        self.weight_name = name                                           # the full name, for messages (install_experts sets it)
+        blocks = torch.as_tensor(blocks, dtype=torch.long).reshape(-1, 3).cpu()
         bad = (blocks < 0).any(1) | (blocks[:, 0] >= E) | (blocks[:, 1] >= self.grid.n_rows) | (blocks[:, 2] >= self.grid.n_cols)
         if bad.any(): raise ValueError(f"Block {blocks[bad][0].tolist()} lies outside {name}'s {E} experts × {self.grid.shape} blocks.")
         if len(torch.unique(blocks, dim=0)) != len(blocks): raise ValueError(f"{name}: a block is listed twice.")
         blocks = blocks[torch.argsort(blocks[:, 0] * self.grid.numel + blocks[:, 1] * self.grid.n_cols + blocks[:, 2])]
+        counts = torch.bincount(blocks[:, 0], minlength=E)
+        ends = counts.cumsum(0)
+        self._spans = {e: (int(ends[e] - counts[e]), int(ends[e])) for e in counts.nonzero().flatten().tolist()}  # host ints: no syncs
+        self._blocks_cpu, self._serial = blocks, next(_SERIALS)          # host-side planning; a never-reused key for write tables
         object.__setattr__(self, "_owner", owner)                         # not a submodule (the owner holds this module); copies follow
         W.requires_grad_(False)                                           # the base is frozen; Δ trains
         self.register_buffer("blocks", blocks.to(W.device))
-        self._experts = {}                                                # expert -> (positions in Δ, row strips, column strips)
-        for e in blocks[:, 0].unique().tolist():
-            idx = (blocks[:, 0] == e).nonzero().flatten()
-            self._experts[e] = (idx.to(W.device), blocks[idx, 1].to(W.device), blocks[idx, 2].to(W.device))
-        with torch.no_grad():
-            base = [gather_blocks(W[e], self.grid, torch.stack([rows, cols], 1)) for e, (_, rows, cols) in self._experts.items()]
+        for n, t in dict(block_experts=blocks[:, 0], rows=blocks[:, 1], cols=blocks[:, 2]).items():
+            self.register_buffer(n, t.contiguous().to(W.device), persistent=False)  # the kernels' per-block tables
         b = block_size
+        with torch.no_grad():  # set-up only: expert by expert
+            base = [gather_blocks(W[e], self.grid, blocks[p0:p1, 1:].to(W.device)) for e, (p0, p1) in self._spans.items()]
+            samples = [outside_sample(W[e], self.grid, blocks[p0:p1, 1:]) for e, (p0, p1) in self._spans.items()]
         self.register_buffer("base_blocks", torch.cat(base) if base else W.new_zeros(0, b, b))
+        self.register_buffer("base_samples", torch.stack(samples) if samples else W.new_zeros(0, 1).float(), persistent=False)
+        self._sample_row = {e: i for i, e in enumerate(self._spans)}     # expert -> its row of base_samples (the fingerprint's)
         self.smt_delta = nn.Parameter(torch.zeros(len(blocks), b, b, dtype=torch.float32, device=W.device))
         self._written_version = self.smt_delta._version
         self._disabled = False                                            # disable_adapter: the base's values in the weight, no Δ gradients
-        self.register_load_state_dict_post_hook(lambda module, keys: module.write(not module._disabled))  # a loaded Δ: into the weight
+        self.register_load_state_dict_post_hook(_write_after_load)       # a loaded Δ: into the weight
         _EXPERT_MODULES.add(self)
 
     @property
     def weight(self) -> Tensor: return getattr(self._owner, self.param_name)
+    @property
+    def experts(self) -> list[int]: return list(self._spans)  # the experts with blocks
 
-    def _apply(self, fn, recurse=True):
-        "`model.to(...)`, `.cuda()`: the per-expert index lists follow Δ to its device (they are not buffers: a dict of tuples)."
-        super()._apply(fn, recurse)
-        device = self.smt_delta.device
-        self._experts = {e: tuple(t.to(device) for t in plan) for e, plan in self._experts.items()}
-        return self
+    def extra_repr(self) -> str:
+        return f"blocks={len(self._blocks_cpu)}, experts={len(self._spans)}, block_size={self.grid.block_size}, path={self.path}"
 
     def __setstate__(self, state: dict):
         "Copies (`copy.deepcopy`, pickle) are written after optimizer steps too."
         nn.Module.__setstate__(self, state)
         _EXPERT_MODULES.add(self)
 
-    def positions(self, expert: int) -> Tensor:
-        "Where expert `expert`'s blocks sit in Δ (consecutive: blocks are sorted by expert, row, column)."
-        return self._experts[expert][0] if expert in self._experts else torch.zeros(0, dtype=torch.long, device=self.smt_delta.device)
+    def positions(self, expert: int) -> slice:
+        "Where expert `expert`'s blocks sit in Δ (consecutive: blocks are sorted by expert, row, column); empty for an expert without blocks."
+        return slice(*self._spans.get(expert, (0, 0)))
 
-    def on_call(self, kind: str, where, x: Tensor, w: Tensor, func):
-        "One matmul of the owner on this weight (see ExpertCalls): its output, with Δ's block gradients on the way back."
-        if self._disabled: return None                                               # the base model: nothing to train
-        self.write_changed()                                                         # before the matmul reads w
-        if kind in ("linear", "matmul") and where not in self._experts: return None  # an expert without blocks: the frozen matmul as it is
-        def block_gradient(e, x_rows, g_rows, gdelta):
-            if e not in self._experts: return
-            idx, rows, cols = self._experts[e]
-            gdelta[idx] = _stored_gradient_tiles(kind, x_rows, g_rows, rows, cols, self.grid.block_size)
-        return ExpertCallFunction.apply(x, w, self.smt_delta, func, kind, where, block_gradient)
+    def sample(self, expert: int) -> Tensor:
+        "The base's `outside_sample` of one expert's matrix, taken at set-up (the fingerprint's; the weight may be sharded later)."
+        return self.base_samples[self._sample_row[expert]]
 
-    @torch.no_grad()
-    def write(self, delta: bool = True):
-        "Write base + Δ (or, `delta=False`, the original values) into the weight's blocks."
-        W = self.weight
-        for e, (idx, rows, cols) in self._experts.items():
-            values = self.base_blocks[idx] + (self.smt_delta[idx].to(self.base_blocks.dtype) if delta else 0)
-            write_blocks(W[e], self.grid, torch.stack([rows, cols], 1), values)
-        self._written_version = self.smt_delta._version
+# %% ../nbs/04c_experts.ipynb #bef5f104
+@patch
+def on_call(self: SMTExperts, kind: str, where, x: Tensor, w: Tensor, func):
+    "One matmul of the owner on this weight (see ExpertCalls): its output, with Δ's block gradients on the way back."
+    if self._disabled: return None                                    # the base model: nothing to train
+    self.write_changed()                                              # in place: before the matmul reads w
+    own = kind not in SINGLE_EXPERT or where in self._spans           # a call on (or over) experts with blocks
+    trains = torch.is_grad_enabled() and self.smt_delta.requires_grad
+    if not own and not trains: return None                            # the frozen matmul, exact as it is
+    # an expert without blocks still gets Δ into the graph when Δ trains: DDP then sees Δ used on every rank whatever the routing
+    weight_of = partial(self._effective_weight, kind, where) if self.path == "reference" and own else None
+    rows_of = getattr(x, "_smt_rows_of", None) if kind in ("grouped", "grouped_t") else None  # x = source[index]: keep those
+    return ExpertCallFunction.apply(x, w, self.smt_delta, func, kind, where, partial(self._call_gradient, kind, where), weight_of, rows_of)
 
-    def write_changed(self) -> bool:
-        "Rewrite the blocks if Δ changed since the last write (by hand, or loaded); True if it wrote. A disabled module keeps the base."
-        stale = not self._disabled and self._written_version != self.smt_delta._version
-        if stale: self.write()
-        return stale
-
-    def delta_weight(self) -> Tensor:
-        "Dense `(experts, rows, cols)` ΔW: the trained deltas, zero outside the blocks."
-        W = self.weight
-        out = torch.zeros(W.shape, dtype=torch.float32, device=W.device)
-        for e, (idx, rows, cols) in self._experts.items():
-            out[e] = scatter_blocks(self.smt_delta.detach()[idx], self.grid, torch.stack([rows, cols], 1))
+@patch
+def _call_gradient(self: SMTExperts, kind: str, where, x2: Tensor, g2: Tensor) -> Tensor:
+    "(n, b, b) float32 gradient of Δ from one call: x2 (T, in) and g2 (T, out), its flattened input and output gradient."
+    a, c = (g2, x2) if kind in STORED_OUT_IN else (x2, g2)            # the stored matrix's gradient is aᵀ c
+    b = self.grid.block_size
+    if kind in SINGLE_EXPERT:                                         # eager experts: one expert's tokens
+        out = torch.zeros(self.smt_delta.shape, dtype=torch.float32, device=x2.device)
+        if where in self._spans:
+            p0, p1 = self._spans[where]
+            out[p0:p1] = block_gradients(a, c, self.rows[p0:p1], self.cols[p0:p1], b)
         return out
+    ends = _token_ends(kind, where, self.weight.shape[0], x2.device)
+    return grouped_block_gradients(a, c, self.block_experts, self.rows, self.cols, ends, b, self._spans)
+
+@patch
+@torch.no_grad()
+def _effective_weight(self: SMTExperts, kind: str, where, w: Tensor) -> Tensor:
+    "The reference path: a new tensor laid out as `w` (the weight as the call passed it), holding base + Δ; the weight keeps the base."
+    values = self.base_blocks + self.smt_delta.detach().to(self.base_blocks.dtype)  # one rounding, as the in-place write
+    if kind in SINGLE_EXPERT:                                         # w is expert `where`'s stored matrix
+        p0, p1 = self._spans[where]
+        out = w.clone()
+        write_blocks(out, self.grid, self.blocks[p0:p1, 1:], values[p0:p1])
+        return out
+    W = self.weight
+    out = torch.empty_strided(W.shape, W.stride(), dtype=W.dtype, device=W.device).copy_(W)
+    write_expert_blocks(out, self.grid, self.blocks, values)
+    return out.as_strided(w.shape, w.stride(), out.storage_offset() + w.storage_offset() - W.storage_offset())  # w's view of it
+
+@patch
+@torch.no_grad()
+def write(self: SMTExperts, delta: bool = True):
+    "Write base + Δ (or, `delta=False`, the original values) into the weight's blocks: one scatter."
+    W = self.weight
+    if isinstance(W, DTensor): raise _sharded_weight_error(self.weight_name)
+    values = self.base_blocks + self.smt_delta.detach().to(self.base_blocks.dtype) if delta else self.base_blocks
+    write_expert_blocks(W, self.grid, self.blocks, values)
+    self._written_version = self.smt_delta._version
+
+@patch
+def write_changed(self: SMTExperts, force: bool = False) -> bool:
+    "In place: rewrite the blocks if Δ changed since the last write (by hand, or loaded; `force`: always); True if it wrote."
+    stale = self.path == "inplace" and not self._disabled and (force or self._written_version != self.smt_delta._version)
+    if stale: self.write()
+    return stale
+
+@patch
+def enable_adapters(self: SMTExperts, enabled: bool):
+    "PEFT's switch: `False` puts the base's values back (in place) and computes the base alone; `True` adds Δ again."
+    if self.path == "inplace" and enabled == self._disabled: self.write(delta=enabled)
+    self._disabled = not enabled
+
+@patch
+def set_path(self: SMTExperts, path: str):
+    "'inplace' (the weight holds base + Δ) or 'reference' (it keeps the base; each call adds Δ to a copy): FSDP2 needs 'reference'."
+    if path not in EXPERT_PATHS: raise ValueError(f"Expert weights take the path 'inplace' or 'reference', not {path!r}.")
+    if path == self.path: return
+    if not self._disabled: self.write(delta=path == "inplace")     # the weight as the new path expects it
+    self.path = path
+
+@patch
+def delta_weight(self: SMTExperts) -> Tensor:
+    "Dense `(experts, rows, cols)` ΔW: the trained deltas, zero outside the blocks."
+    out = torch.zeros(self.weight.shape, dtype=torch.float32, device=self.smt_delta.device)
+    delta = self.smt_delta.detach()
+    write_expert_blocks(out, self.grid, self.blocks, delta.full_tensor() if isinstance(delta, DTensor) else delta)  # FSDP2: gathered
+    return out
+
+# %% ../nbs/04c_experts.ipynb #f19f9ed9
+_EXPERT_TABLES: dict = {}  # grouped-write tables, by the modules and addresses they describe
+
+def _expert_table(modules: list[SMTExperts]) -> tuple[Tensor, int]:
+    "The (n, 9) int64 table of `write_blocks_triton` for every block of `modules` (built once per set of addresses, then cached)."
+    key = tuple((m._serial, m.weight.data_ptr(), m.weight.stride(), m.smt_delta.data_ptr(), m.base_blocks.data_ptr(), m.weight.dtype)
+                for m in modules)
+    if key not in _EXPERT_TABLES:
+        parts = []
+        for m in modules:
+            W, g, blocks = m.weight, m.grid, m._blocks_cpu
+            b, k = g.block_size, torch.arange(len(blocks))
+            row0, col0 = blocks[:, 1] * b, blocks[:, 2] * b
+            parts.append(torch.stack([W.data_ptr() + blocks[:, 0] * W.stride(0) * W.element_size(),  # expert e's matrix
+                                      torch.full_like(k, W.stride(1)), torch.full_like(k, W.stride(2)), row0, col0,
+                                      (g.out_features - row0).clamp(max=b), (g.in_features - col0).clamp(max=b),
+                                      m.smt_delta.data_ptr() + k * b * b * m.smt_delta.element_size(),
+                                      m.base_blocks.data_ptr() + k * b * b * m.base_blocks.element_size()], 1))
+        if len(_EXPERT_TABLES) > 64: _EXPERT_TABLES.clear()
+        table = torch.cat(parts)
+        _EXPERT_TABLES[key] = (table.to(modules[0].weight.device), len(table))
+    return _EXPERT_TABLES[key]
+
+def _groupable(m: SMTExperts) -> bool:
+    "Whether the grouped write's addressing fits: float32 contiguous deltas, contiguous original blocks in the weight's dtype."
+    W = m.weight
+    return (W.dtype in _TRITON_DTYPES and m.base_blocks.dtype == W.dtype and m.smt_delta.dtype == torch.float32
+            and m.smt_delta.is_contiguous() and m.base_blocks.is_contiguous())
+
+def _aligned(m: SMTExperts) -> bool:
+    "Whether the vectorised write fits: whole blocks, row-major rows 16 elements apart, every expert's matrix and buffer 16-byte aligned."
+    W, g = m.weight, m.grid
+    return (W.stride(2) == 1 and W.stride(1) % 16 == 0 and W.stride(0) * W.element_size() % 16 == 0
+            and g.out_features % g.block_size == 0 and g.in_features % g.block_size == 0
+            and all(t.data_ptr() % 16 == 0 for t in (W, m.smt_delta, m.base_blocks)))
+
+def write_experts(modules: list[SMTExperts]):
+    "Write base + Δ into the weights of `modules`: one Triton launch per (device, dtype, block size) on CUDA for all their experts, one scatter per weight elsewhere."
+    groups = {}
+    for m in modules:
+        W, b = m.weight, m.grid.block_size
+        if isinstance(W, DTensor): raise _sharded_weight_error(m.weight_name)
+        if not len(m._blocks_cpu): continue
+        if _groupable(m) and kernel_applies(W, b): groups.setdefault((W.device, W.dtype, b, _aligned(m)), []).append(m)
+        else: m.write()
+    for (_, dtype, b, aligned), group in groups.items():
+        table, n = _expert_table(group)
+        write_blocks_triton(table, n, b, dtype, aligned)
+        increment_version([m.weight for m in group])  # as an in-place PyTorch write would: saved copies stay checked
+        for m in group: m._written_version = m.smt_delta._version
 
 def _write_stepped_experts(optimizer, args, kwargs):
-    "After every optimizer step: the expert weights whose deltas it moved get base + Δ written again."
+    "After every optimizer step: the in-place expert weights whose deltas it moved get base + Δ written again, in one launch."
+    if not _EXPERT_MODULES: return
     stepped = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    for m in list(_EXPERT_MODULES):
-        if id(m.smt_delta) in stepped and not m._disabled: m.write()  # every stepped one: fused optimizers keep the version counter
+    # every stepped one, whatever its version counter: fused optimizers leave it as it was
+    write_experts([m for m in list(_EXPERT_MODULES) if id(m.smt_delta) in stepped and m.path == "inplace" and not m._disabled])
 
 register_optimizer_step_post_hook(_write_stepped_experts)
 
+# %% ../nbs/04c_experts.ipynb #6e488bc2
 def _route_expert_calls(owner: nn.Module, handlers_of: Callable[[nn.Module], dict[str, Callable]]):
     "While `owner` runs forward, send its expert matmuls on each named weight to `handlers_of(owner)[name]` (hooks; returns their handles)."
     def enter(module, args):
@@ -317,7 +498,7 @@ def smt_experts(model: nn.Module) -> dict[str, SMTExperts]:
 
 def expert_entries(model: nn.Module) -> dict[str, tuple[SMTExperts, int]]:
     "Every expert matrix with trained blocks, by its selection name: (its weight's `SMTExperts`, the expert)."
-    return {expert_matrix_name(name, e): (m, e) for name, m in smt_experts(model).items() for e in sorted(m._experts)}
+    return {expert_matrix_name(name, e): (m, e) for name, m in smt_experts(model).items() for e in m.experts}
 
 def remove_experts(model: nn.Module, delta: bool):
     "Take every `SMTExperts` out of `model`, leaving base + Δ (`delta=True`: merged) or the base values (False) in the weights."
@@ -342,6 +523,7 @@ def install_experts(model: nn.Module, params: dict[str, tuple[nn.Module, str]], 
         triples = [torch.cat([torch.full((len(blocks[n]), 1), e), torch.as_tensor(blocks[n]).reshape(-1, 2)], 1)
                    for e, n in enumerate(expert_matrix_names(name, E)) if n in blocks]
         module = SMTExperts(owner, pname, torch.cat(triples) if triples else torch.zeros(0, 3, dtype=torch.long), block_size)
+        module.weight_name = name
         owner.add_module(f"{pname}_smt", module)
         out[name] = module
         owners.setdefault(id(owner), (owner, []))[1].append(pname)
@@ -372,6 +554,12 @@ def score_experts_random(grids: dict[str, BlockGrid], seed: int = 0) -> dict[str
     gen = torch.Generator().manual_seed(seed)
     return {n: torch.rand(g.shape, generator=gen) for n, g in grids.items()}
 
+def _raise_if_never_called(calls: dict[str, int], device, how: str = ""):
+    "Raise if a targeted weight saw no expert matmul during the warm-up on any rank; counted over ranks first, so all raise or none does."
+    seen = _sum_over_ranks(torch.tensor([float(k) for k in calls.values()], device=device))
+    missing = [n for n, k in zip(calls, seen.tolist()) if k == 0]
+    if missing: raise ValueError(f"No expert matmul on {missing[0]} ran {how}during warm-up.")
+
 @contextmanager
 def collecting_expert_gw(params: dict[str, tuple[nn.Module, str]], grids: dict[str, BlockGrid], statistic: str = "mean_abs"):
     """Around a warm-up whose backward reaches the experts (gradients to the inputs): GW of every targeted expert weight — per block,
@@ -389,16 +577,16 @@ def collecting_expert_gw(params: dict[str, tuple[nn.Module, str]], grids: dict[s
         def on_call(kind, where, x, w, func):
             if not x.requires_grad: return None                                     # no backward follows
             calls[name] += 1
-            def add_block_sums(e, x_rows, g_rows, gdelta):
-                a, c = (g_rows, x_rows) if kind in STORED_OUT_IN else (x_rows, g_rows)  # stored gradient = aᵀc
-                a_sums = row_block_sums(a.float(), grid)                                    # (T, R)
-                c_sums = column_strips(c.float(), grid).sum(-1)                             # (T, C)
-                totals[expert_matrix_name(name, e)] += a_sums.t() @ c_sums
+            def add_block_sums(x2, g2):
+                a, c = (g2, x2) if kind in STORED_OUT_IN else (x2, g2)              # stored gradient = aᵀc
+                a_sums = row_block_sums(a.float(), grid)                                # (T, R)
+                c_sums = column_strips(c.float(), grid).sum(-1)                         # (T, C)
+                for e, rows in _expert_groups(kind, where, a_sums):                     # each expert from its own tokens
+                    totals[expert_matrix_name(name, e)] += a_sums[rows].t() @ c_sums[rows]
             return ExpertCallFunction.apply(x, w, None, func, kind, where, add_block_sums)
         return on_call
     def scores() -> dict[str, Tensor]:
-        missing = [n for n, k in calls.items() if k == 0]
-        if missing: raise ValueError(f"No expert matmul on {missing[0]} ran with gradients during warm-up.")
+        _raise_if_never_called(calls, next(iter(totals.values())).device, "with gradients ")  # every rank, or none
         out = {}
         for n, t in totals.items():
             mean = _sum_over_ranks(t) / block_sizes(grids[n]).to(t)
@@ -417,26 +605,29 @@ def score_experts_gw(model: nn.Module, params: dict[str, tuple[nn.Module, str]],
 def collecting_expert_aw(params: dict[str, tuple[nn.Module, str]], grids: dict[str, BlockGrid]):
     """Around a warm-up (forward only is enough): AW of every targeted expert weight — mean over each block of |W_ij|·‖x_j‖₂, with
     ‖x_j‖₂ the norm of input feature j over the tokens routed to that expert. Yields a function returning the scores afterwards."""
-    sumsq, transposed = {}, {}
+    sumsq, calls, transposed = {}, {n: 0 for n in params}, {n: 0 for n in params}
     def handler(name):
         def on_call(kind, where, x, w, func):
             x2 = x.detach().reshape(-1, x.shape[-1]).float()
-            transposed[name] = kind not in STORED_OUT_IN                              # stored (experts, in, out)
+            calls[name] += 1
+            transposed[name] += kind not in STORED_OUT_IN                             # stored (experts, in, out)
             for e, rows in _expert_groups(kind, where, x2):
                 key = expert_matrix_name(name, e)
                 sumsq[key] = sumsq.get(key, 0) + x2[rows].square().sum(0)
             return None                                                               # the call itself runs unchanged
         return on_call
     def scores() -> dict[str, Tensor]:
-        missing = [n for n in params if n not in transposed]
-        if missing: raise ValueError(f"No expert matmul on {missing[0]} ran during warm-up.")
+        owner, pname = next(iter(params.values()))
+        device = getattr(owner, pname).device                                       # where the all-reduce runs
+        _raise_if_never_called(calls, device)
+        stored_in_out = dict(zip(params, _sum_over_ranks(torch.tensor([float(transposed[n]) for n in params], device=device)).tolist()))
         out = {}
         for name, (owner, pname) in params.items():
-            W = getattr(owner, pname).detach()
+            W, transposed_here = getattr(owner, pname).detach(), stored_in_out[name] > 0  # as the ranks that saw calls found it
             for e, n in enumerate(expert_matrix_names(name, W.shape[0])):
-                zeros = W.new_zeros(W.shape[1] if transposed[name] else W.shape[2]).float()  # an expert no token reached
+                zeros = W.new_zeros(W.shape[1] if transposed_here else W.shape[2]).float()  # an expert no token reached (here)
                 norms = _sum_over_ranks(sumsq[n] if n in sumsq else zeros).sqrt()
-                weighted = W[e].float().abs() * (norms[:, None] if transposed[name] else norms[None, :])
+                weighted = W[e].float().abs() * (norms[:, None] if transposed_here else norms[None, :])
                 out[n] = block_reduce(weighted, grids[n], "abs_mean").cpu()
         return out
     with _routed(params, handler): yield scores

@@ -14,7 +14,8 @@ from .blocks import BlockGrid, sampled_block_grad, column_strips, strip_plan
 
 # %% auto #0
 __all__ = ['triton_available', 'kernel_applies', 'launch_plan', 'symbolic_launch_plan', 'sddmm_blocks_triton',
-           'write_blocks_triton', 'random_sddmm_problem', 'kernel_error', 'kernel_repeats']
+           'sddmm_blocks_grouped_triton', 'write_blocks_triton', 'random_sddmm_problem', 'kernel_error',
+           'kernel_repeats', 'grouped_kernel_error']
 
 # %% ../nbs/04a_kernels.ipynb #9299f46a
 import os
@@ -119,6 +120,62 @@ def sddmm_blocks_triton(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block
                                EVEN=even, num_warps=4 if tile <= 64 else 8, num_stages=3)
     return partial[0] if splits == 1 else partial.sum(0)  # (n, b, b); torch's reduction is deterministic
 
+# %% ../nbs/04a_kernels.ipynb #2b954f12
+@functools.cache
+def _sddmm_grouped_kernel():
+    "Build the grouped (per-expert) kernel on first use."
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def sddmm_grouped(A, C, OUT, EXPERT, ROWS, COLS, ENDS, a_width, c_width, stride_a, stride_c,
+                      B: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, IEEE: tl.constexpr):
+        k = tl.program_id(0)                       # which selected block
+        tile = tl.program_id(1)                    # which BM×BN tile of it
+        split = tl.program_id(2)                   # which slice of its expert's tokens
+        tm, tn = tile // (B // BN), tile % (B // BN)
+        e = tl.load(EXPERT + k)                    # the block's expert: its tokens are rows ENDS[e-1] .. ENDS[e] of A and C
+        end = tl.load(ENDS + e).to(tl.int64)
+        start = tl.where(e > 0, tl.load(ENDS + tl.maximum(e - 1, 0)).to(tl.int64), 0)
+        per_split = tl.cdiv(tl.cdiv(end - start, tl.num_programs(2)), BK) * BK  # read on the device: no host sync
+        t_lo = start + split * per_split
+        t_hi = tl.minimum(t_lo + per_split, end)
+        a_cols = tl.load(ROWS + k) * B + tm * BM + tl.arange(0, BM)
+        c_cols = tl.load(COLS + k) * B + tn * BN + tl.arange(0, BN)
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for t0 in range(t_lo, t_hi, BK):
+            offs_t = t0 + tl.arange(0, BK)
+            in_t = offs_t < t_hi
+            a = tl.load(A + offs_t[:, None] * stride_a + a_cols[None, :], mask=in_t[:, None] & (a_cols[None, :] < a_width), other=0.0)
+            c = tl.load(C + offs_t[:, None] * stride_c + c_cols[None, :], mask=in_t[:, None] & (c_cols[None, :] < c_width), other=0.0)
+            if IEEE:
+                acc += tl.dot(tl.trans(a), c, input_precision="ieee")
+            else:
+                acc += tl.dot(tl.trans(a), c)
+        offs_m, offs_n = tm * BM + tl.arange(0, BM), tn * BN + tl.arange(0, BN)
+        tl.store(OUT + (split * tl.num_programs(0) + k) * B * B + offs_m[:, None] * B + offs_n[None, :], acc)
+
+    return sddmm_grouped
+
+def sddmm_blocks_grouped_triton(a: Tensor, c: Tensor, experts: Tensor, rows: Tensor, cols: Tensor, ends: Tensor, block_size: int,
+                                n_programs_target: int | None = None) -> Tensor:
+    """Selected b×b tiles of `a[tokens of e]ᵀ c[tokens of e]` for blocks of several experts, one launch: `a` (T, A), `c` (T, C) with
+    rows sorted by expert, `ends` (E,) each expert's last row + 1 (transformers' grouped_mm offsets, read on the device); block `k`
+    belongs to expert `experts[k]`, at row strip `rows[k]` of `a`'s columns and column strip `cols[k]` of `c`'s -> (n, b, b) fp32."""
+    n, b, E = rows.shape[0], block_size, ends.shape[0]
+    if n == 0 or a.shape[0] == 0: return torch.zeros(n, b, b, device=a.device, dtype=torch.float32)
+    if n_programs_target is None: n_programs_target = _programs_target(a.device)
+    fp32 = a.dtype == torch.float32
+    tile, tiles, bk = _tiles(b, fp32)
+    tokens_per_expert = math.ceil(a.shape[0] / E)  # the mean: the real counts stay on the device
+    splits = max(1, min(math.ceil(n_programs_target / (n * tiles)), math.ceil(tokens_per_expert / (4 * bk))))
+    a, c, experts, rows, cols = (t.contiguous() for t in (a, c, experts, rows, cols))  # the kernel reads rows; tables as flat arrays
+    partial = torch.empty(splits, n, b, b, device=a.device, dtype=torch.float32)  # every element is written by the kernel
+    _sddmm_grouped_kernel()[(n, tiles, splits)](a, c, partial, experts, rows, cols, ends, a.shape[1], c.shape[1],
+                                                a.stride(0), c.stride(0), B=b, BM=tile, BN=tile, BK=bk, IEEE=fp32,
+                                                num_warps=4 if tile <= 64 else 8, num_stages=3)
+    return partial[0] if splits == 1 else partial.sum(0)  # (n, b, b); a fixed-order sum: deterministic
+
 # %% ../nbs/04a_kernels.ipynb #889e6975
 @functools.cache
 def _write_kernel():
@@ -191,3 +248,19 @@ def kernel_repeats(T=8192, out_f=576, in_f=1536, b=64, n=3, repeats=10, seed=0, 
     def once(): return sddmm_blocks_triton(g2, x2, blocks[:, 0], blocks[:, 1], b)
     first = once()
     return all(torch.equal(first, once()) for _ in range(repeats))
+
+# %% ../nbs/04a_kernels.ipynb #98b06983
+def grouped_kernel_error(E=5, counts=(10, 0, 31, 20, 9), A=45, C=40, b=16, n_programs_target=30, seed=0, device="cpu") -> float:
+    "Norm-relative error of `sddmm_blocks_grouped_triton` against `sampled_block_grad` over each expert's own rows."
+    gen = torch.Generator().manual_seed(seed)
+    ends = torch.tensor(counts).cumsum(0)
+    a, c = torch.randn(int(ends[-1]), A, generator=gen), torch.randn(int(ends[-1]), C, generator=gen)
+    grid = BlockGrid(A, C, b)
+    blocks = torch.stack([torch.randint(0, E, (12,), generator=gen), torch.randint(0, grid.n_rows, (12,), generator=gen),
+                          torch.randint(0, grid.n_cols, (12,), generator=gen)], 1).unique(dim=0)  # sorted by expert
+    bounds = [0] + ends.tolist()
+    ref = torch.stack([sampled_block_grad(a[bounds[e]:bounds[e + 1]], column_strips(c[bounds[e]:bounds[e + 1]], grid),
+                                          torch.tensor([r]), torch.tensor([k]), grid)[0] for e, r, k in blocks.tolist()])
+    out = sddmm_blocks_grouped_triton(*(t.to(device) for t in (a, c, blocks[:, 0], blocks[:, 1], blocks[:, 2], ends.to(torch.int32))),
+                                      b, n_programs_target=n_programs_target)
+    return ((out.cpu() - ref).norm() / ref.norm()).item()

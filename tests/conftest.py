@@ -1,4 +1,6 @@
 """Tiny seeded models of every architecture family SMT must handle, built from configs (no hub access needed)."""
+from contextlib import contextmanager
+
 import pytest
 import torch
 from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
@@ -42,3 +44,12 @@ def batches(n, seed=0, bs=2, seq=10):
         ids = torch.randint(0, VOCAB, (bs, seq), generator=g)
         out.append(dict(input_ids=ids, labels=ids.clone()))
     return out
+
+
+@contextmanager
+def torch_threads(n: int):
+    "Run the block with `n` torch threads, then restore the count."
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try: yield
+    finally: torch.set_num_threads(before)

@@ -4,7 +4,7 @@ experts), nothing else moves, save → load is bitwise, merge and unload are exa
 import pytest
 import torch
 
-from smt_nb.core import SMTConfig, default_targets, load_smt, merge_and_unload, prepare_smt, smt_layers, unload
+from smt_nb.core import SMTConfig, default_targets, load_smt, merge_and_unload, prepare_smt, smt_layers, switch_path, unload
 from smt_nb.experts import expert_parameters, smt_experts
 from smt_nb.train import smt_parameters
 
@@ -95,7 +95,7 @@ def test_selection_reuse_state_dict_and_refusals(tmp_path):
     assert all(torch.equal(a.blocks, b.blocks) for a, b in zip(smt_experts(model).values(), smt_experts(again).values()))
     again.load_state_dict(model.state_dict())  # a loaded Δ is written into the expert weights at once
     for n in smt_experts(model): assert torch.equal(again.get_parameter(n), model.get_parameter(n)), n
-    with pytest.raises(NotImplementedError, match="in place only"): model.switch_path("reference")
+    with pytest.raises(NotImplementedError, match="not 'additive'"): model.switch_path("additive")
     with pytest.raises(ValueError, match="already has SMT layers"): prepare_smt(model, target_parameters=EXPERTS, method="mw")
     model.save_pretrained(tmp_path)
     other = build("mixtral", seed=1)
@@ -173,9 +173,9 @@ def test_review_cases_device_hand_edits_unload_in_disable_half_prepare_names_and
     "Cases a review found: each must hold (they failed before the fixes)."
     data = batch("mixtral")
     with torch.no_grad(): base_logits = build("mixtral")(**data).logits
-    # the per-expert index lists follow the model to another device (here: meta) as Δ does
+    # the kernels' block tables follow the model to another device (here: meta) as Δ does
     moved = mixtral().to("meta")
-    assert all(t.device.type == "meta" for m in smt_experts(moved).values() for plan in m._experts.values() for t in plan)
+    assert all(t.device.type == "meta" for m in smt_experts(moved).values() for t in (m.block_experts, m.rows, m.cols, m.base_samples))
     # a Δ changed by hand is written into the weight before the next forward reads it
     model = mixtral(init_std=0.05)
     with torch.no_grad():
@@ -204,3 +204,26 @@ def test_review_cases_device_hand_edits_unload_in_disable_half_prepare_names_and
     kept = mixtral(method="mw", exclude_modules=["model.layers.0.mlp.experts"])
     assert sorted(smt_experts(kept)) == ["model.layers.1.mlp.experts.down_proj", "model.layers.1.mlp.experts.gate_up_proj"]
     with pytest.raises(ValueError, match="matched nothing once exclude_modules"): mixtral(method="mw", target_modules=None, exclude_modules=r".*experts.*")
+
+
+@pytest.mark.parametrize("implementation", ["grouped_mm", "eager"])
+def test_reference_path_trains_as_in_place_and_keeps_the_base(implementation):
+    "FSDP2's path: each call computes with a copy holding base + Δ; the deltas, the logits and (after switching back) the weights equal in place's."
+    data = batch("mixtral")
+    def trained(path):
+        torch.manual_seed(0)
+        model = mixtral(init_std=0.05)                     # Δ ≠ 0 from the start: the copies must hold it
+        model.set_experts_implementation(implementation)
+        switch_path(model, path)
+        opt = torch.optim.SGD(smt_parameters(model), lr=0.1)
+        for _ in range(2): model(**data).loss.backward(); opt.step(); opt.zero_grad()
+        with torch.no_grad(): return model, model(**data).logits
+    (inplace, logits), (reference, ref_logits) = trained("inplace"), trained("reference")
+    for n, m in smt_experts(inplace).items():
+        assert torch.equal(m.smt_delta, smt_experts(reference)[n].smt_delta) and m.smt_delta.abs().sum() > 0, n
+    torch.testing.assert_close(ref_logits, logits, rtol=0, atol=0)
+    base = build("mixtral")
+    for n, m in smt_experts(reference).items():
+        assert m.path == "reference" and torch.equal(reference.get_parameter(n), base.get_parameter(n)), n  # the weight kept the base
+    switch_path(reference, "inplace")                       # back: base + Δ written, as the in-place run holds it
+    for n in smt_experts(reference): assert torch.equal(reference.get_parameter(n), inplace.get_parameter(n)), n

@@ -18,7 +18,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from fault_models import SMT, adapter_model, dropout_llama, train_batches
-from conftest import ARCHS, batches as lm_batches
+from conftest import ARCHS, batches as lm_batches, torch_threads
 
 from smt_nb.atomic import TMP_PREFIX
 from smt_nb.core import ADAPTER_CONFIG, ADAPTER_WEIGHTS, SMTConfig, load_smt, prepare_smt, save_smt, smt_layers
@@ -83,10 +83,7 @@ def test_disk_full_while_overwriting_keeps_the_old_adapter(tmp_path):
 @pytest.fixture
 def one_thread():
     "The writer runs single-threaded; so does the reference, so that both sum in the same order, bit for bit."
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1): yield
 
 
 @pytest.fixture

@@ -395,3 +395,20 @@ def test_resume_from_a_checkpoint_written_without_a_callback_the_resumed_run_has
     resumed = trainer(prepare_smt(ARCHS["llama"](), SMTConfig(**MW)), [Recorded()])
     resumed.args.max_steps = 5
     assert resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-3")).global_step == 5
+
+
+def test_a_training_forward_keeps_nothing_of_its_callers_alive():
+    """The check for a driving Trainer walks the call stack on every training forward; reading a frame's locals (before Python 3.13)
+    leaves a snapshot on the frame that holds them, so it must look only into Trainer's own frames: a tensor the caller deletes after
+    the forward is freed at once (a model deleted between benchmark rows stayed in GPU memory before)."""
+    import gc
+    import weakref
+    import transformers.trainer  # noqa: F401  the walk runs only once Trainer is imported
+    model = prepare_smt(ARCHS["llama"](), SMTConfig(target_modules=["q_proj"], **MW)).train()
+    def caller():
+        held = torch.zeros(8)
+        alive = weakref.ref(held)
+        model(**batches(1)[0])
+        del held; gc.collect()
+        return alive() is None
+    assert caller()
