@@ -37,7 +37,7 @@ setuptools.setup(
     include_package_data=True,
     install_requires=cfg.get('requirements', '').split(),
     extras_require={'dev': cfg.get('dev_requirements', '').split(), 'quant': cfg.get('quant_requirements', '').split(),
-                    'data': cfg.get('data_requirements', '').split()},
+                    'data': cfg.get('data_requirements', '').split(), 'deepspeed': cfg.get('deepspeed_requirements', '').split()},
     entry_points={
         'console_scripts': cfg.get('console_scripts', '').split(),
         'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],

@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 
 from .blocks import group_of, name_matches
-from .layers import SMTLinear, keep_4bit_differentiable, dequantized_weight, write_blocks, PATHS, smt_layers
+from .layers import (SMTLinear, keep_4bit_differentiable, dequantized_weight, write_blocks, PATHS, smt_layers, zero3_partitioned,
+                           zero3_error)
 from .selection import Selection, SCORERS, make_selection
 from .experts import (expert_parameters, expert_grids, install_experts, smt_experts, remove_experts, collecting_expert_gw,
                             collecting_expert_aw, score_experts_mw, score_experts_random)
@@ -88,6 +89,7 @@ def prepare_smt(model: nn.Module, config: SMTConfig | dict | None = None, datalo
     "Choose blocks (or use `selection`), freeze `model`, and wrap its target layers in `SMTLinear` (expert weights: `SMTExperts`); returns `model`, changed in place."
     config = as_config(config, kwargs)
     if smt_layers(model) or smt_experts(model): raise ValueError("This model already has SMT layers; merge_and_unload() it or start from a fresh model.")
+    if any(zero3_partitioned(p) for p in model.parameters()): raise zero3_error()  # before anything reads a weight's shape
     keep_4bit_differentiable(model)
     if selection is None:
         experts = expert_parameters(model, config.target_parameters) if config.target_parameters else {}

@@ -24,8 +24,8 @@ __all__ = ['SUPPORTED_LAYERS', 'PATHS', 'computes_linear', 'is_float_linear', 'l
            'is_supported', 'logical_shape', 'dequantized_weight', 'block_gradients', 'effective_weight',
            'SMTLinearFunction', 'block_sparse_matmul', 'block_sparse_matmul_t', 'BlockDeltaFunction', 'default_path',
            'check_blocks', 'padding_mask', 'SMTLinear', 'write_blocks', 'sync_blocks', 'groupable', 'aligned_for_write',
-           'write_layers', 'compute_dtype', 'InplaceSMTFunction', 'smt_layers', 'keep_4bit_differentiable',
-           'DequantizedSMTFunction']
+           'write_layers', 'compute_dtype', 'zero3_partitioned', 'zero3_error', 'InplaceSMTFunction', 'smt_layers',
+           'keep_4bit_differentiable', 'DequantizedSMTFunction']
 
 # %% ../nbs/04_layers.ipynb #b0187c0f
 SUPPORTED_LAYERS = (nn.Linear, Conv1D)
@@ -383,9 +383,21 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     if x.is_floating_point() and torch.is_autocast_enabled(device): return torch.get_autocast_dtype(device)
     return x.dtype
 
+def zero3_partitioned(t: Tensor) -> bool:
+    "Is `t` a parameter DeepSpeed ZeRO-3 has partitioned (its values live in shards; here an empty placeholder with `ds_shape`)?"
+    return hasattr(t, "ds_id") and hasattr(t, "ds_shape")
+
+def zero3_error() -> NotImplementedError:
+    return NotImplementedError(
+        "This model's weights are partitioned by DeepSpeed ZeRO-3 (built under deepspeed.zero.Init, or given to deepspeed.initialize "
+        "with stage 3): smt_nb does not train under ZeRO-3 yet. Use ZeRO stage 1 or 2 — SMT's optimizer state is a few percent of "
+        "the model, and those stages shard it — or FSDP2 to shard the base weights as well (prepare_smt, switch_path(model, "
+        "'reference'), then fully_shard).")
+
 @patch
 def _check_input(self: SMTLinear, x: Tensor):
     "Fail with a fix, not deep inside a matmul, when the input does not match the layer."
+    if zero3_partitioned(self.base_layer.weight): raise zero3_error()
     if x.device != self.smt_delta.device:
         raise RuntimeError(f"Input on {x.device} but this SMT layer's blocks are on {self.smt_delta.device}: move the batch (or the model) to one device.")
     if not self.quantized and x.dtype != self.weight.dtype and not torch.is_autocast_enabled(x.device.type):

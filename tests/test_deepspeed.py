@@ -1,0 +1,53 @@
+"""SMT under DeepSpeed (the official SMT code's engine) on CPU processes: raw `deepspeed.initialize` after prepare_smt with ZeRO
+stages 1 and 2 on 2 gloo processes against 1 plain process on the combined batches — the same selection, the same deltas (torch's
+AdamW on both sides), one adapter that loads bitwise into a plain model, and a DeepSpeed checkpoint of the deltas and their
+optimizer state only (no base weights) that resumes exactly. ZeRO-3 is refused with a message naming the alternatives, both for a
+model built under `deepspeed.zero.Init` and for a prepared model that stage 3 partitioned afterwards."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import importlib.util
+
+import pytest
+import torch
+
+from smt_nb.core import load_smt, prepare_smt, smt_layers
+from conftest import ARCHS
+
+TESTS = Path(__file__).parent
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="the optional extra: pip install 'smt_nb[deepspeed]' (CI installs it)")
+def test_zero1_and_zero2_match_one_process_and_resume_exactly(tmp_path):
+    import deepspeed_worker as w
+    exe = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    env = dict(os.environ, PYTHONPATH=str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
+               DS_ACCELERATOR="cpu")
+    run = subprocess.run([exe, "--nproc_per_node", "2", "--master_port", "29561", str(TESTS / "deepspeed_worker.py"), str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r in ranks:  # ZeRO-3: refused before anything is changed, naming ZeRO-1/2 and FSDP2
+        assert r["zero3_refusal"].startswith("NotImplementedError") and "ZeRO stage 1 or 2" in r["zero3_refusal"] and "FSDP2" in r["zero3_refusal"]
+        assert r["zero3_after_initialize"].startswith("NotImplementedError") and "ZeRO-3" in r["zero3_after_initialize"], r
+    for stage in (1, 2):
+        report = [r[f"zero{stage}"] for r in ranks]
+        assert report[0]["blocks"] == report[1]["blocks"]                   # every rank selects the same blocks
+        assert all(r["resume_exact"] for r in report)                        # resumed from step 2: the same deltas, bit for bit
+        assert report[0]["checkpoint_bytes"] < 200_000, report[0]            # the deltas and their AdamW state, not the base
+        data = w.batches(0, 1)                                               # one process, the combined batches, torch's AdamW
+        single = prepare_smt(ARCHS["llama"](), w.config(), dataloader=data[:3])
+        assert report[0]["blocks"] == {n: b.tolist() for n, b in single.smt_selection.blocks.items()}
+        opt = torch.optim.AdamW([l.smt_delta for l in smt_layers(single).values()], lr=w.LR, weight_decay=0.0)
+        for b in data:
+            single(**b).loss.backward(); opt.step(); opt.zero_grad()
+        trained = torch.load(tmp_path / f"zero{stage}_deltas.pt")
+        loaded = load_smt(ARCHS["llama"](), tmp_path / f"zero{stage}_adapter")  # the adapter every rank saved, on a plain model
+        for n, l in smt_layers(single).items():
+            want = l.smt_delta.detach()
+            assert ((trained[n] - want).norm() / want.norm()).item() < 1e-5, (stage, n)
+            assert torch.equal(smt_layers(loaded)[n].smt_delta.detach(), trained[n]), (stage, n)
