@@ -281,6 +281,19 @@ def _declared_as_adapter_model(model):
     finally:
         if declare: model.__dict__.pop("_hf_peft_config_loaded", None)
 
+@contextmanager
+def _deepspeed_checkpoints_without_base(trainer):
+    """Trainer writes and reads the DeepSpeed checkpoints of a PEFT model without its frozen weights (`exclude_frozen_parameters`,
+    then a non-strict load); an SMT model is the same case, so while DeepSpeed is on Trainer's PEFT check says yes for it here."""
+    import transformers.trainer as hf_trainer
+    if not getattr(trainer, "is_deepspeed_enabled", False):
+        yield
+        return
+    original = hf_trainer._is_peft_model
+    hf_trainer._is_peft_model = lambda model: model is trainer.model or original(model)
+    try: yield
+    finally: hf_trainer._is_peft_model = original
+
 class SMTRunLoss(TrainerCallback, ExportableState):
     "The sum of the training losses of steps 1…`step`, kept in each checkpoint's trainer_state.json so that a resumed run reports the mean over the whole run."
     def __init__(self, loss_sum: float = 0.0, step: int = 0): self.loss_sum, self.step = loss_sum, step
@@ -326,16 +339,24 @@ class SMTTrainerMixin:
         if self.args.push_to_hub and not _internal_call: self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
     def _save_optimizer_and_scheduler(self, output_dir: str):
-        "As Trainer's; under FSDP without the sharded copy of the whole model Trainer adds (the adapter is saved beside it)."
-        if not self._fsdp: return super()._save_optimizer_and_scheduler(output_dir)
+        "As Trainer's; under FSDP without the sharded copy of the whole model Trainer adds, under DeepSpeed without the frozen base."
+        if not self._fsdp:
+            with _deepspeed_checkpoints_without_base(self): return super()._save_optimizer_and_scheduler(output_dir)
         from accelerate.utils import save_fsdp_optimizer
         from transformers.trainer import SCHEDULER_NAME
         save_fsdp_optimizer(self.accelerator.state.fsdp_plugin, self.accelerator, self.optimizer, self.model, output_dir)  # deltas' states
         if self.args.should_save: torch.save(self.lr_scheduler.state_dict(), Path(output_dir) / SCHEDULER_NAME)
 
+    def _prepare_for_training(self, *args, **kwargs):
+        "As Trainer's; a DeepSpeed checkpoint without the frozen base (as written above) is loaded without requiring it."
+        with _deepspeed_checkpoints_without_base(self): return super()._prepare_for_training(*args, **kwargs)
+
     def create_optimizer(self, *args, **kwargs):
         "Trainer's optimizer, whose step is skipped (with a warning) when a block gradient is NaN or inf."
         opt = super().create_optimizer(*args, **kwargs)
+        if getattr(self, "is_deepspeed_enabled", False):  # DeepSpeed builds and steps its own optimizer (opt: accelerate's placeholder)
+            self.nonfinite_guard = None
+            return opt
         if not getattr(opt, "_smt_guarded", False):
             guard, step = NonFiniteGuard(smt_parameters(self.model), self.max_nonfinite_skips), opt.step
             def guarded_step(*a, **kw):

@@ -4,7 +4,8 @@ Raw `deepspeed.initialize` after prepare_smt, ZeRO stages 1 and 2, torch's AdamW
 warms up GW and trains on its half of every batch, saves the adapter (every rank calls save_smt; the deltas are whole on every
 rank under ZeRO-1/2), and writes a DeepSpeed checkpoint of the trained parameters only (`exclude_frozen_parameters`: the deltas
 and their optimizer state, never the base) at step 2 of 4; a fresh engine resumes from it. ZeRO-3: a model built under
-`deepspeed.zero.Init` is refused by prepare_smt with a message naming the alternatives.
+`deepspeed.zero.Init` is refused by prepare_smt with a message naming the alternatives. Then SMTTrainer with
+`TrainingArguments(deepspeed=...)` (ZeRO-2): 4 steps with checkpoints every 2, and a fresh run resumed from checkpoint-2.
 Usage: torchrun --nproc_per_node 2 tests/deepspeed_worker.py OUT_DIR
 """
 import json
@@ -81,6 +82,25 @@ def zero3_after_initialize(rank: int, world: int) -> str:
     return ""
 
 
+def through_trainer(out: Path, rank: int, world: int, resume: bool) -> dict:
+    "SMTTrainer with TrainingArguments(deepspeed=ZeRO-2 config): 4 steps with checkpoints every 2, or from checkpoint-2 on."
+    from transformers import TrainingArguments
+    from smt_nb.train import SMTTrainer
+    from fsdp_trainer_worker import trainer_rows
+    config_ds = {**ds_config(2), "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                 "optimizer": {"type": "AdamW", "params": {"lr": "auto", "weight_decay": "auto", "torch_adam": True}}}
+    args = TrainingArguments(output_dir=str(out / "trainer"), max_steps=4, save_steps=2, per_device_train_batch_size=2,
+                             learning_rate=LR, lr_scheduler_type="constant", weight_decay=0.0, report_to=[], dataloader_drop_last=True,
+                             seed=0, disable_tqdm=True, deepspeed=config_ds)
+    model = prepare_smt(ARCHS["llama"](), config(), dataloader=batches(rank, world)[:3])
+    trainer = SMTTrainer(model=model, args=args, train_dataset=trainer_rows())
+    trainer.train(resume_from_checkpoint=str(out / "trainer" / "checkpoint-2") if resume else None)
+    step2 = out / "trainer" / "checkpoint-2"
+    engine_files = {p.name: p.stat().st_size for p in next(step2.glob("global_step*")).iterdir()}
+    return dict(deepspeed=trainer.is_deepspeed_enabled, deltas={n: d.tolist() for n, d in deltas(trainer.model).items()},
+                checkpoint=sorted(p.name for p in step2.iterdir()), engine_files=engine_files)
+
+
 def main(out: Path):
     import deepspeed
     deepspeed.init_distributed(dist_backend="gloo")
@@ -88,6 +108,9 @@ def main(out: Path):
     report = {f"zero{stage}": train(stage, out, rank, world) for stage in (1, 2)}
     report["zero3_refusal"] = zero3_refusal()
     report["zero3_after_initialize"] = zero3_after_initialize(rank, world)
+    for resume in (False, True):
+        report[f"trainer_{'resumed' if resume else 'straight'}"] = through_trainer(out, rank, world, resume)
+        dist.barrier()
     (out / f"rank{rank}.json").write_text(json.dumps(report))
     dist.barrier()
     dist.destroy_process_group()

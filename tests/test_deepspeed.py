@@ -1,7 +1,7 @@
 """SMT under DeepSpeed (the official SMT code's engine) on CPU processes: raw `deepspeed.initialize` after prepare_smt with ZeRO
 stages 1 and 2 on 2 gloo processes against 1 plain process on the combined batches — the same selection, the same deltas (torch's
 AdamW on both sides), one adapter that loads bitwise into a plain model, and a DeepSpeed checkpoint of the deltas and their
-optimizer state only (no base weights) that resumes exactly. ZeRO-3 is refused with a message naming the alternatives, both for a
+optimizer state only (no base weights) that resumes exactly; the same through SMTTrainer with `TrainingArguments(deepspeed=...)`. ZeRO-3 is refused with a message naming the alternatives, both for a
 model built under `deepspeed.zero.Init` and for a prepared model that stage 3 partitioned afterwards."""
 import json
 import os
@@ -51,3 +51,11 @@ def test_zero1_and_zero2_match_one_process_and_resume_exactly(tmp_path):
             want = l.smt_delta.detach()
             assert ((trained[n] - want).norm() / want.norm()).item() < 1e-5, (stage, n)
             assert torch.equal(smt_layers(loaded)[n].smt_delta.detach(), trained[n]), (stage, n)
+    # SMTTrainer(args=TrainingArguments(deepspeed=ZeRO-2 config)): DeepSpeed checkpoints without the frozen base, an exact resume
+    straight, resumed = ranks[0]["trainer_straight"], ranks[0]["trainer_resumed"]
+    assert straight["deepspeed"] and resumed["deepspeed"]
+    assert {"adapter_config.json", "adapter_model.safetensors", "trainer_state.json"} <= set(straight["checkpoint"]), straight
+    base_bytes = 4 * sum(p.numel() for p in ARCHS["llama"]().parameters())
+    assert straight["engine_files"]["mp_rank_00_model_states.pt"] < base_bytes / 4, straight["engine_files"]  # the deltas, not the base
+    assert straight["deltas"] == resumed["deltas"]                                           # resumed from checkpoint-2: bit for bit
+    assert any(torch.tensor(d).abs().sum() > 0 for d in straight["deltas"].values())        # and it trained
