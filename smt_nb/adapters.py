@@ -24,7 +24,8 @@ from safetensors.torch import save_file
 import smt_nb
 from .atomic import atomic_write, folder_lock
 from .blocks import gather_blocks, outside_sample
-from .layers import SMTLinear, is_bnb_quantized, logical_shape, dequantized_weight, check_blocks, sync_blocks, smt_layers
+from .layers import (SMTLinear, is_bnb_quantized, logical_shape, dequantized_weight, check_blocks, sync_blocks, smt_layers,
+                           zero3_partitioned)
 from .selection import Selection, SCORERS, selection_to_dict, selection_from_dict
 from .experts import SMTExperts, expert_entries, smt_experts
 from .config import SMTConfig, SelectionEntry, check_not_shared, check_selection_fits, selection_entries, split_targets
@@ -93,13 +94,22 @@ def adapter_meta(model: nn.Module) -> dict:
                 fingerprint=prints)
 
 def whole(t: Tensor) -> Tensor:
-    "The whole tensor behind a parameter that FSDP2 may have sharded: a DTensor is gathered (a collective: every rank calls it)."
+    """The whole values behind a parameter FSDP2 or DeepSpeed ZeRO-3 may have sharded, detached: a DTensor or a partitioned ZeRO-3
+    parameter is gathered (a collective: every rank calls it)."""
+    if zero3_partitioned(t):
+        import deepspeed
+        with deepspeed.zero.GatheredParameters([t], modifier_rank=None): return t.data.detach().clone()
+    t = t.detach()
     return t.full_tensor() if isinstance(t, DTensor) else t
 
 def assign_whole(param: Tensor, value: Tensor):
     "Copy a whole tensor into `param`; an FSDP2 shard keeps its own part of it (each rank reads the same file: no communication)."
     if tuple(value.shape) != tuple(param.shape):  # copy_ would broadcast a (1, b, b) tensor into every block without a word
         raise ValueError(f"A tensor of shape {tuple(value.shape)} cannot replace a parameter of shape {tuple(param.shape)}.")
+    if zero3_partitioned(param):  # every rank gathers, copies the same file's values; rank 0's are partitioned back
+        import deepspeed
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=0), torch.no_grad(): param.data.copy_(value.to(param.device, param.dtype))
+        return
     with torch.no_grad():
         if isinstance(param, DTensor):
             value = distribute_tensor(value.to(param.device, param.dtype), param.device_mesh, param.placements, src_data_rank=None)
@@ -107,14 +117,14 @@ def assign_whole(param: Tensor, value: Tensor):
 
 def is_sharded(model: nn.Module) -> bool:
     "Whether FSDP2 has sharded the SMT deltas of `model` (then saving gathers them on every rank and rank 0 writes)."
-    return any(isinstance(m.smt_delta, DTensor) for m in [*smt_layers(model).values(), *smt_experts(model).values()])
+    return any(isinstance(m.smt_delta, DTensor) or zero3_partitioned(m.smt_delta) for m in [*smt_layers(model).values(), *smt_experts(model).values()])
 
 def save_smt(model: nn.Module, save_directory: str | Path):
     "Save the trained blocks, their indices, the config and a base fingerprint to `save_directory` (each file replaced atomically)."
     layers, experts = smt_layers(model), expert_entries(model)
     if not layers and not experts: raise ValueError("This model has no SMT layers to save; call prepare_smt(model, ...) first.")
-    deltas = {n: whole(l.smt_delta.detach()) for n, l in layers.items()}  # under FSDP2: gathered on every rank, deltas only
-    gathered = {id(m): whole(m.smt_delta.detach()) for m in smt_experts(model).values()}
+    deltas = {n: whole(l.smt_delta) for n, l in layers.items()}  # under FSDP2 / ZeRO-3: gathered on every rank, deltas only
+    gathered = {id(m): whole(m.smt_delta) for m in smt_experts(model).values()}
     deltas.update({n: gathered[id(m)][m.positions(e)] for n, (m, e) in experts.items()})  # each expert's blocks under its own name
     bad = [n for n, d in deltas.items() if not torch.isfinite(d).all()]
     if bad: raise ValueError(f"Not saved: the deltas of {bad[0]} (and {len(bad) - 1} more) are not finite; a diverged run must not "
@@ -306,7 +316,7 @@ def write_deltas(model: nn.Module, tensors: dict[str, Tensor]):
     def sync_all():  # in-place layers and expert weights: the weight holds base + the loaded Δ (compiled forwards do not check)
         sync_blocks(model)
         for m in smt_experts(model).values(): m.write_changed()
-    before = {n: whole(l.smt_delta.detach()).clone() for n, l in prepared().items()}
+    before = {n: whole(l.smt_delta).clone() for n, l in prepared().items()}
     try:
         with torch.no_grad():
             for n, layer in smt_layers(model).items(): assign_whole(layer.smt_delta, tensors[f"{n}.smt_delta"])

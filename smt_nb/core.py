@@ -14,8 +14,7 @@ import torch
 import torch.nn as nn
 
 from .blocks import group_of, name_matches
-from .layers import (SMTLinear, keep_4bit_differentiable, dequantized_weight, write_blocks, PATHS, smt_layers, zero3_partitioned,
-                           zero3_error)
+from .layers import (SMTLinear, keep_4bit_differentiable, dequantized_weight, write_blocks, PATHS, smt_layers, zero3_partitioned)
 from .selection import Selection, SCORERS, make_selection
 from .experts import (expert_parameters, expert_grids, install_experts, smt_experts, remove_experts, collecting_expert_gw,
                             collecting_expert_aw, score_experts_mw, score_experts_random)
@@ -73,10 +72,11 @@ def _expert_scorer(method: str, experts: dict[str, tuple[nn.Module, str]]) -> Ca
     scorer.__name__ = method
     return scorer
 
-def _install(model: nn.Module, selection: Selection, init_std: float):
-    "Wrap the selected 2-D modules in `SMTLinear` and give the selected expert weights their `SMTExperts`."
+def _install(model: nn.Module, selection: Selection, init_std: float, path: str | None = None):
+    "Wrap the selected 2-D modules in `SMTLinear` (on `path`, default: the layer's own) and give the selected expert weights their `SMTExperts`."
     modules, experts = split_targets(model, [n for n, b in selection.blocks.items() if len(b)])
-    for name in modules: _set_module(model, name, SMTLinear(model.get_submodule(name), selection.blocks[name], selection.block_size, init_std))
+    for name in modules:
+        _set_module(model, name, SMTLinear(model.get_submodule(name), selection.blocks[name], selection.block_size, init_std, path=path))
     if not experts: return
     for m in install_experts(model, experts, selection.blocks, selection.block_size).values():
         if init_std:
@@ -89,7 +89,21 @@ def prepare_smt(model: nn.Module, config: SMTConfig | dict | None = None, datalo
     "Choose blocks (or use `selection`), freeze `model`, and wrap its target layers in `SMTLinear` (expert weights: `SMTExperts`); returns `model`, changed in place."
     config = as_config(config, kwargs)
     if smt_layers(model) or smt_experts(model): raise ValueError("This model already has SMT layers; merge_and_unload() it or start from a fresh model.")
-    if any(zero3_partitioned(p) for p in model.parameters()): raise zero3_error()  # before anything reads a weight's shape
+    if any(zero3_partitioned(p) for p in model.parameters()): return _prepare_partitioned(model, config, dataloader, selection)
+    return _prepare(model, config, dataloader, selection)
+
+def _prepare_partitioned(model: nn.Module, config: SMTConfig, dataloader, selection: Selection | None) -> nn.Module:
+    """A model DeepSpeed ZeRO-3 partitioned (built under `deepspeed.zero.Init`): prepared as any model while every weight is gathered
+    on every rank (for the warm-up and the original blocks' copies), with additive layers — base(x) + the block-sparse delta — so
+    that under the engine each base layer's own forward gathers its weight; nothing is written into a partitioned weight."""
+    import deepspeed
+    if config.target_parameters or (selection is not None and split_targets(model, selection.grids)[1]):
+        raise NotImplementedError("Fused expert weights (target_parameters) under DeepSpeed ZeRO-3 are not supported: train them under "
+                                  "FSDP2 (switch_path(model, 'reference'), then fully_shard) or ZeRO-1/2.")
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):  # read only: released unchanged
+        return _prepare(model, config, dataloader, selection, path="additive")
+
+def _prepare(model: nn.Module, config: SMTConfig, dataloader, selection: Selection | None, path: str | None = None) -> nn.Module:
     keep_4bit_differentiable(model)
     if selection is None:
         experts = expert_parameters(model, config.target_parameters) if config.target_parameters else {}
@@ -121,7 +135,7 @@ def prepare_smt(model: nn.Module, config: SMTConfig | dict | None = None, datalo
                          "or pass a selection with at least one block.")
     model._smt_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}  # unload() puts them back
     model.requires_grad_(False)
-    try: _install(model, selection, config.init_std)
+    try: _install(model, selection, config.init_std, path)
     except BaseException:
         unload(model)  # all or nothing: a layer that refused its blocks leaves the model as it was
         raise

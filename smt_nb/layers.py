@@ -388,16 +388,16 @@ def zero3_partitioned(t: Tensor) -> bool:
     return hasattr(t, "ds_id") and hasattr(t, "ds_shape")
 
 def zero3_error() -> NotImplementedError:
+    "A layer that reads its base weight directly (in-place and reference paths) under ZeRO-3, which gathers a weight only for its own module's forward."
     return NotImplementedError(
-        "This model's weights are partitioned by DeepSpeed ZeRO-3 (built under deepspeed.zero.Init, or given to deepspeed.initialize "
-        "with stage 3): smt_nb does not train under ZeRO-3 yet. Use ZeRO stage 1 or 2 — SMT's optimizer state is a few percent of "
-        "the model, and those stages shard it — or FSDP2 to shard the base weights as well (prepare_smt, switch_path(model, "
-        "'reference'), then fully_shard).")
+        "DeepSpeed ZeRO-3 has partitioned this SMT layer's base weight (deepspeed.initialize with stage 3), but the layer reads the "
+        "weight itself, which ZeRO-3 gathers only for the base layer's own forward: call switch_path(model, 'additive') before "
+        "deepspeed.initialize (a model built under deepspeed.zero.Init gets the additive path from prepare_smt).")
 
 @patch
 def _check_input(self: SMTLinear, x: Tensor):
     "Fail with a fix, not deep inside a matmul, when the input does not match the layer."
-    if zero3_partitioned(self.base_layer.weight): raise zero3_error()
+    if self.path != "additive" and zero3_partitioned(self.base_layer.weight): raise zero3_error()
     if x.device != self.smt_delta.device:
         raise RuntimeError(f"Input on {x.device} but this SMT layer's blocks are on {self.smt_delta.device}: move the batch (or the model) to one device.")
     if not self.quantized and x.dtype != self.weight.dtype and not torch.is_autocast_enabled(x.device.type):
@@ -460,6 +460,9 @@ def delta_weight(self: SMTLinear) -> Tensor:
 def merge(self: SMTLinear):
     "Write base + Δ into the base weight; forward then runs the base layer alone."
     if self.merged: return
+    if zero3_partitioned(self.base_layer.weight):
+        raise NotImplementedError("DeepSpeed ZeRO-3 has partitioned this layer's base weight, so the blocks cannot be merged into it: save "
+                                  "the adapter (save_smt), load it into an unpartitioned model (load_smt) and merge there.")
     if self.quantized: raise TypeError("A 4/8-bit weight cannot take float blocks in place; merge_and_unload(model) returns a dequantized float layer instead.")
     self._write_blocks()
     self.merged = True

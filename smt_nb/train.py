@@ -320,6 +320,7 @@ class SMTTrainerMixin:
         if not any(isinstance(cb, SMTRunLoss) for cb in self.callback_handler.callbacks): self.add_callback(SMTRunLoss())
         self._loss_before, self._steps_before, self.train_loss_steps = 0.0, 0, None
         if self._fsdp: self._prepare_for_fsdp()
+        if getattr(self, "is_deepspeed_enabled", False): self._prepare_for_deepspeed()
 
     @property
     def _fsdp(self) -> bool: return bool(getattr(self, "is_fsdp_enabled", False))
@@ -331,6 +332,12 @@ class SMTTrainerMixin:
         if version != 2: raise ValueError(f"SMT trains under FSDP2 only, but this Trainer is set up for FSDP{version} (which flattens the "
                                           "deltas into one buffer per module): pass fsdp_config={'version': 2, ...}.")
         switch_path(self.model, "reference", from_path="inplace")  # FSDP2 will shard the base weights the in-place path writes into
+
+    def _prepare_for_deepspeed(self):
+        "ZeRO-3 gathers a base weight only for its own layer's forward: layers that read it themselves move to the additive path."
+        from smt_nb.core import switch_path
+        plugin = self.accelerator.state.deepspeed_plugin
+        if getattr(plugin, "zero_stage", None) == 3: switch_path(self.model, "additive")
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         "As Trainer's; under FSDP the adapter alone: every rank gathers the deltas (never the base), rank 0 writes."

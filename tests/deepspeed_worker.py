@@ -4,7 +4,8 @@ Raw `deepspeed.initialize` after prepare_smt, ZeRO stages 1 and 2, torch's AdamW
 warms up GW and trains on its half of every batch, saves the adapter (every rank calls save_smt; the deltas are whole on every
 rank under ZeRO-1/2), and writes a DeepSpeed checkpoint of the trained parameters only (`exclude_frozen_parameters`: the deltas
 and their optimizer state, never the base) at step 2 of 4; a fresh engine resumes from it. ZeRO-3: a model built under
-`deepspeed.zero.Init` is refused by prepare_smt with a message naming the alternatives. Then SMTTrainer with
+`deepspeed.zero.Init`: prepared with its weights gathered, additive layers, then trained, saved and resumed the same way; a
+prepared model on the in-place/reference path that stage 3 partitions afterwards is refused at its first forward. Then SMTTrainer with
 `TrainingArguments(deepspeed=...)` (ZeRO-2): 4 steps with checkpoints every 2, and a fresh run resumed from checkpoint-2.
 Usage: torchrun --nproc_per_node 2 tests/deepspeed_worker.py OUT_DIR
 """
@@ -65,12 +66,38 @@ def train(stage: int, out: Path, rank: int, world: int) -> dict:
                 checkpoint_bytes=sum(p.stat().st_size for p in (out / f"zero{stage}_ckpt" / "step2").iterdir()))
 
 
-def zero3_refusal() -> str:
+def zero3(out: Path, rank: int, world: int) -> dict:
+    """ZeRO-3 with the model built under deepspeed.zero.Init (partitioned from the start): prepare_smt warms up GW with the weights
+    gathered, the layers take the additive path; training, saving, a checkpoint without the base and resuming as for stages 1/2."""
     import deepspeed
-    with deepspeed.zero.Init(config_dict_or_path=ds_config(3)): model = ARCHS["llama"]()
-    try: prepare_smt(model, config(), dataloader=None)
-    except Exception as e: return f"{type(e).__name__}: {e}"
-    return ""
+    data = batches(rank, world)
+    def partitioned(): 
+        with deepspeed.zero.Init(config_dict_or_path=ds_config(3)): return ARCHS["llama"]()
+    model = partitioned()
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):  # zero.Init draws other initial weights
+        if rank == 0: torch.save({n: p.detach().clone() for n, p in model.named_parameters()}, out / "zero3_initial.pt")
+    model = prepare_smt(model, config(), dataloader=data[:3])
+    sel, paths = model.smt_selection, sorted({l.path for l in smt_layers(model).values()})
+    engine = engine_for(model, 3)
+    for step, b in enumerate(data, 1):
+        engine.backward(engine(**b).loss); engine.step()
+        if step == 2: engine.save_checkpoint(str(out / "zero3_ckpt"), tag="step2", exclude_frozen_parameters=True)
+    save_smt(engine.module, out / "zero3_adapter")                 # every rank gathers the deltas; rank 0 writes
+    straight = {n: w.tolist() for n, w in whole_deltas(engine.module).items()}
+    resumed = engine_for(prepare_smt(partitioned(), config(), selection=sel), 3)
+    resumed.load_checkpoint(str(out / "zero3_ckpt"), tag="step2", load_module_strict=False)
+    for b in data[2:]:
+        resumed.backward(resumed(**b).loss); resumed.step()
+    try: engine.module.merge_and_unload(); merge = ""
+    except NotImplementedError as e: merge = str(e)
+    return dict(paths=paths, blocks={n: b.tolist() for n, b in sel.blocks.items()}, deltas=straight, merge_refusal=merge,
+                resume_exact=straight == {n: w.tolist() for n, w in whole_deltas(resumed.module).items()},
+                checkpoint_bytes=sum(p.stat().st_size for p in (out / "zero3_ckpt" / "step2").iterdir()))
+
+
+def whole_deltas(model) -> dict:
+    from smt_nb.adapters import whole
+    return {n: whole(l.smt_delta) for n, l in smt_layers(model).items()}  # a gather under ZeRO-3: every rank calls it
 
 
 def zero3_after_initialize(rank: int, world: int) -> str:
@@ -82,22 +109,23 @@ def zero3_after_initialize(rank: int, world: int) -> str:
     return ""
 
 
-def through_trainer(out: Path, rank: int, world: int, resume: bool) -> dict:
-    "SMTTrainer with TrainingArguments(deepspeed=ZeRO-2 config): 4 steps with checkpoints every 2, or from checkpoint-2 on."
+def through_trainer(out: Path, rank: int, world: int, resume: bool, stage: int) -> dict:
+    "SMTTrainer with TrainingArguments(deepspeed=ZeRO-`stage` config): 4 steps with checkpoints every 2, or from checkpoint-2 on."
     from transformers import TrainingArguments
     from smt_nb.train import SMTTrainer
     from fsdp_trainer_worker import trainer_rows
-    config_ds = {**ds_config(2), "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+    config_ds = {**ds_config(stage), "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
                  "optimizer": {"type": "AdamW", "params": {"lr": "auto", "weight_decay": "auto", "torch_adam": True}}}
-    args = TrainingArguments(output_dir=str(out / "trainer"), max_steps=4, save_steps=2, per_device_train_batch_size=2,
+    args = TrainingArguments(output_dir=str(out / f"trainer{stage}"), max_steps=4, save_steps=2, per_device_train_batch_size=2,
                              learning_rate=LR, lr_scheduler_type="constant", weight_decay=0.0, report_to=[], dataloader_drop_last=True,
                              seed=0, disable_tqdm=True, deepspeed=config_ds)
     model = prepare_smt(ARCHS["llama"](), config(), dataloader=batches(rank, world)[:3])
     trainer = SMTTrainer(model=model, args=args, train_dataset=trainer_rows())
-    trainer.train(resume_from_checkpoint=str(out / "trainer" / "checkpoint-2") if resume else None)
-    step2 = out / "trainer" / "checkpoint-2"
+    trainer.train(resume_from_checkpoint=str(out / f"trainer{stage}" / "checkpoint-2") if resume else None)
+    step2 = out / f"trainer{stage}" / "checkpoint-2"
     engine_files = {p.name: p.stat().st_size for p in next(step2.glob("global_step*")).iterdir()}
-    return dict(deepspeed=trainer.is_deepspeed_enabled, deltas={n: d.tolist() for n, d in deltas(trainer.model).items()},
+    return dict(deepspeed=trainer.is_deepspeed_enabled, deltas={n: d.tolist() for n, d in whole_deltas(trainer.model).items()},
+                paths=sorted({l.path for l in smt_layers(trainer.model).values()}),
                 checkpoint=sorted(p.name for p in step2.iterdir()), engine_files=engine_files)
 
 
@@ -106,11 +134,12 @@ def main(out: Path):
     deepspeed.init_distributed(dist_backend="gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     report = {f"zero{stage}": train(stage, out, rank, world) for stage in (1, 2)}
-    report["zero3_refusal"] = zero3_refusal()
+    report["zero3"] = zero3(out, rank, world)
     report["zero3_after_initialize"] = zero3_after_initialize(rank, world)
-    for resume in (False, True):
-        report[f"trainer_{'resumed' if resume else 'straight'}"] = through_trainer(out, rank, world, resume)
-        dist.barrier()
+    for stage in (2, 3):
+        for resume in (False, True):
+            report[f"trainer{stage}_{'resumed' if resume else 'straight'}"] = through_trainer(out, rank, world, resume, stage)
+            dist.barrier()
     (out / f"rank{rank}.json").write_text(json.dumps(report))
     dist.barrier()
     dist.destroy_process_group()
