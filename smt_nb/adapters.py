@@ -25,7 +25,7 @@ import smt_nb
 from .atomic import atomic_write, folder_lock
 from .blocks import gather_blocks, outside_sample
 from .layers import (SMTLinear, is_bnb_quantized, logical_shape, dequantized_weight, check_blocks, sync_blocks, smt_layers,
-                           zero3_partitioned)
+                           zero3_partitioned, in_flat_buffer)
 from .selection import Selection, SCORERS, selection_to_dict, selection_from_dict
 from .experts import SMTExperts, expert_entries, smt_experts
 from .config import SMTConfig, SelectionEntry, check_not_shared, check_selection_fits, selection_entries, split_targets
@@ -103,10 +103,11 @@ def whole(t: Tensor) -> Tensor:
     return t.full_tensor() if isinstance(t, DTensor) else t
 
 def assign_whole(param: Tensor, value: Tensor):
-    "Copy a whole tensor into `param`; an FSDP2 shard keeps its own part of it (each rank reads the same file: no communication)."
-    if tuple(value.shape) != tuple(param.shape):  # copy_ would broadcast a (1, b, b) tensor into every block without a word
-        raise ValueError(f"A tensor of shape {tuple(value.shape)} cannot replace a parameter of shape {tuple(param.shape)}.")
-    if zero3_partitioned(param):  # every rank gathers, copies the same file's values; rank 0's are partitioned back
+    "Copy a whole tensor into `param`; an FSDP2 shard or a ZeRO-3 partition keeps its own part of it (each rank reads the same file)."
+    shape = tuple(param.ds_shape) if zero3_partitioned(param) else tuple(param.shape)
+    if tuple(value.shape) != shape:  # copy_ would broadcast a (1, b, b) tensor into every block without a word
+        raise ValueError(f"A tensor of shape {tuple(value.shape)} cannot replace a parameter of shape {shape}.")
+    if zero3_partitioned(param):  # every rank gathers and copies the same file's values; rank 0's are partitioned back
         import deepspeed
         with deepspeed.zero.GatheredParameters([param], modifier_rank=0), torch.no_grad(): param.data.copy_(value.to(param.device, param.dtype))
         return
@@ -316,6 +317,9 @@ def write_deltas(model: nn.Module, tensors: dict[str, Tensor]):
     def sync_all():  # in-place layers and expert weights: the weight holds base + the loaded Δ (compiled forwards do not check)
         sync_blocks(model)
         for m in smt_experts(model).values(): m.write_changed()
+    if any(in_flat_buffer(l.smt_delta) for l in prepared().values()):  # the engine's float32 masters would overwrite them at its next step
+        raise ValueError("This model is wrapped by a DeepSpeed ZeRO-1/2 engine, whose optimizer keeps its own float32 copies of the deltas: "
+                         "load the adapter before deepspeed.initialize (or resume with the engine's load_checkpoint).")
     before = {n: whole(l.smt_delta).clone() for n, l in prepared().items()}
     try:
         with torch.no_grad():
@@ -365,10 +369,11 @@ def _trainer_method_codes(trainer_class: type) -> frozenset:
     classes, i = [trainer_class], 0
     while i < len(classes):
         classes.extend(c for c in classes[i].__subclasses__() if c not in classes); i += 1
-    key = tuple(map(id, classes))
+    owners = {k for c in classes for k in c.__mro__ if k is not object}  # mixins too (class T(Mixin, Trainer))
+    key = tuple(sorted((id(k), len(vars(k))) for k in owners))          # a class added, or a method patched into one: recomputed
     if key not in _TRAINER_CODES:
         _TRAINER_CODES.clear()
-        _TRAINER_CODES[key] = frozenset(inspect.unwrap(f).__code__ for c in classes for f in vars(c).values() if inspect.isfunction(f))
+        _TRAINER_CODES[key] = frozenset(inspect.unwrap(f).__code__ for k in owners for f in vars(k).values() if inspect.isfunction(f))
     return _TRAINER_CODES[key]
 
 def _driving_trainer(max_depth: int = 64):

@@ -22,7 +22,7 @@ from torch.overrides import TorchFunctionMode
 
 from .blocks import BlockGrid, block_reduce, block_sizes, gather_blocks, outside_sample, column_strips
 from .kernels import kernel_applies, sddmm_blocks_grouped_triton, write_blocks_triton, _TRITON_DTYPES
-from .layers import block_gradients, write_blocks
+from .layers import block_gradients, write_blocks, in_flat_buffer, flat_buffer_error
 from .selection import gradients_to_inputs_only, row_block_sums, run_warmup, _sum_over_ranks
 
 # %% auto #0
@@ -165,7 +165,7 @@ class ExpertCalls(TorchFunctionMode):
                                "tokens. Load the model with experts_implementation='grouped_mm' (the default) or 'eager'.")
         out = func(*args, **kwargs)
         if func is Tensor.__getitem__ and _gathers_rows(args) and isinstance(out, Tensor):
-            out._smt_rows_of = (args[0], args[1])  # a grouped call's input, routed tokens repeated top-k times: see SMTExperts.on_call
+            out._smt_rows_of = (args[0], args[1], out._version, args[0]._version)  # a grouped call's input: see SMTExperts.on_call
         return out
 
 # %% ../nbs/04c_experts.ipynb #91555fc1
@@ -328,17 +328,25 @@ class SMTExperts(nn.Module):
         return self.base_samples[self._sample_row[expert]]
 
 # %% ../nbs/04c_experts.ipynb #bef5f104
+def _unchanged_rows_of(x: Tensor):
+    "(source, index) when `x` was gathered as `source[index]` and neither has changed since (an in-place op would make them differ)."
+    tag = getattr(x, "_smt_rows_of", None)
+    if tag is None: return None
+    source, index, x_version, source_version = tag
+    return (source, index) if x._version == x_version and source._version == source_version else None
+
 @patch
 def on_call(self: SMTExperts, kind: str, where, x: Tensor, w: Tensor, func):
     "One matmul of the owner on this weight (see ExpertCalls): its output, with Δ's block gradients on the way back."
     if self._disabled: return None                                    # the base model: nothing to train
+    if self.path == "inplace" and in_flat_buffer(self.smt_delta): raise flat_buffer_error()
     self.write_changed()                                              # in place: before the matmul reads w
     own = kind not in SINGLE_EXPERT or where in self._spans           # a call on (or over) experts with blocks
     trains = torch.is_grad_enabled() and self.smt_delta.requires_grad
     if not own and not trains: return None                            # the frozen matmul, exact as it is
     # an expert without blocks still gets Δ into the graph when Δ trains: DDP then sees Δ used on every rank whatever the routing
     weight_of = partial(self._effective_weight, kind, where) if self.path == "reference" and own else None
-    rows_of = getattr(x, "_smt_rows_of", None) if kind in ("grouped", "grouped_t") else None  # x = source[index]: keep those
+    rows_of = _unchanged_rows_of(x) if kind in ("grouped", "grouped_t") else None  # x = source[index]: keep those
     return ExpertCallFunction.apply(x, w, self.smt_delta, func, kind, where, partial(self._call_gradient, kind, where), weight_of, rows_of)
 
 @patch
@@ -505,7 +513,7 @@ def remove_experts(model: nn.Module, delta: bool):
     for name, m in smt_experts(model).items():
         owner_name, _, pname = name.rpartition(".")
         owner = model.get_submodule(owner_name)
-        m.write(delta)
+        if delta or m.path == "inplace": m.write(delta)  # the reference path's weight holds the base already (and may be sharded)
         _EXPERT_MODULES.discard(m)
         for h in owner.__dict__.pop("_smt_expert_hooks", []): h.remove()
         owner.__dict__.pop("_smt_expert_modes", None)

@@ -21,11 +21,12 @@ from .kernels import kernel_applies, triton_available, sddmm_blocks_triton, writ
 
 # %% auto #0
 __all__ = ['SUPPORTED_LAYERS', 'PATHS', 'computes_linear', 'is_float_linear', 'logical_weight', 'is_bnb_quantized',
-           'is_supported', 'logical_shape', 'dequantized_weight', 'block_gradients', 'effective_weight',
-           'SMTLinearFunction', 'block_sparse_matmul', 'block_sparse_matmul_t', 'BlockDeltaFunction', 'default_path',
-           'check_blocks', 'padding_mask', 'SMTLinear', 'write_blocks', 'sync_blocks', 'groupable', 'aligned_for_write',
-           'write_layers', 'compute_dtype', 'zero3_partitioned', 'zero3_error', 'InplaceSMTFunction', 'smt_layers',
-           'keep_4bit_differentiable', 'DequantizedSMTFunction']
+           'is_supported', 'zero3_partitioned', 'logical_shape', 'dequantized_weight', 'block_gradients',
+           'effective_weight', 'SMTLinearFunction', 'block_sparse_matmul', 'block_sparse_matmul_t',
+           'BlockDeltaFunction', 'default_path', 'check_blocks', 'padding_mask', 'SMTLinear', 'write_blocks',
+           'sync_blocks', 'groupable', 'aligned_for_write', 'write_layers', 'compute_dtype', 'zero3_error',
+           'in_flat_buffer', 'flat_buffer_error', 'InplaceSMTFunction', 'smt_layers', 'keep_4bit_differentiable',
+           'DequantizedSMTFunction']
 
 # %% ../nbs/04_layers.ipynb #b0187c0f
 SUPPORTED_LAYERS = (nn.Linear, Conv1D)
@@ -72,9 +73,16 @@ def is_supported(module: nn.Module) -> bool:
     "Layers SMT can wrap: float `nn.Linear` / `Conv1D`, and bitsandbytes 4-bit / 8-bit linear layers."
     return is_float_linear(module) or is_bnb_quantized(module)
 
+def zero3_partitioned(t: Tensor) -> bool:
+    "Is `t` a parameter DeepSpeed ZeRO-3 has partitioned (its values live in shards; here an empty placeholder with `ds_shape`)?"
+    return hasattr(t, "ds_id") and hasattr(t, "ds_shape")
+
 def logical_shape(module: nn.Module) -> tuple[int, int]:
     "(out, in) of a supported layer, whatever its storage."
     if is_bnb_quantized(module): return (module.out_features, module.in_features)
+    if zero3_partitioned(module.weight):  # ZeRO-3's placeholder is empty: the real shape is recorded beside it
+        shape = tuple(module.weight.ds_shape)
+        return shape[::-1] if isinstance(module, Conv1D) else shape
     return tuple(logical_weight(module).shape)
 
 def dequantized_weight(module: nn.Module) -> Tensor:
@@ -383,16 +391,22 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     if x.is_floating_point() and torch.is_autocast_enabled(device): return torch.get_autocast_dtype(device)
     return x.dtype
 
-def zero3_partitioned(t: Tensor) -> bool:
-    "Is `t` a parameter DeepSpeed ZeRO-3 has partitioned (its values live in shards; here an empty placeholder with `ds_shape`)?"
-    return hasattr(t, "ds_id") and hasattr(t, "ds_shape")
-
 def zero3_error() -> NotImplementedError:
     "A layer that reads its base weight directly (in-place and reference paths) under ZeRO-3, which gathers a weight only for its own module's forward."
     return NotImplementedError(
         "DeepSpeed ZeRO-3 has partitioned this SMT layer's base weight (deepspeed.initialize with stage 3), but the layer reads the "
         "weight itself, which ZeRO-3 gathers only for the base layer's own forward: call switch_path(model, 'additive') before "
         "deepspeed.initialize (a model built under deepspeed.zero.Init gets the additive path from prepare_smt).")
+
+def in_flat_buffer(t: Tensor) -> bool:
+    "Does `t` live inside a larger storage: an engine's flat buffer (DeepSpeed ZeRO-1/2) or FSDP2's gathered parameters?"
+    return t.untyped_storage().nbytes() > t.numel() * t.element_size()
+
+def flat_buffer_error() -> RuntimeError:
+    return RuntimeError(
+        "This model's SMT deltas live inside a larger buffer: DeepSpeed ZeRO-1/2's flat buffer, which it steps outside torch's "
+        "optimizer hooks, or FSDP2's gathered parameters, whose base weights are sharded. The in-place path would not write the "
+        "updates into the weights: call switch_path(model, 'reference') before deepspeed.initialize or fully_shard (SMTTrainer does it).")
 
 @patch
 def _check_input(self: SMTLinear, x: Tensor):
@@ -426,6 +440,7 @@ class InplaceSMTFunction(torch.autograd.Function):
 @patch
 def forward(self: SMTLinear, x: Tensor) -> Tensor:
     if self.path == "inplace" and not (self.merged or self._disabled or torch.compiler.is_compiling()):
+        if in_flat_buffer(self.smt_delta): raise flat_buffer_error()
         self.write_changed_blocks()  # Δ changed by hand since the last write
         w = logical_weight(self.base_layer)
         if x.dtype == w.dtype and not torch.is_autocast_enabled(x.device.type):

@@ -334,14 +334,15 @@ class SMTTrainerMixin:
         switch_path(self.model, "reference", from_path="inplace")  # FSDP2 will shard the base weights the in-place path writes into
 
     def _prepare_for_deepspeed(self):
-        "ZeRO-3 gathers a base weight only for its own layer's forward: layers that read it themselves move to the additive path."
+        """ZeRO-3 gathers a base weight only for its own layer's forward: layers that read it themselves move to the additive path.
+        ZeRO-1/2 step the deltas in a flat buffer outside torch's optimizer hooks: in-place layers move to the reference path."""
         from smt_nb.core import switch_path
-        plugin = self.accelerator.state.deepspeed_plugin
-        if getattr(plugin, "zero_stage", None) == 3: switch_path(self.model, "additive")
+        if getattr(self.accelerator.state.deepspeed_plugin, "zero_stage", None) == 3: switch_path(self.model, "additive")
+        else: switch_path(self.model, "reference", from_path="inplace")
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        "As Trainer's; under FSDP the adapter alone: every rank gathers the deltas (never the base), rank 0 writes."
-        if not self._fsdp: return super().save_model(output_dir, _internal_call)
+        "As Trainer's; under FSDP or DeepSpeed the adapter alone: every rank gathers the deltas (never the base), one writes."
+        if not (self._fsdp or getattr(self, "is_deepspeed_enabled", False)): return super().save_model(output_dir, _internal_call)
         self._save(output_dir)
         if self.args.push_to_hub and not _internal_call: self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
@@ -382,6 +383,9 @@ class SMTTrainerMixin:
         elif resume_from_checkpoint and not _complete_trainer_checkpoint(Path(resume_from_checkpoint)):
             raise ValueError(f"{resume_from_checkpoint} is not a complete checkpoint (no readable trainer_state.json and adapter): "
                              "pass resume_from_checkpoint=True to take the newest complete one.")
+        if resume_from_checkpoint and getattr(self, "is_deepspeed_enabled", False):  # DeepSpeed loads the deltas by position only:
+            from smt_nb.adapters import read_adapter                                  # the checkpoint's blocks must be this model's
+            read_adapter(self.model, Path(resume_from_checkpoint), check_base=False)
         self._steps_before, self._loss_before = _saved_run_loss(resume_from_checkpoint) if resume_from_checkpoint else (0, 0.0)
         result = super().train(resume_from_checkpoint, *args, **kwargs)
         whole = self._loss_before is not None  # else (a checkpoint of another trainer): Trainer's mean over this call's steps

@@ -4,8 +4,9 @@ Raw `deepspeed.initialize` after prepare_smt, ZeRO stages 1 and 2, torch's AdamW
 warms up GW and trains on its half of every batch, saves the adapter (every rank calls save_smt; the deltas are whole on every
 rank under ZeRO-1/2), and writes a DeepSpeed checkpoint of the trained parameters only (`exclude_frozen_parameters`: the deltas
 and their optimizer state, never the base) at step 2 of 4; a fresh engine resumes from it. ZeRO-3: a model built under
-`deepspeed.zero.Init`: prepared with its weights gathered, additive layers, then trained, saved and resumed the same way; a
-prepared model on the in-place/reference path that stage 3 partitions afterwards is refused at its first forward. Then SMTTrainer with
+`deepspeed.zero.Init` (every weight partitioned: persistence threshold 0): prepared with its weights gathered, additive layers,
+then trained, saved and resumed the same way; a prepared model on the in-place/reference path that stage 3 partitions afterwards
+is refused at its first forward. Under ZeRO-2 an in-place layer and a load into the engine are refused. Then SMTTrainer with
 `TrainingArguments(deepspeed=...)` (ZeRO-2): 4 steps with checkpoints every 2, and a fresh run resumed from checkpoint-2.
 Usage: torchrun --nproc_per_node 2 tests/deepspeed_worker.py OUT_DIR
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from smt_nb.core import prepare_smt, save_smt, smt_layers
+from smt_nb.core import load_smt, prepare_smt, save_smt, smt_layers, switch_path
 from smt_nb.train import smt_parameters
 from conftest import ARCHS
 from ddp_worker import config, full_batches, shard
@@ -26,7 +27,8 @@ LR = 1e-2
 
 
 def ds_config(stage: int) -> dict:
-    return {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1, "zero_optimization": {"stage": stage},
+    zero = {"stage": stage, "stage3_param_persistence_threshold": 0} if stage == 3 else {"stage": stage}  # 0: every weight partitioned
+    return {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1, "zero_optimization": zero,
             "optimizer": {"type": "AdamW", "params": {"lr": LR, "weight_decay": 0.0, "torch_adam": True}},
             "zero_allow_untested_optimizer": True, "steps_per_print": 10**6}
 
@@ -100,6 +102,19 @@ def whole_deltas(model) -> dict:
     return {n: whole(l.smt_delta) for n, l in smt_layers(model).items()}  # a gather under ZeRO-3: every rank calls it
 
 
+def refusals_under_zero2(out: Path, rank: int, world: int) -> dict:
+    """ZeRO-1/2 keep the deltas in a flat buffer stepped outside torch's optimizer hooks: an in-place layer refuses its first forward
+    (the weights would never see the updates), and load_smt into the engine refuses (its float32 masters would overwrite the values)."""
+    out_refusal, load_refusal = "", ""
+    engine = engine_for(switch_path(prepare_smt(ARCHS["llama"](), config(), dataloader=batches(rank, world)[:1]), "inplace"), 2)
+    try: engine(**batches(rank, world)[0])
+    except RuntimeError as e: out_refusal = str(e)
+    engine = engine_for(prepare_smt(ARCHS["llama"](), config(), dataloader=batches(rank, world)[:3]), 2)  # the adapter's blocks
+    try: load_smt(engine.module, out / "zero2_adapter")
+    except ValueError as e: load_refusal = str(e)
+    return dict(inplace=out_refusal, load=load_refusal)
+
+
 def zero3_after_initialize(rank: int, world: int) -> str:
     "A prepared model that deepspeed.initialize partitions with stage 3: the first forward refuses, naming the alternatives."
     model = prepare_smt(ARCHS["llama"](), config(), dataloader=batches(rank, world)[:1])
@@ -119,7 +134,7 @@ def through_trainer(out: Path, rank: int, world: int, resume: bool, stage: int) 
     args = TrainingArguments(output_dir=str(out / f"trainer{stage}"), max_steps=4, save_steps=2, per_device_train_batch_size=2,
                              learning_rate=LR, lr_scheduler_type="constant", weight_decay=0.0, report_to=[], dataloader_drop_last=True,
                              seed=0, disable_tqdm=True, deepspeed=config_ds)
-    model = prepare_smt(ARCHS["llama"](), config(), dataloader=batches(rank, world)[:3])
+    model = switch_path(prepare_smt(ARCHS["llama"](), config(), dataloader=batches(rank, world)[:3]), "inplace")  # GPUs' default
     trainer = SMTTrainer(model=model, args=args, train_dataset=trainer_rows())
     trainer.train(resume_from_checkpoint=str(out / f"trainer{stage}" / "checkpoint-2") if resume else None)
     step2 = out / f"trainer{stage}" / "checkpoint-2"
@@ -129,17 +144,33 @@ def through_trainer(out: Path, rank: int, world: int, resume: bool, stage: int) 
                 checkpoint=sorted(p.name for p in step2.iterdir()), engine_files=engine_files)
 
 
+def resume_with_other_blocks(out: Path) -> str:
+    "A DeepSpeed checkpoint loads deltas by position: resuming a model whose blocks differ must be refused, not trained on the wrong blocks."
+    from transformers import TrainingArguments
+    from smt_nb.train import SMTTrainer
+    from fsdp_trainer_worker import trainer_rows
+    other = prepare_smt(ARCHS["llama"](), {**vars(config()), "method": "random", "seed": 123})
+    args = TrainingArguments(output_dir=str(out / "trainer2_other"), max_steps=4, per_device_train_batch_size=2, report_to=[],
+                             deepspeed={**ds_config(2), "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                                        "optimizer": {"type": "AdamW", "params": {"lr": "auto", "weight_decay": "auto", "torch_adam": True}}})
+    try: SMTTrainer(model=other, args=args, train_dataset=trainer_rows()).train(resume_from_checkpoint=str(out / "trainer2" / "checkpoint-2"))
+    except ValueError as e: return str(e)
+    return ""
+
+
 def main(out: Path):
     import deepspeed
     deepspeed.init_distributed(dist_backend="gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     report = {f"zero{stage}": train(stage, out, rank, world) for stage in (1, 2)}
     report["zero3"] = zero3(out, rank, world)
+    report["zero2_refusals"] = refusals_under_zero2(out, rank, world)
     report["zero3_after_initialize"] = zero3_after_initialize(rank, world)
     for stage in (2, 3):
         for resume in (False, True):
             report[f"trainer{stage}_{'resumed' if resume else 'straight'}"] = through_trainer(out, rank, world, resume, stage)
             dist.barrier()
+    report["trainer_other_blocks"] = resume_with_other_blocks(out)
     (out / f"rank{rank}.json").write_text(json.dumps(report))
     dist.barrier()
     dist.destroy_process_group()

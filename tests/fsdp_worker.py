@@ -57,9 +57,8 @@ def main(out: Path):
     files = sorted(p.name for p in (out / "adapter").iterdir())
     writer = fully_shard_model(switch_path(prepare_smt(ARCHS["llama"](), config(), selection=model.smt_selection), "inplace"))
     opt = torch.optim.SGD([l.smt_delta for l in smt_layers(writer).values()], lr=LR)
-    writer(**data[0]).loss.backward()
-    try: opt.step(); refused = ""
-    except RuntimeError as e: refused = str(e)  # the in-place path must not write into sharded weights
+    try: writer(**data[0]).loss.backward(); opt.step(); refused = ""
+    except RuntimeError as e: refused = str(e)  # the in-place path must not write into sharded weights: refused
     # bf16 compute (FSDP's MixedPrecisionPolicy) with activation checkpointing: the sharded deltas, their gradients and the
     # optimizer stay float32; the result stays close to the float32 run's
     mixed = prepare_smt(ARCHS["llama"](), config(), selection=model.smt_selection)

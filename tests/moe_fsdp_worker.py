@@ -5,7 +5,7 @@ Tiny Mixtral and Qwen3-MoE with SMT blocks in the attention's q/v projections an
      `switch_path(model, "reference")` (the expert weights keep their base values: FSDP2 shards them), `fully_shard` on every decoder
      layer and on the model, 3 steps of SGD, and again of AdamW (its per-element state sharded with the deltas); one adapter saved
      (every rank gathers, rank 0 writes) and loaded back onto a second sharded model; without switch_path, the in-place expert weights
-     are refused at the first optimizer step, naming the fix.
+     are refused at their first forward, naming the fix.
   2. `SMTTrainer(fsdp=True, fsdp_config={"version": 2, ...})` on in-place experts (the trainer must move them to the reference path
      before FSDP2 shards them), with each state-dict type: 4 steps straight with checkpoints every 2, then a fresh run resumed from
      checkpoint-2.
@@ -92,9 +92,8 @@ def plain_fsdp(out: Path, model_type: str, rank: int, world: int) -> dict:
     writer = fully_shard_model(prepare_smt(build(model_type), config(), selection=sel))  # no switch_path: experts in place
     report["writer_paths"] = sorted({m.path for m in smt_experts(writer).values()})
     opt = torch.optim.SGD(smt_parameters(writer), lr=0.5)
-    writer(**data[0]).loss.backward()
-    try: opt.step(); report["refused"] = ""
-    except RuntimeError as e: report["refused"] = str(e)  # the in-place path must not write into sharded expert weights
+    try: writer(**data[0]).loss.backward(); opt.step(); report["refused"] = ""
+    except RuntimeError as e: report["refused"] = str(e)  # the in-place path must not write into sharded expert weights: refused
     if rank == 0:
         torch.save(deltas, out / model_type / "deltas.pt")
         torch.save(logits, out / model_type / "logits.pt")

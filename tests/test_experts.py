@@ -227,3 +227,15 @@ def test_reference_path_trains_as_in_place_and_keeps_the_base(implementation):
         assert m.path == "reference" and torch.equal(reference.get_parameter(n), base.get_parameter(n)), n  # the weight kept the base
     switch_path(reference, "inplace")                       # back: base + Δ written, as the in-place run holds it
     for n in smt_experts(reference): assert torch.equal(reference.get_parameter(n), inplace.get_parameter(n)), n
+
+
+def test_a_gathered_input_changed_in_place_is_kept_as_it_is():
+    "Backward gathers `source[index]` again only while neither changed since the gather; after an in-place op the call keeps x itself."
+    from smt_nb.experts import ExpertCalls, _unchanged_rows_of
+    source, index = torch.randn(4, 3), torch.tensor([0, 0, 2, 3])
+    with ExpertCalls({"w": torch.randn(2, 3, 5)}, lambda *call: None):
+        x, y = source[index], source[index]
+    assert _unchanged_rows_of(x) == (source, index)
+    x.mul_(3)                                                  # the gathered rows changed
+    source.add_(1)                                             # and so did the source
+    assert _unchanged_rows_of(x) is None and _unchanged_rows_of(y) is None

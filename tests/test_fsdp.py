@@ -1,6 +1,6 @@
 """SMT under FSDP2 on CPU processes (gloo): 2 sharded ranks against 1 process on the same combined batches — the same selection,
 the same trained deltas, one adapter that loads onto an unsharded base with the same logits, and half the base on each rank;
-the in-place path, which would write into sharded weights, is refused at the first optimizer step; bf16 compute through FSDP's
+the in-place path, which would write into sharded weights, is refused at its first forward; bf16 compute through FSDP's
 MixedPrecisionPolicy with activation checkpointing keeps float32 deltas. Then the same through accelerate's FSDP plugin and
 through SMTTrainer with `fsdp=True`: adapter-only checkpoints that resume exactly, with either state-dict type."""
 import json

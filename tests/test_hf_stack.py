@@ -412,3 +412,13 @@ def test_a_training_forward_keeps_nothing_of_its_callers_alive():
         del held; gc.collect()
         return alive() is None
     assert caller()
+
+
+def test_a_trainer_method_defined_in_a_mixin_is_recognised():
+    "The stack walk looks into Trainer methods only (found by code object): those a subclass takes from a mixin count too."
+    from smt_nb.adapters import _trainer_method_codes
+    class SavesItself:
+        def _save(self, output_dir=None, state_dict=None): pass
+    class MixedTrainer(SavesItself, Trainer): pass
+    assert SavesItself._save.__code__ in _trainer_method_codes(Trainer) and Trainer.training_step.__code__ in _trainer_method_codes(Trainer)
+    del MixedTrainer

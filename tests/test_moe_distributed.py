@@ -1,7 +1,7 @@
 """SMT's fused expert weights (`target_parameters`) under data parallelism on CPU processes (gloo): 2 ranks against 1 process.
 FSDP2, tiny Mixtral and Qwen3-MoE: the same selection (GW statistics summed over ranks), the same trained deltas with SGD and AdamW
 once `switch_path(model, "reference")` keeps the base in the sharded expert weights, one adapter that loads bitwise onto an unsharded
-base with the same logits and back onto a sharded model rank by rank; in-place expert weights refused at the first optimizer step,
+base with the same logits and back onto a sharded model rank by rank; in-place expert weights refused at their first forward,
 naming switch_path; SMTTrainer(fsdp=True) moves the experts to the reference path itself and resumes exactly, with either state-dict
 type. DDP, tiny Mixtral with either experts implementation: a rank that routes no token to an expert with blocks neither hangs nor
 needs find_unused_parameters=True, and both ranks train like one process accumulating both halves' gradients; a rank on which no
@@ -85,7 +85,7 @@ def test_moe_fsdp2_two_cpu_processes_match_single_process(fsdp_run, model_type):
         assert r["paths"] == ["reference"], r                            # switch_path moved the expert weights too
         assert r["local"] <= 0.55 * r["total"], r                        # each rank holds about half of the base (experts included)
         assert r["reloaded"], r                                          # load_smt onto a sharded model restores each rank's part
-        assert r["writer_paths"] == ["inplace"] and "FSDP has sharded the expert weight" in r["refused"], r
+        assert r["writer_paths"] == ["inplace"] and "FSDP2's gathered parameters" in r["refused"], r
         assert "switch_path(model, 'reference')" in r["refused"], r      # in-place writes into sharded experts: refused, naming the fix
 
     single = prepare_smt(build(model_type), w.config(), dataloader=w.full_batches())  # one process on the combined batches
