@@ -5,7 +5,7 @@ then the Hugging Face path on CUDA (in-place blocks): SMTTrainer in bf16 with ad
 micro-batch skipped, disable_adapter giving the base exactly, unload giving the base weights bit for bit; fused MoE experts
 (grouped and eager) one step against the dense masked step; NF4 bases (if bitsandbytes is installed) on both routes of the additive
 path; the grouped expert kernels (block gradients, bitwise writes, no added host sync). Exits non-zero if any case fails.
-Usage: python benchmarks/check_cuda.py [--only-4bit | --only-experts]
+Usage: python benchmarks/check_cuda.py [--only-quantized | --only-experts]
 """
 import itertools
 import sys
@@ -322,30 +322,51 @@ def _host_syncs_per_step() -> str:
     return f"{syncs(floor, [floor.get_input_embeddings().weight])} -> {syncs(smt, smt_parameters(smt))}"
 
 
-def four_bit_checks() -> dict:
-    "NF4 bases (bitsandbytes, bf16 compute) on CUDA: both routes of the additive path against a float64 dense layer with the dequantized weight."
+def _quantized(kind: str, out_f: int, in_f: int, dtype: torch.dtype) -> nn.Module:
+    "A bitsandbytes NF4 (double quantization) or LLM.int8 layer on CUDA computing in `dtype`, quantized from a random float layer."
     import bitsandbytes as bnb
+    torch.manual_seed(0)
+    dense = nn.Linear(in_f, out_f).to(torch.bfloat16)
+    if kind == "nf4": q = bnb.nn.Linear4bit(in_f, out_f, bias=True, compute_dtype=dtype, quant_type="nf4", compress_statistics=True)
+    else: q = bnb.nn.Linear8bitLt(in_f, out_f, bias=True, has_fp16_weights=False, threshold=6.0)
+    q.load_state_dict(dense.state_dict())
+    return q.cuda()
+
+
+def quantized_checks() -> dict:
+    """NF4 and LLM.int8 bases on CUDA, bf16 and float32 compute: forward, input gradient and block gradients of an SMT layer against a
+    float64 dense layer with the dequantized weight + blocks (norm-relative). NF4: both routes (the blocks written into the dequantized
+    weight for batches, the block product beside the base for one token). int8 quantizes its input in forward (not the reference's
+    float64 product), so its forward is compared at 8-bit precision; its gradients come from the dequantized weight."""
     from smt_nb.layers import dequantized_weight
     out = {}
-    for (out_f, in_f), b in (((4096, 4096), 256), ((1000, 3000), 64), ((576, 192), 64)):
-        torch.manual_seed(0)
-        q = bnb.nn.Linear4bit(in_f, out_f, bias=True, compute_dtype=torch.bfloat16, quant_type="nf4")
-        q.load_state_dict(nn.Linear(in_f, out_f).to(torch.bfloat16).state_dict()); q = q.cuda()
+    for kind, dtype, ((out_f, in_f), b) in itertools.product(("nf4", "int8"), (torch.bfloat16, torch.float32),
+                                                              (((4096, 4096), 256), ((1000, 3000), 64), ((576, 192), 64))):
+        q = _quantized(kind, out_f, in_f, dtype)
         grid = BlockGrid(out_f, in_f, b)
         flat = torch.randperm(grid.n_blocks, generator=torch.Generator().manual_seed(1))[:max(1, grid.n_blocks // 20)]
         layer = SMTLinear(q, torch.stack([flat // grid.n_cols, flat % grid.n_cols], 1), b, init_std=0.02)
-        w = (dequantized_weight(q).double() + scatter_blocks(layer.smt_delta.detach().double(), grid, layer.blocks)).requires_grad_()
-        x = torch.randn(2, 512, in_f, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        x = torch.randn(2, 512, in_f, device="cuda", dtype=dtype, requires_grad=True)
         y = layer(x); gy = torch.randn_like(y); y.backward(gy)
+        w = (dequantized_weight(q).double() + scatter_blocks(layer.smt_delta.detach().double(), grid, layer.blocks)).requires_grad_()
         xr = x.detach().double().requires_grad_()
         yr = F.linear(xr, w, q.bias.double()); yr.backward(gy.double())
-        key = f"{out_f}x{in_f} b={b}"
-        out[f"{key} dequantized route"] = max(rel(y, yr), rel(x.grad, xr.grad), rel(layer.smt_delta.grad, gather_blocks(w.grad, grid, layer.blocks)))
-        with torch.no_grad():
-            one = x[:1, :1].detach()
-            assert not layer.rides_on_dequantized(one)
-            out[f"{key} single-token route"] = rel(layer(one), F.linear(one.double(), w.detach(), q.bias.double()))
+        key = f"{kind} {str(dtype)[6:]} {out_f}x{in_f} b={b}"
+        route = "dequantized route" if kind == "nf4" else "block product beside the base"
+        out[f"{key} {route}: forward"] = rel(y, yr)
+        out[f"{key} {route}: input gradient"] = rel(x.grad, xr.grad)
+        out[f"{key} {route}: block gradients"] = rel(layer.smt_delta.grad, gather_blocks(w.grad, grid, layer.blocks))
+        if kind == "nf4":
+            with torch.no_grad():
+                one = x[:1, :1].detach()
+                assert not layer.rides_on_dequantized(one)
+                out[f"{key} single-token route: forward"] = rel(layer(one), F.linear(one.double(), w.detach(), q.bias.double()))
     return out
+
+
+def quantized_tolerance(key: str) -> float:
+    "bf16 compute, and int8's 8-bit input in forward: 2e-2; float32 compute otherwise: 1e-4 (dequantization is exact, products are not tf32)."
+    return 2e-2 if "bfloat16" in key or ("int8" in key and key.endswith("forward")) else 1e-4
 
 
 def _experts_ok(experts: dict, grouped: dict) -> bool:
@@ -356,6 +377,13 @@ def _experts_ok(experts: dict, grouped: dict) -> bool:
             and all(v == 0 for k, v in grouped.items() if k.startswith("grouped write")) and int(smt) <= int(floor))
 
 
+def print_quantized(results: dict) -> bool:
+    "Print the 4-bit and 8-bit checks one per line; True if all are within tolerance."
+    print("bitsandbytes bases on CUDA vs float64 dense with the dequantized weight + blocks (norm-relative):")
+    for k, v in results.items(): print(f"  {k:<72} {v:.1e}  {'ok' if v < quantized_tolerance(k) else 'FAIL'}")
+    return all(v < quantized_tolerance(k) for k, v in results.items())
+
+
 def main():
     torch.backends.cuda.matmul.allow_tf32 = False
     if "--only-experts" in sys.argv:
@@ -363,10 +391,8 @@ def main():
         print("fused MoE experts on CUDA, one step vs the dense masked step (norm-relative):", experts)
         print("grouped expert kernels:", grouped)
         sys.exit(0 if _experts_ok(experts, grouped) else 1)
-    if "--only-4bit" in sys.argv:
-        four = four_bit_checks()
-        print("NF4 bases on CUDA (bf16 compute) vs float64 dense with the dequantized weight + blocks (norm-relative):", four)
-        sys.exit(0 if all(v < 2e-2 for v in four.values()) else 1)
+    if "--only-4bit" in sys.argv or "--only-quantized" in sys.argv:
+        sys.exit(0 if print_quantized(quantized_checks()) else 1)
     shapes = [(4096, 4096), (14336 // 4, 4096), (1000, 3000), (576, 192), (192, 576), (300, 4096)]  # ragged ones included
     rows, failed = [], 0
     for (out_f, in_f), b, density, dtype, path in itertools.product(shapes, (64, 128, 256), (0.01, 0.05, 0.3),
@@ -414,10 +440,7 @@ def main():
     failed += not _experts_ok(experts, grouped)
     try: import bitsandbytes  # noqa: F401  (not on every GPU image: carry its wheel)
     except ImportError: print("NF4 bases: skipped, bitsandbytes is not installed")
-    else:
-        four = four_bit_checks()
-        print("NF4 bases on CUDA (bf16 compute) vs float64 dense with the dequantized weight + blocks (norm-relative):", four)
-        failed += not all(v < 2e-2 for v in four.values())
+    else: failed += not print_quantized(quantized_checks())
     sys.exit(1 if failed else 0)
 
 

@@ -40,7 +40,7 @@ from smt_nb.experts import expert_parameters  # noqa: E402  resolves target_para
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
-WARMUP, STEPS = 3, 30
+WARMUP, STEPS = int(os.environ.get("BENCH_WARMUP", 3)), 30  # BENCH_WARMUP: more untimed steps first
 FAMILIES = {"qwen3": (Qwen3MoeConfig, Qwen3MoeForCausalLM), "mixtral": (MixtralConfig, MixtralForCausalLM)}
 SHAPES = {  # Qwen3-30B-A3B's and Mixtral-8x7B's layer shapes (norm_topk_prob: Qwen3-30B-A3B's config.json sets it)
     "qwen3": dict(hidden_size=2048, num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768, num_attention_heads=32,
@@ -153,9 +153,11 @@ def time_step(step, s: Setup) -> float:
     if not s.cuda:
         t0 = time.perf_counter(); step(); return time.perf_counter() - t0
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record(); step(); end.record()
+    t0 = time.perf_counter(); start.record(); step(); HOST.append(time.perf_counter() - t0); end.record()
     end.synchronize()
     return start.elapsed_time(end) / 1e3
+
+HOST: list[float] = []  # seconds until each timed step's last kernel was queued: its Python and launch time, if nothing syncs
 
 
 @contextmanager
@@ -181,18 +183,24 @@ def run(name, model, s: Setup, compiled: bool) -> dict:
     sync(s); warmup_s = time.perf_counter() - t0
     if s.cuda: torch.cuda.reset_peak_memory_stats()
     mallocs = torch.cuda.memory_stats().get("num_device_alloc", 0) if s.cuda else 0
+    HOST.clear()
     with gc_pauses() as pauses: times = [time_step(step, s) for _ in range(STEPS)]
     mallocs = (torch.cuda.memory_stats().get("num_device_alloc", 0) if s.cuda else 0) - mallocs  # cudaMalloc calls: each one syncs
     median = sorted(times)[len(times) // 2]
+    peak = torch.cuda.max_memory_allocated() / 2**30 if s.cuda else None
+    sync(s); t0 = time.perf_counter()
+    for _ in range(STEPS): step()  # back to back, as a training loop that never waits for the GPU runs them
+    sync(s); back_to_back = (time.perf_counter() - t0) / STEPS
     launches, gpu_ms = kernels_per_step(step) if s.cuda else (None, None)  # kernels are a CUDA count: none on the CPU smoke test
     n = sum(p.numel() for p in params)
     r = dict(method=name, compiled=compiled, tokens_per_s=s.batch * s.seq / median, step_ms=median * 1e3,
-             step_ms_spread=[min(times) * 1e3, max(times) * 1e3], peak_gib=torch.cuda.max_memory_allocated() / 2**30 if s.cuda else None,
+             step_ms_spread=[min(times) * 1e3, max(times) * 1e3], peak_gib=peak,
              trainable=n, kernels_per_step=launches, gpu_kernel_ms=gpu_ms, warmup_s=warmup_s,
-             gc_ms_per_step=sum(pauses) * 1e3 / STEPS, gc_runs=len(pauses), cuda_mallocs_while_timed=mallocs)
+             host_ms=sorted(HOST)[len(HOST) // 2] * 1e3 if HOST else None,
+             back_to_back_tokens_per_s=s.batch * s.seq / back_to_back, gc_ms_per_step=sum(pauses) * 1e3 / STEPS, gc_runs=len(pauses), cuda_mallocs_while_timed=mallocs)
     if compiled: r["dynamo"] = dynamo_counts()
     print(f"{name:<66} {r['tokens_per_s']:>9.0f} tok/s  {r['step_ms']:8.1f} ms/step  {fmt(r['peak_gib'], '6.2f')} GiB  "
-          f"{fmt(launches, '6.0f')} kernels  trainable {n / 1e6:8.3f} M  warm-up {warmup_s:5.1f} s"
+          f"{fmt(launches, '6.0f')} kernels  {fmt(r['host_ms'], '5.1f')} ms host  trainable {n / 1e6:8.3f} M  warm-up {warmup_s:5.1f} s"
           + (f"  {r['dynamo']['graphs']} graphs, {r['dynamo']['graph_breaks']} breaks" if compiled else ""), flush=True)
     return r
 
@@ -213,6 +221,9 @@ def fmt(x, spec: str) -> str:
 def run_row(key: str, name: str, make, s: Setup, compiled: bool) -> dict:
     "Build the row's model and run it; an exception skips this row only, recorded with its first line (and the trainable count, if built)."
     model, n = None, None
+    import smt_nb.experts as experts_module
+    remade = experts_module._product_factors
+    if key.endswith("_whole"): experts_module._product_factors = lambda x: None  # the ablation: backward keeps act(gate) * up itself
     try:
         model = make(); n = trainable(model)
         row = run(name, model, s, compiled)
@@ -221,6 +232,7 @@ def run_row(key: str, name: str, make, s: Setup, compiled: bool) -> dict:
         row = dict(method=name, compiled=compiled, skipped=f"{type(e).__name__}: {first}", trainable=n)
         print(f"{name:<66} skipped: {row['skipped']}", flush=True)
         if os.environ.get("BENCH_TRACEBACK"): traceback.print_exc()
+    finally: experts_module._product_factors = remade
     row["key"] = key
     alive = weakref.ref(model) if model is not None else (lambda: None)
     del model; free()
@@ -260,6 +272,8 @@ def makers(s: Setup, tiny: bool, rank: int, budget: dict) -> dict:
         "lora": (f"LoRA r={rank} q/k/v/o + experts (peft)", lambda: lora_model(build(s, tiny), rank)),
         "smt_matched": (f"SMT q/k/v/o + experts, {b}² blocks (= LoRA r={rank} budget)",
                         lambda: smt(ATTENTION, EXPERTS, n_blocks=budget["smt_matched_blocks"])),
+        "smt_matched_whole": (f"SMT q/k/v/o + experts, {b}² blocks (= LoRA r={rank} budget), down input kept whole",
+                              lambda: smt(ATTENTION, EXPERTS, n_blocks=budget["smt_matched_blocks"])),
         "smt_1pct": ("SMT 1% q/k/v/o + experts", lambda: smt(ATTENTION, EXPERTS, sparsity=0.01)),
         "smt_attention": (f"SMT q/k/v/o only, {frac:.2%} (LoRA r={rank}'s fraction)", lambda: smt(ATTENTION, None, sparsity=frac)),
     }

@@ -59,8 +59,48 @@ def main():
     @torch.library.custom_op("overhead::noop", mutates_args=())
     def noop(t: torch.Tensor) -> torch.Tensor: return t.new_empty(1)
 
+    class PassThrough(torch.autograd.Function):  # the cost of a Python backward run by the engine's CUDA thread
+        @staticmethod
+        def forward(ctx, t): return t.view_as(t)
+        @staticmethod
+        def backward(ctx, g): return g
+
+    import smt_nb.layers as layers_module
+    real_block_gradients, stub = layers_module._block_gradients, torch.zeros(len(blocks), B, B, device="cuda")
+    def smt_without_kernel():  # the layer's own Python and torch ops, the kernel's call replaced by a ready result
+        layers_module._block_gradients = lambda *args, **kwargs: stub
+        try: torch.autograd.grad(layer(x), [x, layer.smt_delta], gy)
+        finally: layers_module._block_gradients = real_block_gradients
+
+    from smt_nb.kernels import _sddmm_kernel
+    plan = dict(B=B, BM=B, BN=B, BK=64, IEEE=False, EVEN=True, num_warps=4, num_stages=3)
+    partial_out = torch.empty(1, len(blocks), B, B, device="cuda")
+    args = (g2, x.detach(), partial_out, rows, cols, T, T, out_f, in_f, g2.stride(0), x.stride(0))
+    compiled = _sddmm_kernel()[(len(blocks), 1, 1)](*args, **plan)  # compiles once, returns the CompiledKernel
+    runner = compiled[(len(blocks), 1, 1)]
+    all_args = (*args, B, B, B, 64, False, True)  # the constexprs too, as JITFunction.run passes them
+
+    def in_backward(work):  # a pass-through Function whose backward, run by the autograd engine's CUDA thread, also does `work`
+        class Worker(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, t): return t.view_as(t)
+            @staticmethod
+            def backward(ctx, g): work(); return g
+        return lambda: torch.autograd.grad(Worker.apply(x), [x], gy)
+    xd = x.detach()
+
     pieces = {
+        "backward thread: nothing more": in_backward(lambda: None),
+        "backward thread: one torch kernel (empty + zero_)": in_backward(lambda: torch.empty(1, device="cuda").zero_()),
+        "backward thread: sddmm_blocks_triton": in_backward(lambda: sddmm_blocks_triton(g2, xd, rows, cols, B)),
+        "backward thread: JITFunction launch": in_backward(lambda: _sddmm_kernel()[(len(blocks), 1, 1)](*args, **plan)),
+        "backward thread: CompiledKernel runner": in_backward(lambda: runner(*all_args)),
         "floor: linear forward + input gradient": lambda: torch.autograd.grad(lin(x), [x], gy),
+        "floor: forward only": lambda: lin(x),
+        "autograd.Function passing the gradient through": lambda: torch.autograd.grad(PassThrough.apply(x), [x], gy),
+        "smt in-place: forward + both gradients, kernel call stubbed": smt_without_kernel,
+        "Triton: JITFunction launch of the compiled kernel": lambda: _sddmm_kernel()[(len(blocks), 1, 1)](*args, **plan),
+        "Triton: CompiledKernel runner (no JIT dispatch)": lambda: runner(*all_args),
         "smt in-place: forward + both gradients": lambda: torch.autograd.grad(layer(x), [x, layer.smt_delta], gy),
         "smt in-place: forward only": lambda: layer(x),
         "block_gradients (Triton kernel + wrapper)": lambda: block_gradients(g2, x.detach(), rows, cols, B),
@@ -72,7 +112,8 @@ def main():
     }
     res = {}
     for name, fn in pieces.items():
-        res[name] = dict(host_us=host_us(fn), kernels=kernels_per_call(fn))
+        try: res[name] = dict(host_us=host_us(fn), kernels=kernels_per_call(fn))
+        except Exception as e: print(f"{name:<58} failed: {type(e).__name__}: {str(e)[:200]}"); continue
         print(f"{name:<58} {res[name]['host_us']:8.1f} µs/call  {res[name]['kernels']:5.1f} kernels/call", flush=True)
     if a.json:
         meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, shape=[out_f, in_f], tokens=T, block_size=B)

@@ -98,7 +98,7 @@ def _grouped_mm_functions() -> tuple:
 GROUPED_MM = _grouped_mm_functions()
 # every function ExpertCalls looks at; all others (most of an experts module's ops) pass straight through, at the cost of one set lookup
 _WATCHED = frozenset((F.linear, torch.matmul, Tensor.matmul, Tensor.__matmul__, torch.bmm, Tensor.bmm, torch.einsum, Tensor.__getitem__,
-                      *GROUPED_MM))
+                      Tensor.masked_fill_, *GROUPED_MM))
 
 def _same_storage(a: Tensor, b: Tensor) -> bool: return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
@@ -111,6 +111,18 @@ def _gathers_experts(index) -> bool:
     "Does indexing with `index` copy several experts' matrices (a tensor or list of experts), rather than view one?"
     first = index[0] if isinstance(index, tuple) and index else index
     return isinstance(first, list) or (isinstance(first, Tensor) and first.dim() > 0)
+
+def _tag_rows(x: Tensor, source: Tensor, index: Tensor, fills: tuple):
+    "Remember that `x == source[index]`, then `masked_fill_(mask, value)` for each of `fills` ((mask, value, mask version), ...)."
+    x._smt_rows_of = (source, index, fills, x._version, source._version)
+
+def _unchanged_rows_of(x: Tensor):
+    "(source, index, fills) when `x` was made as `_tag_rows` says and nothing involved has changed in place since (else None)."
+    tag = getattr(x, "_smt_rows_of", None)
+    if tag is None: return None
+    source, index, fills, x_version, source_version = tag
+    unchanged = x._version == x_version and source._version == source_version and all(m._version == v for m, _, v in fills)
+    return (source, index, fills) if unchanged else None
 
 class ExpertCalls(TorchFunctionMode):
     """While an experts module runs, its matmuls on a targeted 3-D weight go to `on_call(name, kind, expert_or_offsets, x, w)`:
@@ -163,9 +175,15 @@ class ExpertCalls(TorchFunctionMode):
              (func in (torch.bmm, torch.einsum, Tensor.bmm) and any(self._whole(a) for a in args if isinstance(a, Tensor))):
             raise RuntimeError("An expert weight targeted by SMT is used by a batched matmul over all experts: SMT needs each expert's "
                                "tokens. Load the model with experts_implementation='grouped_mm' (the default) or 'eager'.")
+        recipe = _unchanged_rows_of(args[0]) if func is Tensor.masked_fill_ else None  # before the fill changes x's version
         out = func(*args, **kwargs)
         if func is Tensor.__getitem__ and _gathers_rows(args) and isinstance(out, Tensor):
-            out._smt_rows_of = (args[0], args[1], out._version, args[0]._version)  # a grouped call's input: see SMTExperts.on_call
+            _tag_rows(out, args[0], args[1], ())                                 # a grouped call's input: see SMTExperts.on_call
+        elif recipe is not None:  # transformers zeroes expert-parallel sentinel rows this way: the recipe replays the fill
+            mask = args[1] if len(args) > 1 else kwargs.get("mask")
+            value = args[2] if len(args) > 2 else kwargs.get("value")
+            if isinstance(mask, Tensor) and isinstance(value, (int, float, bool)):
+                _tag_rows(args[0], recipe[0], recipe[1], recipe[2] + ((mask, value, mask._version),))
         return out
 
 # %% ../nbs/04c_experts.ipynb #91555fc1
@@ -195,22 +213,33 @@ def _input_gradient(kind: str, where, func, gy: Tensor, w: Tensor) -> Tensor:
     if kind in ("bmm", "bmm_t"): return torch.bmm(gy, w.transpose(-2, -1))    # (experts, rows, in)
     return func(gy, w.transpose(-2, -1), offs=where)                          # per expert: gy_e (w_e)ᵀ
 
+def _remade(how: str | None, values: tuple, kept: list[Tensor]) -> Tensor:
+    "A call's input again, from what its backward kept (see `remake` below): the same bits as in forward."
+    if how is None: return kept[0]
+    if how == "product": return kept[0] * kept[1]
+    x = kept[0][kept[1]]                                                       # rows: source[index], then the same fills
+    for mask, value in zip(kept[2:], values): x.masked_fill_(mask, value)
+    return x
+
 class ExpertCallFunction(torch.autograd.Function):
     """An expert matmul as the model made it, whose backward gives the input's gradient and hands the call's input and output gradient,
     flattened to (T, in) and (T, out), to `on_backward(x2, g2)`: it returns Δ's gradient for training, or adds statistics for GW and
     returns None. `weight_of` (the reference path): the weight the call really uses, made from the one passed — base + Δ, built again
-    for backward rather than kept between the passes. `rows_of`: (source, index) with `x == source[index]` — kept instead of `x`
-    and gathered again in backward (for top-k routing, `x` repeats each token k times: the source is k times smaller)."""
+    for backward rather than kept between the passes. `remake`: (how, tensors, values) to make `x` again in backward from tensors
+    kept instead of it — "rows": (source, index, *masks) with `x == source[index]` after `masked_fill_(mask, value)` for each mask
+    (top-k routing repeats each token k times: the source is k times smaller), or "product": (a, b) with `x == a * b` (factors
+    autograd keeps anyway)."""
     @staticmethod
-    def forward(ctx, x, w, delta, func, kind, where, on_backward, weight_of=None, rows_of=None):
-        ctx.save_for_backward(*((x,) if rows_of is None else rows_of), w)
+    def forward(ctx, x, w, delta, func, kind, where, on_backward, weight_of=None, remake=None):
+        ctx.save_for_backward(*((x,) if remake is None else remake[1]), w)
         ctx.func, ctx.kind, ctx.where, ctx.on_backward, ctx.weight_of = func, kind, where, on_backward, weight_of
+        ctx.remake = (None, ()) if remake is None else (remake[0], remake[2])
         return _runner(kind, where, func)(x, w if weight_of is None else weight_of(w))
 
     @staticmethod
     def backward(ctx, gy):
         *kept, w = ctx.saved_tensors
-        x = kept[0] if len(kept) == 1 else kept[0][kept[1]]                            # (T, in), gathered again if so kept
+        x = _remade(*ctx.remake, kept)                                                 # (T, in)
         gx = None
         if ctx.needs_input_grad[0]:
             used = w if ctx.weight_of is None else ctx.weight_of(w)
@@ -328,12 +357,27 @@ class SMTExperts(nn.Module):
         return self.base_samples[self._sample_row[expert]]
 
 # %% ../nbs/04c_experts.ipynb #bef5f104
-def _unchanged_rows_of(x: Tensor):
-    "(source, index) when `x` was gathered as `source[index]` and neither has changed since (an in-place op would make them differ)."
-    tag = getattr(x, "_smt_rows_of", None)
-    if tag is None: return None
-    source, index, x_version, source_version = tag
-    return (source, index) if x._version == x_version and source._version == source_version else None
+def _saved_tensor_hooks_active() -> bool:
+    "Are saved-tensor hooks in force (activation checkpointing, offloading)? What autograd saved is then theirs to keep or drop."
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)  # private; if it moves, assume hooks
+    return top is None or top(False) is not None
+
+def _product_factors(x: Tensor):
+    """(a, b) when `x` is an untouched product `a * b` whose factors autograd keeps for the product's own backward — the gated
+    activation `act(gate) * up` that feeds a down projection. Kept instead of `x`, they cost no memory, and `a * b` gives `x` again."""
+    if type(x.grad_fn).__name__ != "MulBackward0" or x._version != 0 or _saved_tensor_hooks_active(): return None
+    try: a, b = x.grad_fn._saved_self, x.grad_fn._saved_other  # None where autograd did not keep one
+    except RuntimeError: return None                            # a factor changed in place since
+    same = isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape == x.shape and a.dtype == b.dtype == x.dtype
+    return (a, b) if same else None                             # broadcasts and mixed dtypes: keep x (rare; cheap to check this way)
+
+def _remake_plan(kind: str, x: Tensor):
+    "(how, tensors to keep, fill values) when a call can keep less than its input `x` for backward: see `ExpertCallFunction`."
+    if kind in ("grouped", "grouped_t") and (rows := _unchanged_rows_of(x)):
+        source, index, fills = rows
+        return ("rows", (source, index, *(m for m, _, _ in fills)), tuple(v for _, v, _ in fills))
+    if (factors := _product_factors(x)): return ("product", factors, ())
+    return None
 
 @patch
 def on_call(self: SMTExperts, kind: str, where, x: Tensor, w: Tensor, func):
@@ -346,8 +390,8 @@ def on_call(self: SMTExperts, kind: str, where, x: Tensor, w: Tensor, func):
     if not own and not trains: return None                            # the frozen matmul, exact as it is
     # an expert without blocks still gets Δ into the graph when Δ trains: DDP then sees Δ used on every rank whatever the routing
     weight_of = partial(self._effective_weight, kind, where) if self.path == "reference" and own else None
-    rows_of = _unchanged_rows_of(x) if kind in ("grouped", "grouped_t") else None  # x = source[index]: keep those
-    return ExpertCallFunction.apply(x, w, self.smt_delta, func, kind, where, partial(self._call_gradient, kind, where), weight_of, rows_of)
+    return ExpertCallFunction.apply(x, w, self.smt_delta, func, kind, where, partial(self._call_gradient, kind, where), weight_of,
+                                    _remake_plan(kind, x))
 
 @patch
 def _call_gradient(self: SMTExperts, kind: str, where, x2: Tensor, g2: Tensor) -> Tensor:

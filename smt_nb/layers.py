@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.optim.optimizer import register_optimizer_step_post_hook
 import itertools
 import logging
+import os
 import warnings
 import weakref
 from transformers.pytorch_utils import Conv1D
@@ -329,10 +330,14 @@ def __setstate__(self: SMTLinear, state: dict):
 
 _TABLES: dict = {}  # grouped-write tables, by the layers and addresses they describe
 
+def _addresses(layer: SMTLinear) -> tuple:
+    "What a layer's grouped write depends on besides its blocks: where its weight, Δ and original blocks live, and their dtypes."
+    w, d, bb = layer.base_layer.weight, layer._parameters["smt_delta"], layer._buffers["base_blocks"]
+    return (layer._serial, w.data_ptr(), d.data_ptr(), bb.data_ptr(), w.dtype, d.dtype, bb.dtype)
+
 def _block_table(layers: list) -> tuple[Tensor, int]:
     "The (n, 9) int64 table of `write_blocks_triton` for every block of `layers` (built once per set of addresses, then cached)."
-    key = tuple((l._serial, logical_weight(l.base_layer).data_ptr(), logical_weight(l.base_layer).stride(), l.smt_delta.data_ptr(),
-                 l.base_blocks.data_ptr(), l.base_layer.weight.dtype) for l in layers)
+    key = tuple(_addresses(l) for l in layers)  # a layer's strides follow from its type (Linear or Conv1D) and its serial
     if key not in _TABLES:
         parts = []
         for l in layers:
@@ -360,15 +365,25 @@ def aligned_for_write(layer: SMTLinear) -> bool:
     return (w.stride(1) == 1 and w.stride(0) % 16 == 0 and g.out_features % g.block_size == 0 and g.in_features % g.block_size == 0
             and all(t.data_ptr() % 16 == 0 for t in (w, layer.smt_delta, layer.base_blocks)))
 
+def _write_group(layer: SMTLinear, no_triton: str | None) -> tuple | None:
+    """(device, dtype, block size, aligned) of the grouped write this layer joins, or None to write it alone. Decided once and kept
+    while its tensors stay where they are: this runs for every layer after every optimizer step."""
+    key = (_addresses(layer), no_triton)
+    cached = layer.__dict__.get("_write_group_cache")
+    if cached is not None and cached[0] == key: return cached[1]
+    w, b = layer.base_layer.weight, layer.grid.block_size
+    group = (w.device, w.dtype, b, aligned_for_write(layer)) if groupable(layer) and kernel_applies(w, b) else None
+    layer._write_group_cache = (key, group)
+    return group
+
 def write_layers(layers: list):
     "Write base + Δ into the weights of `layers`: one Triton launch per (device, dtype, block size) on CUDA, layer by layer elsewhere."
-    groups = {}
+    groups, no_triton = {}, os.environ.get("SMT_NB_NO_TRITON")
     for layer in layers:
-        w, b = layer.base_layer.weight, layer.grid.block_size
-        if isinstance(w, DTensor):
+        if isinstance(layer.base_layer.weight, DTensor):
             raise RuntimeError("FSDP has sharded a weight that this SMT layer's in-place path writes into; call "
                                "switch_path(model, 'reference') after prepare_smt and before fully_shard.")
-        if groupable(layer) and kernel_applies(w, b): groups.setdefault((w.device, w.dtype, b, aligned_for_write(layer)), []).append(layer)
+        if (group := _write_group(layer, no_triton)) is not None: groups.setdefault(group, []).append(layer)
         else: layer._write_blocks()
     for (_, dtype, b, aligned), group in groups.items():
         table, n = _block_table(group)
@@ -434,17 +449,19 @@ class InplaceSMTFunction(torch.autograd.Function):
         layer, gx, gdelta = ctx.layer, None, None
         if ctx.needs_input_grad[0]: gx = gy @ weight                              # (..., in)
         if ctx.needs_input_grad[3]:
-            gdelta = _block_gradients(gy.reshape(-1, gy.shape[-1]), saved, layer.rows, layer.x_cols, layer.grid.block_size)
+            buffers = layer._buffers                                              # read directly: a module attribute costs a lookup chain
+            gdelta = _block_gradients(gy.reshape(-1, gy.shape[-1]), saved, buffers["rows"], buffers["x_cols"], layer.grid.block_size)
         return gx, None, None, gdelta, None
 
 @patch
 def forward(self: SMTLinear, x: Tensor) -> Tensor:
     if self.path == "inplace" and not (self.merged or self._disabled or torch.compiler.is_compiling()):
-        if in_flat_buffer(self.smt_delta): raise flat_buffer_error()
-        self.write_changed_blocks()  # Δ changed by hand since the last write
-        w = logical_weight(self.base_layer)
-        if x.dtype == w.dtype and not torch.is_autocast_enabled(x.device.type):
-            try: return InplaceSMTFunction.apply(x, w, self.base_layer.bias, self.smt_delta, self)
+        delta, base = self._parameters["smt_delta"], self._modules["base_layer"]  # direct reads: this runs for every layer, every step
+        if in_flat_buffer(delta): raise flat_buffer_error()
+        if self._written_version != delta._version: self.write_changed_blocks()  # Δ changed by hand since the last write
+        w = logical_weight(base)
+        if x.dtype == w.dtype and not torch.is_autocast_enabled("cuda" if x.is_cuda else x.device.type):
+            try: return InplaceSMTFunction.apply(x, w, base.bias, delta, self)
             except RuntimeError: self._check_input(x); raise  # a clear message for the usual mistakes, else the original error
     self._check_input(x)
     if self.merged or self.disable_adapters: return self.base_layer(x)

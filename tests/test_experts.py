@@ -235,7 +235,65 @@ def test_a_gathered_input_changed_in_place_is_kept_as_it_is():
     source, index = torch.randn(4, 3), torch.tensor([0, 0, 2, 3])
     with ExpertCalls({"w": torch.randn(2, 3, 5)}, lambda *call: None):
         x, y = source[index], source[index]
-    assert _unchanged_rows_of(x) == (source, index)
+    assert _unchanged_rows_of(x) == (source, index, ())
     x.mul_(3)                                                  # the gathered rows changed
     source.add_(1)                                             # and so did the source
     assert _unchanged_rows_of(x) is None and _unchanged_rows_of(y) is None
+
+
+def test_a_masked_fill_of_gathered_rows_is_replayed_in_backward():
+    "transformers 5.17 zeroes expert-parallel sentinel rows of the gathered input in place: the recipe records the fill and replays it."
+    from smt_nb.experts import ExpertCalls, _remade, _unchanged_rows_of
+    source, index = torch.randn(4, 3), torch.tensor([0, 0, 2, 3, 1])
+    mask = torch.tensor([[False], [True], [False], [False], [True]])
+    with ExpertCalls({"w": torch.randn(2, 3, 5)}, lambda *call: None):
+        x = source[index]
+        x.masked_fill_(mask, 0.0)
+    src, idx, fills = _unchanged_rows_of(x)
+    assert src is source and idx is index and len(fills) == 1 and fills[0][0] is mask
+    again = _remade("rows", tuple(v for _, v, _ in fills), [src, idx, *(m for m, _, _ in fills)])
+    assert torch.equal(again, x) and again[1].abs().sum() == 0
+    mask.logical_not_()                                        # the mask changed after the fill: keep x itself
+    assert _unchanged_rows_of(x) is None
+
+
+def test_the_down_projections_input_is_remade_from_autograds_own_factors_and_kept_whole_otherwise():
+    "`act(gate) * up` is kept as its two factors (saved by the product anyway) and multiplied again in backward: the same bits."
+    from smt_nb.experts import _product_factors
+    a, b = torch.randn(6, 4, requires_grad=True), torch.randn(6, 4, requires_grad=True)
+    act = torch.nn.functional.silu(a)
+    x = act * b
+    kept = _product_factors(x)
+    assert kept is not None and kept[0].data_ptr() == act.data_ptr() and kept[1].data_ptr() == b.data_ptr()
+    assert torch.equal(kept[0] * kept[1], x)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):  # checkpointing, offloading: keep x itself
+        assert _product_factors(act * b) is None
+    assert _product_factors(act + b) is None and _product_factors(act * 2.0) is None  # not a product of two tensors
+    assert _product_factors(act * b[:1]) is None                # a broadcast: kept whole
+    y = act * b
+    with torch.no_grad(): y.add_(1)                             # x changed after the product
+    assert _product_factors(y) is None
+    z, c = act * b, torch.randn(6, 4, requires_grad=True)
+    w = act * c
+    with torch.no_grad(): c.add_(1)                             # a factor changed after the product
+    assert _product_factors(w) is None and _product_factors(z) is not None
+    assert _product_factors(torch.randn(6, 4) * torch.randn(6, 4)) is None  # no graph
+
+
+@pytest.mark.parametrize("implementation", [None, "eager"])
+def test_remade_inputs_give_the_gradients_of_inputs_kept_whole(implementation):
+    "With saved-tensor hooks in force every call keeps its input as it is: the block gradients are the same bits either way."
+    model = build("mixtral")
+    if implementation: model.set_experts_implementation(implementation)
+    config = SMTConfig(block_size=16, sparsity=0.2, method="random", target_modules=["q_proj"], target_parameters=EXPERTS)
+    model = prepare_smt(model, config)
+    def grads(hooks):
+        model.zero_grad(set_to_none=True)
+        if hooks:
+            with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t): loss = model(**batch("mixtral")).loss
+        else: loss = model(**batch("mixtral")).loss
+        loss.backward()
+        return {n: m.smt_delta.grad.clone() for n, m in smt_experts(model).items()}
+    remade, whole = grads(False), grads(True)
+    assert remade.keys() == whole.keys() and any(g.abs().sum() > 0 for g in remade.values())
+    for n in remade: assert torch.equal(remade[n], whole[n]), n
