@@ -336,8 +336,9 @@ def _quantized(kind: str, out_f: int, in_f: int, dtype: torch.dtype) -> nn.Modul
 def quantized_checks() -> dict:
     """NF4 and LLM.int8 bases on CUDA, bf16 and float32 compute: forward, input gradient and block gradients of an SMT layer against a
     float64 dense layer with the dequantized weight + blocks (norm-relative). NF4: both routes (the blocks written into the dequantized
-    weight for batches, the block product beside the base for one token). int8 quantizes its input in forward (not the reference's
-    float64 product), so its forward is compared at 8-bit precision; its gradients come from the dequantized weight."""
+    weight for batches, the block product beside the base for one token). int8: bitsandbytes' int8 forward plus the block product,
+    backward one matmul with the dequantized weight + blocks; int8 quantizes its input in forward (not the reference's float64
+    product), so its forward is compared at 8-bit precision; its gradients come from the dequantized weight."""
     from smt_nb.layers import dequantized_weight
     out = {}
     for kind, dtype, ((out_f, in_f), b) in itertools.product(("nf4", "int8"), (torch.bfloat16, torch.float32),
@@ -352,7 +353,7 @@ def quantized_checks() -> dict:
         xr = x.detach().double().requires_grad_()
         yr = F.linear(xr, w, q.bias.double()); yr.backward(gy.double())
         key = f"{kind} {str(dtype)[6:]} {out_f}x{in_f} b={b}"
-        route = "dequantized route" if kind == "nf4" else "block product beside the base"
+        route = "dequantized route" if kind == "nf4" else "int8 forward + block product, backward on the dequantized weight"
         out[f"{key} {route}: forward"] = rel(y, yr)
         out[f"{key} {route}: input gradient"] = rel(x.grad, xr.grad)
         out[f"{key} {route}: block gradients"] = rel(layer.smt_delta.grad, gather_blocks(w.grad, grid, layer.blocks))

@@ -96,9 +96,10 @@ def _grouped_mm_functions() -> tuple:
     return tuple(f for f in fs if f is not None)
 
 GROUPED_MM = _grouped_mm_functions()
+_PRODUCTS = (Tensor.__mul__, Tensor.mul, torch.mul)  # a product made here may be kept as its factors: see `_product_factors`
 # every function ExpertCalls looks at; all others (most of an experts module's ops) pass straight through, at the cost of one set lookup
 _WATCHED = frozenset((F.linear, torch.matmul, Tensor.matmul, Tensor.__matmul__, torch.bmm, Tensor.bmm, torch.einsum, Tensor.__getitem__,
-                      Tensor.masked_fill_, *GROUPED_MM))
+                      Tensor.masked_fill_, *_PRODUCTS, *GROUPED_MM))
 
 def _same_storage(a: Tensor, b: Tensor) -> bool: return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
@@ -111,6 +112,11 @@ def _gathers_experts(index) -> bool:
     "Does indexing with `index` copy several experts' matrices (a tensor or list of experts), rather than view one?"
     first = index[0] if isinstance(index, tuple) and index else index
     return isinstance(first, list) or (isinstance(first, Tensor) and first.dim() > 0)
+
+def _saved_tensor_hooks_active() -> bool:
+    "Are saved-tensor hooks in force (activation checkpointing, offloading)? What autograd saved is then theirs to keep or drop."
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)  # private; if it moves, assume hooks
+    return top is None or top(False) is not None
 
 def _tag_rows(x: Tensor, source: Tensor, index: Tensor, fills: tuple):
     "Remember that `x == source[index]`, then `masked_fill_(mask, value)` for each of `fills` ((mask, value, mask version), ...)."
@@ -179,6 +185,8 @@ class ExpertCalls(TorchFunctionMode):
         out = func(*args, **kwargs)
         if func is Tensor.__getitem__ and _gathers_rows(args) and isinstance(out, Tensor):
             _tag_rows(out, args[0], args[1], ())                                 # a grouped call's input: see SMTExperts.on_call
+        elif func in _PRODUCTS and isinstance(out, Tensor) and not (torch.compiler.is_compiling() or _saved_tensor_hooks_active()):
+            out._smt_plain_product = True  # autograd saved its factors as they are (no hooks packed them): they may stand in for it
         elif recipe is not None:  # transformers zeroes expert-parallel sentinel rows this way: the recipe replays the fill
             mask = args[1] if len(args) > 1 else kwargs.get("mask")
             value = args[2] if len(args) > 2 else kwargs.get("value")
@@ -357,15 +365,12 @@ class SMTExperts(nn.Module):
         return self.base_samples[self._sample_row[expert]]
 
 # %% ../nbs/04c_experts.ipynb #bef5f104
-def _saved_tensor_hooks_active() -> bool:
-    "Are saved-tensor hooks in force (activation checkpointing, offloading)? What autograd saved is then theirs to keep or drop."
-    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)  # private; if it moves, assume hooks
-    return top is None or top(False) is not None
-
 def _product_factors(x: Tensor):
     """(a, b) when `x` is an untouched product `a * b` whose factors autograd keeps for the product's own backward — the gated
-    activation `act(gate) * up` that feeds a down projection. Kept instead of `x`, they cost no memory, and `a * b` gives `x` again."""
-    if type(x.grad_fn).__name__ != "MulBackward0" or x._version != 0 or _saved_tensor_hooks_active(): return None
+    activation `act(gate) * up` that feeds a down projection. Kept instead of `x`, they cost no memory, and `a * b` gives `x` again.
+    Only for products `ExpertCalls` saw made without saved-tensor hooks: hooks may have packed the factors (offloaded, compressed)."""
+    if not getattr(x, "_smt_plain_product", False) or _saved_tensor_hooks_active(): return None
+    if type(x.grad_fn).__name__ != "MulBackward0" or x._version != 0: return None
     try: a, b = x.grad_fn._saved_self, x.grad_fn._saved_other  # None where autograd did not keep one
     except RuntimeError: return None                            # a factor changed in place since
     same = isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape == x.shape and a.dtype == b.dtype == x.dtype

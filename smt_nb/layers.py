@@ -27,7 +27,7 @@ __all__ = ['SUPPORTED_LAYERS', 'PATHS', 'computes_linear', 'is_float_linear', 'l
            'BlockDeltaFunction', 'default_path', 'check_blocks', 'padding_mask', 'SMTLinear', 'write_blocks',
            'sync_blocks', 'groupable', 'aligned_for_write', 'write_layers', 'compute_dtype', 'zero3_error',
            'in_flat_buffer', 'flat_buffer_error', 'InplaceSMTFunction', 'smt_layers', 'keep_4bit_differentiable',
-           'DequantizedSMTFunction']
+           'DequantizedSMTFunction', 'Int8SMTFunction']
 
 # %% ../nbs/04_layers.ipynb #b0187c0f
 SUPPORTED_LAYERS = (nn.Linear, Conv1D)
@@ -86,8 +86,9 @@ def logical_shape(module: nn.Module) -> tuple[int, int]:
         return shape[::-1] if isinstance(module, Conv1D) else shape
     return tuple(logical_weight(module).shape)
 
-def dequantized_weight(module: nn.Module) -> Tensor:
-    "(out, in) float weight: a view for float layers, a new temporary tensor for bitsandbytes layers."
+def dequantized_weight(module: nn.Module, dtype: torch.dtype | None = None) -> Tensor:
+    """(out, in) float weight: a view for float layers, a new temporary tensor for bitsandbytes layers (float32 for 8-bit ones, or
+    `dtype`: made in that dtype, one rounding of the float32 product, as bitsandbytes' own backward makes it — no float32 copy)."""
     if not is_bnb_quantized(module): return logical_weight(module)
     import bitsandbytes.functional as bnbf
     w = module.weight
@@ -95,7 +96,8 @@ def dequantized_weight(module: nn.Module) -> Tensor:
         if getattr(w.quant_state, "packing_format_for_cpu", False): keep_4bit_differentiable(module)  # see "Quantized bases"
         return bnbf.dequantize_4bit(w.data, w.quant_state)
     scb = w.SCB if getattr(w, "SCB", None) is not None else module.state.SCB  # 8-bit: per-row scales
-    return w.data.float() * scb.float().view(-1, 1) / 127
+    if dtype is None: return w.data.float() * scb.float().view(-1, 1) / 127
+    return w.data.to(dtype).mul_(scb.float().view(-1, 1) / 127)                 # int8 values are exact in any float dtype
 
 # %% ../nbs/04_layers.ipynb #7f04f354
 def _block_gradients(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block_size: int, launch=None) -> Tensor:
@@ -333,11 +335,11 @@ _TABLES: dict = {}  # grouped-write tables, by the layers and addresses they des
 def _addresses(layer: SMTLinear) -> tuple:
     "What a layer's grouped write depends on besides its blocks: where its weight, Δ and original blocks live, and their dtypes."
     w, d, bb = layer.base_layer.weight, layer._parameters["smt_delta"], layer._buffers["base_blocks"]
-    return (layer._serial, w.data_ptr(), d.data_ptr(), bb.data_ptr(), w.dtype, d.dtype, bb.dtype)
+    return (layer._serial, w.data_ptr(), d.data_ptr(), bb.data_ptr(), w.dtype, d.dtype, bb.dtype, w.stride(), d.stride(), bb.stride())
 
 def _block_table(layers: list) -> tuple[Tensor, int]:
     "The (n, 9) int64 table of `write_blocks_triton` for every block of `layers` (built once per set of addresses, then cached)."
-    key = tuple(_addresses(l) for l in layers)  # a layer's strides follow from its type (Linear or Conv1D) and its serial
+    key = tuple(_addresses(l) for l in layers)
     if key not in _TABLES:
         parts = []
         for l in layers:
@@ -468,6 +470,7 @@ def forward(self: SMTLinear, x: Tensor) -> Tensor:
     x = x.to(compute_dtype(x))  # under autocast, as autocast's own linear: compute in its dtype; autograd casts the gradient back
     if self.path == "additive":
         if self.quantized and self.rides_on_dequantized(x): return DequantizedSMTFunction.apply(x, self.smt_delta, self).to(x.dtype)
+        if self.quantized and self.int8_backward_rides(x): return Int8SMTFunction.apply(x, self.smt_delta, self).to(x.dtype)
         delta_out = BlockDeltaFunction.apply(x, self.smt_delta, self.blocks, self.rows, self.strips, self.x_cols, self.grid, self.keep_x)
         return self.base_layer(x) + delta_out.to(x.dtype)
     written = self.path == "inplace"
@@ -563,12 +566,32 @@ class DequantizedSMTFunction(torch.autograd.Function):
             gdelta = block_gradients(g2, saved, layer.rows, layer.x_cols, layer.grid.block_size).to(delta.dtype)
         return gx, gdelta, None
 
+class Int8SMTFunction(DequantizedSMTFunction):
+    """The same on an LLM.int8 base, whose forward multiplies in int8 and builds no dense weight: y = base(x) + x ΔWᵀ (bitsandbytes'
+    matmul, then the block product), and backward as above — one matmul with the dequantized weight holding base + Δ in its blocks,
+    the dense weight bitsandbytes' own backward builds anyway, instead of its backward and the block product's."""
+    @staticmethod
+    def forward(ctx, x, delta, layer):
+        with torch.no_grad(): y = layer.base_layer(x)                           # (..., out); int8 matmul, no graph through bitsandbytes
+        x2 = x.reshape(-1, layer.grid.in_features)                             # (T, in)
+        y = y + block_sparse_matmul(x2, delta.to(x.dtype), layer.blocks, layer.grid).view(y.shape).to(y.dtype)
+        ctx.save_for_backward(x2 if layer.keep_x else column_strips(x2, layer.grid, layer.strips).flatten(1), delta)
+        ctx.layer, ctx.in_dtype = layer, x.dtype
+        return y
+
 @patch
 def dequantized_with_blocks(self: SMTLinear, delta: Tensor, dtype: torch.dtype) -> Tensor:
     "(out, in) temporary: the 4-bit base dequantized, with base + Δ in the selected blocks, in `dtype`."
-    w = dequantized_weight(self.base_layer).to(dtype)                          # a new tensor: writing into it leaves the base alone
+    w = dequantized_weight(self.base_layer, dtype).to(dtype)                   # a new tensor: writing into it leaves the base alone
     write_blocks(w, self.grid, self.blocks, (self.base_blocks + delta.detach().to(self.base_blocks.dtype)).to(dtype))
     return w
+
+@patch
+def int8_backward_rides(self: SMTLinear, x: Tensor) -> bool:
+    "Whether this call's backward multiplies once with the dequantized int8 base + blocks: an LLM.int8 base and gradients wanted."
+    w = self.base_layer.weight
+    if type(w).__name__ != "Int8Params" or getattr(w, "has_fp16_weights", False) or isinstance(w, DTensor): return False
+    return torch.is_grad_enabled() and not torch.compiler.is_compiling() and (x.requires_grad or self.smt_delta.requires_grad)
 
 @patch
 def rides_on_dequantized(self: SMTLinear, x: Tensor) -> bool:

@@ -258,26 +258,28 @@ def test_a_masked_fill_of_gathered_rows_is_replayed_in_backward():
 
 
 def test_the_down_projections_input_is_remade_from_autograds_own_factors_and_kept_whole_otherwise():
-    "`act(gate) * up` is kept as its two factors (saved by the product anyway) and multiplied again in backward: the same bits."
-    from smt_nb.experts import _product_factors
+    "`act(gate) * up` made inside an experts forward is kept as its two factors (saved by the product anyway) and multiplied again."
+    from smt_nb.experts import ExpertCalls, _product_factors
     a, b = torch.randn(6, 4, requires_grad=True), torch.randn(6, 4, requires_grad=True)
     act = torch.nn.functional.silu(a)
-    x = act * b
+    hooks = lambda: torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t)  # offloading, compression: copies
+    with ExpertCalls({"w": torch.randn(2, 4, 5)}, lambda *call: None):
+        x, y, z, c = act * b, act * b, act * b, torch.randn(6, 4, requires_grad=True)
+        w, s, t = act * c, act + b, act * 2.0
+        broadcast, no_graph = act * b[:1], torch.randn(6, 4) * torch.randn(6, 4)
+        with hooks(): packed = act * b                          # factors saved through hooks: maybe not the same tensors
+    outside = act * b                                           # not made in an experts forward
     kept = _product_factors(x)
     assert kept is not None and kept[0].data_ptr() == act.data_ptr() and kept[1].data_ptr() == b.data_ptr()
     assert torch.equal(kept[0] * kept[1], x)
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):  # checkpointing, offloading: keep x itself
-        assert _product_factors(act * b) is None
-    assert _product_factors(act + b) is None and _product_factors(act * 2.0) is None  # not a product of two tensors
-    assert _product_factors(act * b[:1]) is None                # a broadcast: kept whole
-    y = act * b
+    with hooks(): assert _product_factors(z) is None            # hooks at the call (checkpointing): keep x itself
+    assert _product_factors(packed) is None and _product_factors(outside) is None
+    assert _product_factors(s) is None and _product_factors(t) is None  # not a product of two tensors
+    assert _product_factors(broadcast) is None and _product_factors(no_graph) is None
     with torch.no_grad(): y.add_(1)                             # x changed after the product
     assert _product_factors(y) is None
-    z, c = act * b, torch.randn(6, 4, requires_grad=True)
-    w = act * c
     with torch.no_grad(): c.add_(1)                             # a factor changed after the product
     assert _product_factors(w) is None and _product_factors(z) is not None
-    assert _product_factors(torch.randn(6, 4) * torch.randn(6, 4)) is None  # no graph
 
 
 @pytest.mark.parametrize("implementation", [None, "eager"])

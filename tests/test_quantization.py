@@ -139,3 +139,34 @@ def test_4bit_routes_equal_the_dense_step_on_the_dequantized_weight(model_dir, d
         one = x[:1, :1].detach()
         assert not layer.rides_on_dequantized(one)
         assert rel(layer(one), F.linear(one.double(), w.detach())) < tol
+
+
+def test_8bit_backward_is_one_matmul_with_the_dequantized_weight_and_blocks(model_dir):
+    "LLM.int8: bitsandbytes' int8 forward plus the block product; backward one matmul with the dequantized base + Δ (no bitsandbytes"
+    "backward in the graph): output, input gradient and block gradients against a dense layer holding the dequantized base + Δ."
+    import torch.nn.functional as F
+    from smt_nb.blocks import gather_blocks, scatter_blocks
+    from smt_nb.layers import dequantized_weight
+    model = prepare_smt(load(model_dir, 8), config(method="random", init_std=0.05))
+    layer = next(iter(smt_layers(model).values()))
+    w = (dequantized_weight(layer.base_layer).double() + scatter_blocks(layer.smt_delta.detach().double(), layer.grid, layer.blocks))
+    w.requires_grad_()
+    x = torch.randn(3, 7, layer.grid.in_features, requires_grad=True)
+    assert layer.int8_backward_rides(x) and not layer.rides_on_dequantized(x)
+    y = layer(x)
+    nodes, todo = set(), [y.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or type(node).__name__ in nodes: continue
+        nodes.add(type(node).__name__); todo += [f for f, _ in node.next_functions]
+    assert "Int8SMTFunctionBackward" in nodes and not any("MatMul8bitLt" in n for n in nodes)
+    gy = torch.randn_like(y); y.backward(gy)
+    xr = x.detach().double().requires_grad_()
+    yr = F.linear(xr, w, layer.base_layer.bias.double() if layer.base_layer.bias is not None else None); yr.backward(gy.double())
+    rel = lambda a, b: ((a.double() - b.double()).norm() / b.double().norm()).item()
+    assert rel(y, yr) < 2e-2                                                    # int8 quantizes the input in forward
+    assert rel(x.grad, xr.grad) < 1e-5                                          # backward: the dequantized weight, exactly
+    assert rel(layer.smt_delta.grad, gather_blocks(w.grad, layer.grid, layer.blocks)) < 1e-5
+    with torch.no_grad(): assert not layer.int8_backward_rides(x)             # inference: base(x) + the block product as before
+    for dtype in (torch.bfloat16, torch.float16):                              # made in the compute dtype: the same bits, no float32 copy
+        assert torch.equal(dequantized_weight(layer.base_layer, dtype), dequantized_weight(layer.base_layer).to(dtype))
