@@ -15,14 +15,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import patch
 from torch import Tensor
-from torch.autograd.graph import increment_version
 from torch.distributed.tensor import DTensor
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.overrides import TorchFunctionMode
 
 from .blocks import BlockGrid, block_reduce, block_sizes, gather_blocks, outside_sample, column_strips
-from .kernels import kernel_applies, sddmm_blocks_grouped_triton, write_blocks_triton, _TRITON_DTYPES
-from .layers import block_gradients, write_blocks, in_flat_buffer, flat_buffer_error
+from .kernels import kernel_applies, sddmm_blocks_grouped_triton, write_table, _TRITON_DTYPES
+from .layers import (block_gradients, write_blocks, in_flat_buffer, flat_buffer_error, cached_table, write_grouped,
+                           sharded_weight_error)
 from .selection import gradients_to_inputs_only, row_block_sums, run_warmup, _sum_over_ranks
 
 # %% auto #0
@@ -295,11 +295,6 @@ _EXPERT_MODULES: weakref.WeakSet = weakref.WeakSet()
 _SERIALS = itertools.count()
 EXPERT_PATHS = ("inplace", "reference")
 
-def _sharded_weight_error(name: str) -> RuntimeError:
-    return RuntimeError(f"FSDP has sharded the expert weight {name}, so SMT cannot write into it. To train, call switch_path(model, "
-                        "'reference') after prepare_smt and before fully_shard (SMTTrainer does it when fsdp is set); to merge, load the "
-                        "adapter into an unsharded model (load_smt) and merge there.")
-
 def _write_after_load(module: nn.Module, incompatible_keys):
     "After load_state_dict: Δ may be a new tensor with the same version number, so an in-place module rewrites unconditionally."
     module.write_changed(force=True)
@@ -432,7 +427,7 @@ def _effective_weight(self: SMTExperts, kind: str, where, w: Tensor) -> Tensor:
 def write(self: SMTExperts, delta: bool = True):
     "Write base + Δ (or, `delta=False`, the original values) into the weight's blocks: one scatter."
     W = self.weight
-    if isinstance(W, DTensor): raise _sharded_weight_error(self.weight_name)
+    if isinstance(W, DTensor): raise sharded_weight_error(f"the expert weight {self.weight_name}")
     values = self.base_blocks + self.smt_delta.detach().to(self.base_blocks.dtype) if delta else self.base_blocks
     write_expert_blocks(W, self.grid, self.blocks, values)
     self._written_version = self.smt_delta._version
@@ -471,23 +466,15 @@ _EXPERT_TABLES: dict = {}  # grouped-write tables, by the modules and addresses 
 
 def _expert_table(modules: list[SMTExperts]) -> tuple[Tensor, int]:
     "The (n, 9) int64 table of `write_blocks_triton` for every block of `modules` (built once per set of addresses, then cached)."
-    key = tuple((m._serial, m.weight.data_ptr(), m.weight.stride(), m.smt_delta.data_ptr(), m.base_blocks.data_ptr(), m.weight.dtype)
-                for m in modules)
-    if key not in _EXPERT_TABLES:
-        parts = []
+    def parts():
         for m in modules:
             W, g, blocks = m.weight, m.grid, m._blocks_cpu
-            b, k = g.block_size, torch.arange(len(blocks))
-            row0, col0 = blocks[:, 1] * b, blocks[:, 2] * b
-            parts.append(torch.stack([W.data_ptr() + blocks[:, 0] * W.stride(0) * W.element_size(),  # expert e's matrix
-                                      torch.full_like(k, W.stride(1)), torch.full_like(k, W.stride(2)), row0, col0,
-                                      (g.out_features - row0).clamp(max=b), (g.in_features - col0).clamp(max=b),
-                                      m.smt_delta.data_ptr() + k * b * b * m.smt_delta.element_size(),
-                                      m.base_blocks.data_ptr() + k * b * b * m.base_blocks.element_size()], 1))
-        if len(_EXPERT_TABLES) > 64: _EXPERT_TABLES.clear()
-        table = torch.cat(parts)
-        _EXPERT_TABLES[key] = (table.to(modules[0].weight.device), len(table))
-    return _EXPERT_TABLES[key]
+            b = g.block_size
+            yield write_table(W.data_ptr() + blocks[:, 0] * W.stride(0) * W.element_size(), W.stride(1), W.stride(2),  # expert e's matrix
+                              blocks[:, 1] * b, blocks[:, 2] * b, g.out_features, g.in_features, b, m.smt_delta, m.base_blocks)
+    key = tuple((m._serial, m.weight.data_ptr(), m.weight.stride(), m.smt_delta.data_ptr(), m.base_blocks.data_ptr(), m.weight.dtype)
+                for m in modules)
+    return cached_table(_EXPERT_TABLES, key, lambda: list(parts()), modules[0].weight.device)
 
 def _groupable(m: SMTExperts) -> bool:
     "Whether the grouped write's addressing fits: float32 contiguous deltas, contiguous original blocks in the weight's dtype."
@@ -507,15 +494,11 @@ def write_experts(modules: list[SMTExperts]):
     groups = {}
     for m in modules:
         W, b = m.weight, m.grid.block_size
-        if isinstance(W, DTensor): raise _sharded_weight_error(m.weight_name)
+        if isinstance(W, DTensor): raise sharded_weight_error(f"the expert weight {m.weight_name}")
         if not len(m._blocks_cpu): continue
         if _groupable(m) and kernel_applies(W, b): groups.setdefault((W.device, W.dtype, b, _aligned(m)), []).append(m)
         else: m.write()
-    for (_, dtype, b, aligned), group in groups.items():
-        table, n = _expert_table(group)
-        write_blocks_triton(table, n, b, dtype, aligned)
-        increment_version([m.weight for m in group])  # as an in-place PyTorch write would: saved copies stay checked
-        for m in group: m._written_version = m.smt_delta._version
+    write_grouped(groups, _expert_table)
 
 def _write_stepped_experts(optimizer, args, kwargs):
     "After every optimizer step: the in-place expert weights whose deltas it moved get base + Δ written again, in one launch."

@@ -14,7 +14,7 @@ from .blocks import BlockGrid, sampled_block_grad, column_strips, strip_plan
 
 # %% auto #0
 __all__ = ['triton_available', 'kernel_applies', 'launch_plan', 'symbolic_launch_plan', 'sddmm_blocks_triton',
-           'sddmm_blocks_grouped_triton', 'write_blocks_triton', 'random_sddmm_problem', 'kernel_error',
+           'sddmm_blocks_grouped_triton', 'write_table', 'write_blocks_triton', 'random_sddmm_problem', 'kernel_error',
            'kernel_repeats', 'grouped_kernel_error']
 
 # %% ../nbs/04a_kernels.ipynb #9299f46a
@@ -234,6 +234,17 @@ def _write_kernel():
     return write_blocks
 
 _TRITON_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+def write_table(weight_ptrs: Tensor, stride_out: int, stride_in: int, row0: Tensor, col0: Tensor, out_features: int, in_features: int,
+                block_size: int, delta: Tensor, base_blocks: Tensor) -> Tensor:
+    """(n, 9) int64 rows of `write_blocks_triton`'s table for the n blocks of one (n, b, b) `delta` and its `base_blocks`: block k
+    goes to the (out, in) matrix at address `weight_ptrs[k]` (strides `stride_out`, `stride_in`), rows from `row0[k]`, columns from
+    `col0[k]`, clipped at the matrix's ragged edges. CPU tensors in, a CPU table out."""
+    b, k = block_size, torch.arange(len(row0))
+    return torch.stack([weight_ptrs, torch.full_like(k, stride_out), torch.full_like(k, stride_in), row0, col0,
+                        (out_features - row0).clamp(max=b), (in_features - col0).clamp(max=b),
+                        delta.data_ptr() + k * b * b * delta.element_size(),
+                        base_blocks.data_ptr() + k * b * b * base_blocks.element_size()], 1)
 
 def write_blocks_triton(table: Tensor, n_blocks: int, block_size: int, dtype: torch.dtype, aligned: bool = False):
     """Write base + Δ for `n_blocks` blocks described by `table` (n_blocks, 9) int64 on the GPU, one launch; see above for the columns.

@@ -18,16 +18,16 @@ from transformers.pytorch_utils import Conv1D
 
 from .blocks import (BlockGrid, gather_blocks, scatter_blocks, strip_plan, column_strips, sampled_block_grad, outside_sample,
                            _CHUNK_ELEMENTS)
-from .kernels import kernel_applies, triton_available, sddmm_blocks_triton, write_blocks_triton, _TRITON_DTYPES
+from .kernels import kernel_applies, triton_available, sddmm_blocks_triton, write_blocks_triton, write_table, _TRITON_DTYPES
 
 # %% auto #0
 __all__ = ['SUPPORTED_LAYERS', 'PATHS', 'computes_linear', 'is_float_linear', 'logical_weight', 'is_bnb_quantized',
            'is_supported', 'zero3_partitioned', 'logical_shape', 'dequantized_weight', 'block_gradients',
            'effective_weight', 'SMTLinearFunction', 'block_sparse_matmul', 'block_sparse_matmul_t',
            'BlockDeltaFunction', 'default_path', 'check_blocks', 'padding_mask', 'SMTLinear', 'write_blocks',
-           'sync_blocks', 'groupable', 'aligned_for_write', 'write_layers', 'compute_dtype', 'zero3_error',
-           'in_flat_buffer', 'flat_buffer_error', 'InplaceSMTFunction', 'smt_layers', 'keep_4bit_differentiable',
-           'DequantizedSMTFunction', 'Int8SMTFunction']
+           'sync_blocks', 'cached_table', 'groupable', 'aligned_for_write', 'sharded_weight_error', 'write_layers',
+           'write_grouped', 'compute_dtype', 'zero3_error', 'in_flat_buffer', 'flat_buffer_error', 'InplaceSMTFunction',
+           'smt_layers', 'keep_4bit_differentiable', 'DequantizedSMTFunction', 'Int8SMTFunction']
 
 # %% ../nbs/04_layers.ipynb #b0187c0f
 SUPPORTED_LAYERS = (nn.Linear, Conv1D)
@@ -337,23 +337,22 @@ def _addresses(layer: SMTLinear) -> tuple:
     w, d, bb = layer.base_layer.weight, layer._parameters["smt_delta"], layer._buffers["base_blocks"]
     return (layer._serial, w.data_ptr(), d.data_ptr(), bb.data_ptr(), w.dtype, d.dtype, bb.dtype, w.stride(), d.stride(), bb.stride())
 
+def cached_table(cache: dict, key: tuple, parts, device) -> tuple[Tensor, int]:
+    "The grouped write's table for `key` from `cache`, else `torch.cat(parts())` moved to `device` and kept (64 tables at most)."
+    if key not in cache:
+        if len(cache) > 64: cache.clear()
+        table = torch.cat(parts())
+        cache[key] = (table.to(device), len(table))
+    return cache[key]
+
 def _block_table(layers: list) -> tuple[Tensor, int]:
     "The (n, 9) int64 table of `write_blocks_triton` for every block of `layers` (built once per set of addresses, then cached)."
-    key = tuple(_addresses(l) for l in layers)
-    if key not in _TABLES:
-        parts = []
+    def parts():
         for l in layers:
             w, b, blocks = logical_weight(l.base_layer), l.grid.block_size, l._blocks_cpu
-            n = len(blocks)
-            row0, col0, k = blocks[:, 0] * b, blocks[:, 1] * b, torch.arange(n)
-            parts.append(torch.stack([torch.full((n,), w.data_ptr()), torch.full((n,), w.stride(0)), torch.full((n,), w.stride(1)),
-                                      row0, col0, (l.grid.out_features - row0).clamp(max=b), (l.grid.in_features - col0).clamp(max=b),
-                                      l.smt_delta.data_ptr() + k * b * b * l.smt_delta.element_size(),
-                                      l.base_blocks.data_ptr() + k * b * b * l.base_blocks.element_size()], 1))
-        if len(_TABLES) > 64: _TABLES.clear()
-        table = torch.cat(parts)
-        _TABLES[key] = (table.to(logical_weight(layers[0].base_layer).device), len(table))
-    return _TABLES[key]
+            yield write_table(torch.full((len(blocks),), w.data_ptr()), w.stride(0), w.stride(1), blocks[:, 0] * b, blocks[:, 1] * b,
+                              l.grid.out_features, l.grid.in_features, b, l.smt_delta, l.base_blocks)
+    return cached_table(_TABLES, tuple(_addresses(l) for l in layers), lambda: list(parts()), logical_weight(layers[0].base_layer).device)
 
 def groupable(layer: SMTLinear) -> bool:
     "Whether the grouped write's addressing fits this layer: float32 contiguous deltas, contiguous original blocks in the weight's dtype."
@@ -378,21 +377,29 @@ def _write_group(layer: SMTLinear, no_triton: str | None) -> tuple | None:
     layer._write_group_cache = (key, group)
     return group
 
+def sharded_weight_error(what: str) -> RuntimeError:
+    "An in-place write into a weight FSDP has sharded (layers and expert weights alike): the fix, to train and to merge."
+    return RuntimeError(f"FSDP has sharded {what}, so SMT cannot write into it. To train, call switch_path(model, 'reference') after "
+                        "prepare_smt and before fully_shard (SMTTrainer does it when fsdp is set); to merge, load the adapter into an "
+                        "unsharded model (load_smt) and merge there.")
+
 def write_layers(layers: list):
     "Write base + Δ into the weights of `layers`: one Triton launch per (device, dtype, block size) on CUDA, layer by layer elsewhere."
     groups, no_triton = {}, os.environ.get("SMT_NB_NO_TRITON")
     for layer in layers:
-        if isinstance(layer.base_layer.weight, DTensor):
-            raise RuntimeError("FSDP has sharded a weight that this SMT layer's in-place path writes into; call "
-                               "switch_path(model, 'reference') after prepare_smt and before fully_shard.")
+        if isinstance(layer.base_layer.weight, DTensor): raise sharded_weight_error("a weight that this SMT layer's in-place path writes into")
         if (group := _write_group(layer, no_triton)) is not None: groups.setdefault(group, []).append(layer)
         else: layer._write_blocks()
+    write_grouped(groups, _block_table)
+
+def write_grouped(groups: dict, table_of) -> None:
+    """One Triton launch per (device, dtype, block size, aligned) group of modules — SMT layers here, expert weights in `04c_experts`
+    — writing base + Δ into their weights; `table_of(group)` gives the group's (table, n)."""
     for (_, dtype, b, aligned), group in groups.items():
-        table, n = _block_table(group)
+        table, n = table_of(group)
         write_blocks_triton(table, n, b, dtype, aligned)
-        increment_version([l.base_layer.weight for l in group])  # as an in-place PyTorch write would: saved copies stay checked
-        for layer in group:
-            layer._written_version = layer.smt_delta._version
+        increment_version([m.weight for m in group])  # as an in-place PyTorch write would: saved copies stay checked
+        for m in group: m._written_version = m.smt_delta._version
 
 def _write_stepped_blocks(optimizer, args, kwargs):
     "After any optimizer step: write base + Δ of every stepped delta into its weight (fused optimizers leave versions as they were)."
