@@ -332,6 +332,36 @@ def host_profile(model, s: Setup, path: str):
     print(out.getvalue()[:6000])
 
 
+def interleaved(keys: list[str], rows: dict, s: Setup, rounds: int, steps: int = 5) -> dict:
+    """Eager tokens/s of every row with the rows' timed steps interleaved: all models built and warmed up first, then `rounds` rounds
+    in which each row runs `steps` steps one by one. Host speed that drifts during a run (other rows, the machine) then touches every
+    row alike; row-after-row timing lets a slow stretch land on one row. Medians over each row's rounds x steps; ratios to the floor."""
+    import smt_nb.experts as experts_module
+    remade = experts_module._product_factors
+    built, times = {}, {k: [] for k in keys}
+    for key in keys:  # (model, its step); the ablation row needs its patch while it runs, so each step sets it
+        model = rows[key][1]()
+        built[key] = (model, step_fn(model, [p for p in model.parameters() if p.requires_grad], batch(s), fused=True))
+    def run_steps(key, n, timed):
+        experts_module._product_factors = (lambda x: None) if key.endswith("_whole") else remade
+        try:
+            for _ in range(n):
+                t = time_step(built[key][1], s)
+                if timed: times[key].append(t)
+        finally: experts_module._product_factors = remade
+    for key in keys: run_steps(key, WARMUP, timed=False)
+    for _ in range(rounds):
+        for key in keys: run_steps(key, steps, timed=True)
+    median = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    floor = median.get("floor")
+    out = {k: dict(tokens_per_s=s.batch * s.seq / m, step_ms=m * 1e3, steps=len(times[k]),
+                   speed_vs_floor=floor / m if floor else None) for k, m in median.items()}
+    print(f"interleaved ({rounds} rounds x {steps} steps per row):")
+    for k, r in out.items(): print(f"  {k:<20} {r['tokens_per_s']:>9.0f} tok/s  {r['step_ms']:7.2f} ms  x floor {fmt(r['speed_vs_floor'], '.3f')}")
+    del built; free()
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", choices=list(SHAPES), default="qwen3")
@@ -343,6 +373,7 @@ def main():
     p.add_argument("--modes", default="eager,compiled")
     p.add_argument("--tiny", action="store_true", help="tiny float32 model on the CPU (hidden 64, 8 experts top-2, 2 x 64 tokens, 16² blocks)")
     p.add_argument("--cprofile", default=None, help="instead: profile the host side of 5 eager steps of this method (cProfile), to this file")
+    p.add_argument("--interleave", type=int, default=0, help="also time the eager rows interleaved, this many rounds (see `interleaved`)")
     a = p.parse_args()
     s = setup(a)
     if s.cuda and not torch.cuda.is_available(): p.error("no CUDA device: run on a GPU, or pass --tiny for the CPU smoke test")
@@ -356,6 +387,7 @@ def main():
             results.append(run_row(key, name + (" compiled" if mode == "compiled" else ""), make, s, mode == "compiled"))
     add_floor_ratios(results)
     out = dict(meta=describe(s, a.tiny, budget, a.lora_rank), results=results)
+    if a.interleave: out["interleaved"] = interleaved(a.methods.split(","), rows, s, a.interleave)
     print_table(out["meta"], results)
     if a.json:
         with open(a.json, "w") as f: json.dump(out, f, indent=1)

@@ -77,3 +77,19 @@ def test_importing_without_triton_prints_nothing(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stderr == "", r.stderr
+
+
+def test_the_moe_benchmark_runs_on_the_cpu(tmp_path):
+    "benchmarks/model_moe.py --tiny: every row builds and runs (GPU time is scarce: a broken script would waste a run), the ablation"
+    "row trains what the main SMT row trains, and the interleaved timing covers every row. No timing is asserted."
+    import json, subprocess, sys
+    out = tmp_path / "moe.json"
+    run = subprocess.run([sys.executable, "benchmarks/model_moe.py", "--tiny", "--modes", "eager", "--methods",
+                          "floor,smt_matched,smt_matched_whole", "--interleave", "1", "--json", str(out)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    data = json.loads(out.read_text())
+    rows = {r["key"]: r for r in data["results"]}
+    assert set(rows) == {"floor", "smt_matched", "smt_matched_whole"} and not any("skipped" in r for r in rows.values())
+    assert rows["smt_matched"]["trainable"] == rows["smt_matched_whole"]["trainable"] > 0 == rows["floor"]["trainable"]
+    assert set(data["interleaved"]) == set(rows) and data["interleaved"]["floor"]["speed_vs_floor"] == 1.0
