@@ -22,7 +22,7 @@ from torch.overrides import TorchFunctionMode
 from .blocks import BlockGrid, block_reduce, block_sizes, gather_blocks, outside_sample, column_strips
 from .kernels import kernel_applies, sddmm_blocks_grouped_triton, write_table, _TRITON_DTYPES
 from .layers import (block_gradients, write_blocks, in_flat_buffer, flat_buffer_error, cached_table, write_grouped,
-                           sharded_weight_error)
+                           sharded_weight_error, write_addresses)
 from .selection import gradients_to_inputs_only, row_block_sums, run_warmup, _sum_over_ranks
 
 # %% auto #0
@@ -472,9 +472,7 @@ def _expert_table(modules: list[SMTExperts]) -> tuple[Tensor, int]:
             b = g.block_size
             yield write_table(W.data_ptr() + blocks[:, 0] * W.stride(0) * W.element_size(), W.stride(1), W.stride(2),  # expert e's matrix
                               blocks[:, 1] * b, blocks[:, 2] * b, g.out_features, g.in_features, b, m.smt_delta, m.base_blocks)
-    key = tuple((m._serial, m.weight.data_ptr(), m.weight.stride(), m.smt_delta.data_ptr(), m.base_blocks.data_ptr(), m.weight.dtype)
-                for m in modules)
-    return cached_table(_EXPERT_TABLES, key, lambda: list(parts()), modules[0].weight.device)
+    return cached_table(_EXPERT_TABLES, tuple(write_addresses(m) for m in modules), lambda: list(parts()), modules[0].weight.device)
 
 def _groupable(m: SMTExperts) -> bool:
     "Whether the grouped write's addressing fits: float32 contiguous deltas, contiguous original blocks in the weight's dtype."

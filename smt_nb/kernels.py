@@ -101,44 +101,42 @@ def symbolic_launch_plan(T, n: int, b: int, fp32: bool, n_programs_target: int) 
     per_split = ((T + splits - 1) // splits + bk - 1) // bk * bk  # a symbolic integer; splits past the end add zeros
     return tile, tiles, bk, splits, per_split, False
 
-_EAGER_PLANS: dict = {}  # (T, n, b, out, W, dtype, device, target) -> (grid, splits, tokens per split, launch options)
+def _launch(n: int, b: int, fp32: bool, plan: tuple) -> tuple:
+    "(grid, splits, tokens per split, launch options) of a launch from a `launch_plan` or `symbolic_launch_plan` result."
+    tile, tiles, bk, splits, per_split, even = plan
+    options = dict(B=b, BM=tile, BN=tile, BK=bk, IEEE=fp32, EVEN=even, num_warps=4 if tile <= 64 else 8, num_stages=3)
+    return (n, tiles, splits), splits, per_split, options
+
+_EAGER_PLANS: dict = {}  # (T, n, b, out, W, dtype, device, target) -> `_launch`'s result
 
 def _eager_plan(T: int, n: int, b: int, out_features: int, x_width: int, dtype: torch.dtype, device: int, target: int | None) -> tuple:
     "All an eager launch needs besides the tensors, from one dict lookup: the wrapper runs in every SMT layer's backward."
     key = (T, n, b, out_features, x_width, dtype, device, target)
     if (plan := _EAGER_PLANS.get(key)) is not None: return plan
     fp32 = dtype == torch.float32
-    tile, tiles, bk, splits, per_split, even = launch_plan(T, n, b, out_features, x_width, fp32,
-                                                           target or _programs_target(torch.device("cuda", device)))
-    options = dict(B=b, BM=tile, BN=tile, BK=bk, IEEE=fp32, EVEN=even, num_warps=4 if tile <= 64 else 8, num_stages=3)
+    plan = _launch(n, b, fp32, launch_plan(T, n, b, out_features, x_width, fp32, target or _programs_target(torch.device("cuda", device))))
     if len(_EAGER_PLANS) > 4096: _EAGER_PLANS.clear()  # many token counts (unpadded batches): start over rather than grow
-    plan = _EAGER_PLANS[key] = ((n, tiles, splits), splits, per_split, options)
+    _EAGER_PLANS[key] = plan
     return plan
 
 def sddmm_blocks_triton(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block_size: int,
                         n_programs_target: int | None = None, launch=None) -> Tensor:
     "Selected b×b tiles of `g2ᵀ x` with Triton: `g2` (T, out), `x` (T, W), block `k` at row strip `rows[k]`, column strip `cols[k]` of `x` -> (n, b, b) fp32."
     T, n, b = g2.shape[0], rows.shape[0], block_size
-    if launch is None and isinstance(T, int) and T > 0 and n > 0:  # eager: the plan from one lookup, then allocate and launch
+    if n == 0 or (isinstance(T, int) and T == 0): return torch.zeros(n, b, b, device=g2.device, dtype=torch.float32)
+    if launch is None and isinstance(T, int):  # eager: the whole plan from one lookup
         grid, splits, per_split, options = _eager_plan(T, n, b, g2.shape[1], x.shape[1], g2.dtype, g2.get_device(), n_programs_target)
-        g2, x = g2.contiguous(), x.contiguous()
-        partial = torch.empty(splits, n, b, b, device=g2.device, dtype=torch.float32)  # every element is written by the kernel
-        _sddmm_kernel()[grid](g2, x, partial, rows.contiguous(), cols.contiguous(), T, per_split, g2.shape[1], x.shape[1],
-                              g2.stride(0), x.stride(0), **options)
-        return partial[0] if splits == 1 else partial.sum(0)  # (n, b, b); torch's reduction is deterministic
-    if n == 0: return torch.zeros(n, b, b, device=g2.device, dtype=torch.float32)
-    if n_programs_target is None: n_programs_target = _programs_target(g2.device)
-    fp32 = g2.dtype == torch.float32
-    if isinstance(T, int):
-        if T == 0: return torch.zeros(n, b, b, device=g2.device, dtype=torch.float32)
-        tile, tiles, bk, splits, per_split, even = launch_plan(T, n, b, g2.shape[1], x.shape[1], fp32, n_programs_target)
-    else: tile, tiles, bk, splits, per_split, even = symbolic_launch_plan(T, n, b, fp32, n_programs_target)
+    else:  # traced (`launch`: torch.library.wrap_triton inside a compiled graph), the token count maybe symbolic
+        target = _programs_target(g2.device) if n_programs_target is None else n_programs_target
+        fp32 = g2.dtype == torch.float32
+        plan = (launch_plan(T, n, b, g2.shape[1], x.shape[1], fp32, target) if isinstance(T, int)
+                else symbolic_launch_plan(T, n, b, fp32, target))
+        grid, splits, per_split, options = _launch(n, b, fp32, plan)
     g2, x = g2.contiguous(), x.contiguous()
     partial = torch.empty(splits, n, b, b, device=g2.device, dtype=torch.float32)  # every element is written by the kernel
-    kernel = (launch or (lambda k: k))(_sddmm_kernel())  # `launch`: torch.library.wrap_triton inside a compiled graph
-    kernel[(n, tiles, splits)](g2, x, partial, rows.contiguous(), cols.contiguous(), T, per_split, g2.shape[1], x.shape[1],
-                               g2.stride(0), x.stride(0), B=b, BM=tile, BN=tile, BK=bk, IEEE=fp32,
-                               EVEN=even, num_warps=4 if tile <= 64 else 8, num_stages=3)
+    kernel = _sddmm_kernel() if launch is None else launch(_sddmm_kernel())
+    kernel[grid](g2, x, partial, rows.contiguous(), cols.contiguous(), T, per_split, g2.shape[1], x.shape[1],
+                 g2.stride(0), x.stride(0), **options)
     return partial[0] if splits == 1 else partial.sum(0)  # (n, b, b); torch's reduction is deterministic
 
 # %% ../nbs/04a_kernels.ipynb #2b954f12

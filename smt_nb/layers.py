@@ -25,9 +25,9 @@ __all__ = ['SUPPORTED_LAYERS', 'PATHS', 'computes_linear', 'is_float_linear', 'l
            'is_supported', 'zero3_partitioned', 'logical_shape', 'dequantized_weight', 'block_gradients',
            'effective_weight', 'SMTLinearFunction', 'block_sparse_matmul', 'block_sparse_matmul_t',
            'BlockDeltaFunction', 'default_path', 'check_blocks', 'padding_mask', 'SMTLinear', 'write_blocks',
-           'sync_blocks', 'cached_table', 'groupable', 'aligned_for_write', 'sharded_weight_error', 'write_layers',
-           'write_grouped', 'compute_dtype', 'zero3_error', 'in_flat_buffer', 'flat_buffer_error', 'InplaceSMTFunction',
-           'smt_layers', 'keep_4bit_differentiable', 'DequantizedSMTFunction', 'Int8SMTFunction']
+           'sync_blocks', 'write_addresses', 'cached_table', 'groupable', 'aligned_for_write', 'sharded_weight_error',
+           'write_layers', 'write_grouped', 'compute_dtype', 'zero3_error', 'in_flat_buffer', 'flat_buffer_error',
+           'InplaceSMTFunction', 'smt_layers', 'keep_4bit_differentiable', 'DequantizedSMTFunction', 'Int8SMTFunction']
 
 # %% ../nbs/04_layers.ipynb #b0187c0f
 SUPPORTED_LAYERS = (nn.Linear, Conv1D)
@@ -332,10 +332,11 @@ def __setstate__(self: SMTLinear, state: dict):
 
 _TABLES: dict = {}  # grouped-write tables, by the layers and addresses they describe
 
-def _addresses(layer: SMTLinear) -> tuple:
-    "What a layer's grouped write depends on besides its blocks: where its weight, Δ and original blocks live, and their dtypes."
-    w, d, bb = layer.base_layer.weight, layer._parameters["smt_delta"], layer._buffers["base_blocks"]
-    return (layer._serial, w.data_ptr(), d.data_ptr(), bb.data_ptr(), w.dtype, d.dtype, bb.dtype, w.stride(), d.stride(), bb.stride())
+def write_addresses(m: nn.Module) -> tuple:
+    """What a grouped write depends on besides the blocks, for an SMT layer or an expert weight's `SMTExperts` alike: where its weight,
+    Δ and original blocks live, their dtypes and strides."""
+    w, d, bb = m.weight, m._parameters["smt_delta"], m._buffers["base_blocks"]
+    return (m._serial, w.data_ptr(), d.data_ptr(), bb.data_ptr(), w.dtype, d.dtype, bb.dtype, w.stride(), d.stride(), bb.stride())
 
 def cached_table(cache: dict, key: tuple, parts, device) -> tuple[Tensor, int]:
     "The grouped write's table for `key` from `cache`, else `torch.cat(parts())` moved to `device` and kept (64 tables at most)."
@@ -345,14 +346,16 @@ def cached_table(cache: dict, key: tuple, parts, device) -> tuple[Tensor, int]:
         cache[key] = (table.to(device), len(table))
     return cache[key]
 
-def _block_table(layers: list) -> tuple[Tensor, int]:
-    "The (n, 9) int64 table of `write_blocks_triton` for every block of `layers` (built once per set of addresses, then cached)."
+def _block_table(layers: list, addresses: list | None = None) -> tuple[Tensor, int]:
+    """The (n, 9) int64 table of `write_blocks_triton` for every block of `layers` (built once per set of addresses, then cached);
+    `addresses`: their `write_addresses`, when the caller has them already."""
     def parts():
         for l in layers:
             w, b, blocks = logical_weight(l.base_layer), l.grid.block_size, l._blocks_cpu
             yield write_table(torch.full((len(blocks),), w.data_ptr()), w.stride(0), w.stride(1), blocks[:, 0] * b, blocks[:, 1] * b,
                               l.grid.out_features, l.grid.in_features, b, l.smt_delta, l.base_blocks)
-    return cached_table(_TABLES, tuple(_addresses(l) for l in layers), lambda: list(parts()), logical_weight(layers[0].base_layer).device)
+    key = tuple(addresses) if addresses is not None else tuple(write_addresses(l) for l in layers)
+    return cached_table(_TABLES, key, lambda: list(parts()), logical_weight(layers[0].base_layer).device)
 
 def groupable(layer: SMTLinear) -> bool:
     "Whether the grouped write's addressing fits this layer: float32 contiguous deltas, contiguous original blocks in the weight's dtype."
@@ -366,10 +369,10 @@ def aligned_for_write(layer: SMTLinear) -> bool:
     return (w.stride(1) == 1 and w.stride(0) % 16 == 0 and g.out_features % g.block_size == 0 and g.in_features % g.block_size == 0
             and all(t.data_ptr() % 16 == 0 for t in (w, layer.smt_delta, layer.base_blocks)))
 
-def _write_group(layer: SMTLinear, no_triton: str | None) -> tuple | None:
+def _write_group(layer: SMTLinear, addresses: tuple, no_triton: str | None) -> tuple | None:
     """(device, dtype, block size, aligned) of the grouped write this layer joins, or None to write it alone. Decided once and kept
-    while its tensors stay where they are: this runs for every layer after every optimizer step."""
-    key = (_addresses(layer), no_triton)
+    while its tensors stay where they are (`addresses`: its `write_addresses`): this runs for every layer after every optimizer step."""
+    key = (addresses, no_triton)
     cached = layer.__dict__.get("_write_group_cache")
     if cached is not None and cached[0] == key: return cached[1]
     w, b = layer.base_layer.weight, layer.grid.block_size
@@ -385,12 +388,13 @@ def sharded_weight_error(what: str) -> RuntimeError:
 
 def write_layers(layers: list):
     "Write base + Δ into the weights of `layers`: one Triton launch per (device, dtype, block size) on CUDA, layer by layer elsewhere."
-    groups, no_triton = {}, os.environ.get("SMT_NB_NO_TRITON")
+    groups, addresses, no_triton = {}, {}, os.environ.get("SMT_NB_NO_TRITON")
     for layer in layers:
         if isinstance(layer.base_layer.weight, DTensor): raise sharded_weight_error("a weight that this SMT layer's in-place path writes into")
-        if (group := _write_group(layer, no_triton)) is not None: groups.setdefault(group, []).append(layer)
+        addresses[layer] = write_addresses(layer)                # once per layer and step: the group's key and the table's
+        if (group := _write_group(layer, addresses[layer], no_triton)) is not None: groups.setdefault(group, []).append(layer)
         else: layer._write_blocks()
-    write_grouped(groups, _block_table)
+    write_grouped(groups, lambda group: _block_table(group, [addresses[l] for l in group]))
 
 def write_grouped(groups: dict, table_of) -> None:
     """One Triton launch per (device, dtype, block size, aligned) group of modules — SMT layers here, expert weights in `04c_experts`
@@ -557,10 +561,15 @@ class DequantizedSMTFunction(torch.autograd.Function):
         dtype = getattr(base, "compute_dtype", None) or x.dtype                # as bitsandbytes computes
         x = x.to(dtype)
         y = F.linear(x, layer.dequantized_with_blocks(delta, dtype), _as(base.bias, dtype))  # (..., out)
+        DequantizedSMTFunction.keep(ctx, x, delta, layer)
+        return y
+
+    @staticmethod
+    def keep(ctx, x, delta, layer):
+        "What backward needs: the input (or its column strips), Δ, the layer and the input's dtype."
         x2 = x.reshape(-1, layer.grid.in_features)                             # (T, in)
         ctx.save_for_backward(x2 if layer.keep_x else column_strips(x2, layer.grid, layer.strips).flatten(1), delta)
         ctx.layer, ctx.in_dtype = layer, x.dtype
-        return y
 
     @staticmethod
     def backward(ctx, gy):
@@ -582,8 +591,7 @@ class Int8SMTFunction(DequantizedSMTFunction):
         with torch.no_grad(): y = layer.base_layer(x)                           # (..., out); int8 matmul, no graph through bitsandbytes
         x2 = x.reshape(-1, layer.grid.in_features)                             # (T, in)
         y = y + block_sparse_matmul(x2, delta.to(x.dtype), layer.blocks, layer.grid).view(y.shape).to(y.dtype)
-        ctx.save_for_backward(x2 if layer.keep_x else column_strips(x2, layer.grid, layer.strips).flatten(1), delta)
-        ctx.layer, ctx.in_dtype = layer, x.dtype
+        Int8SMTFunction.keep(ctx, x, delta, layer)
         return y
 
 @patch

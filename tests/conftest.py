@@ -53,3 +53,12 @@ def torch_threads(n: int):
     torch.set_num_threads(n)
     try: yield
     finally: torch.set_num_threads(before)
+
+
+def run_in_triton_interpreter(code: str) -> str:
+    "Run `code` in a fresh Python under Triton's CPU interpreter (TRITON_INTERPRET=1, read at import) and return its last output line."
+    pytest.importorskip("triton")
+    import os, subprocess, sys
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout.strip().splitlines()[-1]

@@ -9,6 +9,7 @@ from smt_nb.experts import expert_parameters, smt_experts
 from smt_nb.train import smt_parameters
 
 from test_architectures import batch, build, check_step_equals_masked_dense
+from conftest import run_in_triton_interpreter
 
 MOE = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "phimoe", "gpt_oss", "llama4_text", "deepseek_v2", "deepseek_v3"]
 EXPERTS = ["experts.gate_up_proj", "experts.down_proj"]
@@ -302,7 +303,6 @@ def test_remade_inputs_give_the_gradients_of_inputs_kept_whole(implementation):
 
 
 GROUPED_EXPERT_WRITE = """
-import os; os.environ["TRITON_INTERPRET"] = "1"
 import torch
 from transformers import MixtralConfig, MixtralForCausalLM
 from smt_nb.experts import expert_parameters, expert_grids, install_experts, _expert_table, _aligned
@@ -338,8 +338,4 @@ print(general and all(torch.equal(m.weight.detach(), e) for m, e in aligned))
 @pytest.mark.parametrize("dtype", ["float32", "float16"])  # bf16: the interpreter truncates float32 -> bf16 (the GPU rounds; check_cuda checks it)
 def test_grouped_expert_write_matches_pytorch_in_interpreter(dtype):
     "The one-launch write of every expert block after an optimizer step, in Triton's CPU interpreter: PyTorch's scatter, bit for bit."
-    pytest.importorskip("triton")
-    import subprocess, sys
-    run = subprocess.run([sys.executable, "-c", GROUPED_EXPERT_WRITE.format(dtype=dtype)], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.strip().splitlines()[-1] == "True"
+    assert run_in_triton_interpreter(GROUPED_EXPERT_WRITE.format(dtype=dtype)) == "True"

@@ -8,6 +8,8 @@ from transformers.pytorch_utils import Conv1D
 from smt_nb.blocks import BlockGrid, gather_blocks, scatter_blocks, block_mask
 from smt_nb.layers import SMTLinear, logical_weight
 
+from conftest import run_in_triton_interpreter
+
 
 def rel_err(a, b): return ((a - b).norm() / b.norm()).item()
 
@@ -123,16 +125,10 @@ def test_inplace_path_tracks_optimizer_steps(opt_name):
                                   dict(T=256, out_f=64, in_f=96, b=32, n=4, splits_target=8)])
 def test_triton_kernel_matches_reference_in_interpreter(case):
     "The Triton SDDMM kernel, run by Triton's CPU interpreter in a fresh process, equals the PyTorch block gradients."
-    pytest.importorskip("triton")
-    import subprocess, sys
-    code = f"import os; os.environ['TRITON_INTERPRET'] = '1'\nfrom smt_nb.kernels import kernel_error\nprint(kernel_error(**{case!r}))"
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert float(run.stdout.strip().splitlines()[-1]) < 1e-5
+    assert float(run_in_triton_interpreter(f"from smt_nb.kernels import kernel_error\nprint(kernel_error(**{case!r}))")) < 1e-5
 
 
 GROUPED_WRITE = """
-import os; os.environ["TRITON_INTERPRET"] = "1"
 import torch, torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 from smt_nb.blocks import BlockGrid
@@ -166,11 +162,7 @@ print(general and all(torch.equal(logical_weight(l.base_layer).detach(), e) for 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])  # bf16: the interpreter truncates float32 -> bf16 (the GPU rounds; check_cuda checks it)
 def test_grouped_block_write_matches_pytorch_in_interpreter(dtype):
     "The one-launch block write of the optimizer step hook, in Triton's CPU interpreter: the same bits as PyTorch's per-layer write."
-    pytest.importorskip("triton")
-    import subprocess, sys
-    run = subprocess.run([sys.executable, "-c", GROUPED_WRITE.format(dtype=dtype)], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.strip().splitlines()[-1] == "True"
+    assert run_in_triton_interpreter(GROUPED_WRITE.format(dtype=dtype)) == "True"
 
 
 @pytest.mark.parametrize("path", ["reference", "inplace", "additive"])
