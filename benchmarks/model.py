@@ -17,6 +17,11 @@ import os
 import tempfile
 import time
 
+# Profiling (kernel counts) must not slow the rows timed after it: without TEARDOWN_CUPTI=1, kineto leaves CUPTI's callbacks on every
+# kernel launch for the rest of the process (pytorch/pytorch#144455), so a row timed after another row's profile paid extra host
+# time per launch and the floor, timed first, did not. Set before torch is imported; no CUDA graphs here (the teardown's known issue).
+os.environ.setdefault("TEARDOWN_CUPTI", "1")
+
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -81,6 +86,50 @@ def kernels_per_step(step):
     return len(device) / 2, sum(e.device_time for e in device) / 2 / 1e3
 
 
+def host_phases(forward, backward, optimizer, steps: int = 10, sync=torch.cuda.synchronize, events: bool = True) -> dict:
+    """Where a step's time goes, phase by phase (forward, backward, optimizer; medians of `steps` steps, the GPU idle at each start):
+    `host_ms`, how long the Python thread takes to queue each phase, and, with `events` (CUDA), `host_done_ms` / `gpu_done_ms`, when
+    the host had queued each phase and when the GPU finished it, from the step's start. Where the GPU finishes a phase just after the
+    host queued it, the GPU waited for the host; a phase that syncs with the GPU also waits for it."""
+    names = ("forward", "backward", "optimizer")
+    laps, host_done, gpu_done = {k: [] for k in names}, {k: [] for k in names}, {k: [] for k in names}
+    for _ in range(steps):
+        sync()
+        marks = [torch.cuda.Event(enable_timing=True) for _ in range(4)] if events else None
+        t = [time.perf_counter()]
+        if events: marks[0].record()
+        loss = forward(); t.append(time.perf_counter())
+        if events: marks[1].record()
+        backward(loss); t.append(time.perf_counter())
+        if events: marks[2].record()
+        optimizer(); t.append(time.perf_counter())
+        if events: marks[3].record(); marks[3].synchronize()
+        for i, k in enumerate(names):
+            laps[k].append((t[i + 1] - t[i]) * 1e3); host_done[k].append((t[i + 1] - t[0]) * 1e3)
+            if events: gpu_done[k].append(marks[0].elapsed_time(marks[i + 1]))
+    sync()
+    med = lambda v: round(sorted(v)[len(v) // 2], 2)
+    out = dict(host_ms={k: med(v) for k, v in laps.items()}, host_done_ms={k: med(v) for k, v in host_done.items()})
+    if events: out["gpu_done_ms"] = {k: med(v) for k, v in gpu_done.items()}
+    return out
+
+
+SYNCING_OPS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::is_nonzero", "aten::equal", "aten::_assert_async")
+
+def syncs_per_step(step) -> dict:
+    """Host-side waits for the GPU in one step (profiler, CUDA runtime calls): synchronizations and device-to-host copies, and
+    `where`: the Python lines (innermost first) of the ops that read a value back, which is what makes the host wait."""
+    from torch.profiler import profile, ProfilerActivity
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as p:
+        step(); torch.cuda.synchronize()
+    events = p.events()
+    names = [e.name for e in events]
+    where = [f"{e.name} at " + " < ".join(f for f in e.stack[:6] if "site-packages/torch/" not in f)[:400] for e in events if e.name in SYNCING_OPS]
+    return dict(synchronize=sum("Synchronize" in n for n in names) - 1,  # less the closing torch.cuda.synchronize()
+                device_to_host=sum(n.startswith("Memcpy DtoH") for n in names), where=where[:6])
+
+
 def run(name, model, params, compiled, autocast=False):
     "Warm up (compiling, if asked), then time STEPS steps one by one with CUDA events: tokens/s from the median step."
     opt = torch.optim.AdamW(params, lr=1e-5, fused=True) if params else None  # fused: Trainer's default optimizer (adamw_torch_fused)
@@ -107,14 +156,18 @@ def run(name, model, params, compiled, autocast=False):
     for _ in range(STEPS): step()  # back to back, as a training loop that never waits for the GPU runs them
     torch.cuda.synchronize(); back_to_back = (time.perf_counter() - t0) / STEPS
     launches, gpu_ms = kernels_per_step(step)
+    def forward():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast): return fn(**b).loss
+    phases = host_phases(forward, lambda loss: loss.backward(), (lambda: (opt.step(), opt.zero_grad(set_to_none=True))) if opt else (lambda: None))
+    syncs = syncs_per_step(step)
     trainable = sum(p.numel() for p in params) if params else 0
     r = dict(method=name, compiled=compiled, tokens_per_s=BATCH * SEQ / median, step_ms=median * 1e3,
              step_ms_spread=[min(times) * 1e3, max(times) * 1e3], peak_gib=peak,
              trainable=trainable, kernels_per_step=launches, gpu_kernel_ms=gpu_ms, host_ms=sorted(host)[len(host) // 2] * 1e3,
              back_to_back_tokens_per_s=BATCH * SEQ / back_to_back,
-             warmup_s=warmup_s)
+             warmup_s=warmup_s, phases=phases, syncs_per_step=syncs)
     print(f"{name:<44} {r['tokens_per_s']:>9.0f} tok/s  {r['step_ms']:6.1f} ms/step ({gpu_ms:5.1f} in kernels, {r['host_ms']:5.1f} host)  {r['peak_gib']:6.2f} GiB  {launches:6.0f} kernels  "
-          f"trainable {trainable / 1e6:8.2f} M  warm-up {warmup_s:5.1f} s", flush=True)
+          f"trainable {trainable / 1e6:8.2f} M  warm-up {warmup_s:5.1f} s\n    phases {phases}, {syncs}", flush=True)
     return r
 
 
@@ -157,7 +210,7 @@ def main():
     p.add_argument("--modes", default="eager,compiled")
     p.add_argument("--compiled-methods", default="floor,full,lora,smt_1pct,smt_matched", help="methods also run compiled")
     p.add_argument("--gw", action="store_true", help="also measure the cost of GW selection")
-    p.add_argument("--cprofile", default=None, help="instead: profile the host side of 5 eager steps of this method (cProfile)")
+    p.add_argument("--cprofile", default=None, help="instead: profile the host side of 5 steps of this method (cProfile; eager, or compiled with --modes compiled)")
     p.add_argument("--bits", type=int, choices=[4, 8], default=None, help="a bitsandbytes 4-bit (NF4) or 8-bit base; eager only")
     a = p.parse_args()
     layers = a.layers or SHAPES[a.shape]["layers"]
@@ -202,8 +255,9 @@ def main():
         name, make, autocast = makers[a.cprofile]
         model, params = make()
         opt, b = torch.optim.AdamW(params, lr=1e-5, fused=True) if params else None, batch()
+        fn = torch.compile(model) if modes == ["compiled"] else model  # --modes compiled: profile the compiled step
         def step():
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast): loss = model(**b).loss
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast): loss = fn(**b).loss
             loss.backward()
             if opt: opt.step(); opt.zero_grad(set_to_none=True)
         for _ in range(3): step()
@@ -211,7 +265,8 @@ def main():
         with cProfile.Profile() as prof:
             for _ in range(5): step()
             torch.cuda.synchronize()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(40)
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(60)
         return
     results = []
     for mode in modes:
@@ -228,6 +283,7 @@ def main():
         if floor:
             r["speed_vs_floor"] = r["tokens_per_s"] / floor["tokens_per_s"]; r["memory_vs_floor"] = r["peak_gib"] / floor["peak_gib"]
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, shape=a.shape,
+                profiling=f"each row is timed first, then profiled; TEARDOWN_CUPTI={os.environ.get('TEARDOWN_CUPTI')} (see the top of this script)",
                 model=f"Llama-{'3.2-1B' if a.shape == '1b' else '3-8B'} layer shapes, {layers} layers, random weights"
                       + {4: ", reloaded NF4 (double quantization, bf16 compute)", 8: ", reloaded LLM.int8"}.get(a.bits, ""),
                 batch=f"{BATCH} x {SEQ} tokens", dtype="bf16 weights, fused AdamW (autocast row: float32 weights, bf16 autocast)",

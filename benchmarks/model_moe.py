@@ -27,13 +27,18 @@ import time
 import traceback
 from dataclasses import dataclass
 
+# Profiling (kernel counts) must not slow the rows timed after it: without TEARDOWN_CUPTI=1, kineto leaves CUPTI's callbacks on every
+# kernel launch for the rest of the process (pytorch/pytorch#144455), so a row timed after another row's profile paid extra host
+# time per launch and the floor, timed first, did not. Set before torch is imported; no CUDA graphs here (the teardown's known issue).
+os.environ.setdefault("TEARDOWN_CUPTI", "1")
+
 import torch
 import transformers
 from torch._dynamo.utils import counters
 from transformers import MixtralConfig, MixtralForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # model.py sits beside this script (benchmarks/ is no package)
-from model import free, kernels_per_step  # noqa: E402  the same profiler count and cleanup as the dense benchmark
+from model import free, host_phases, kernels_per_step, syncs_per_step  # noqa: E402  the same profiler count and cleanup as the dense benchmark
 
 from smt_nb.core import SMTConfig, find_targets, prepare_smt  # noqa: E402
 from smt_nb.experts import expert_parameters  # noqa: E402  resolves target_parameters exactly as prepare_smt will
@@ -140,6 +145,7 @@ def step_fn(fn, params, b, fused: bool):
         loss = fn(**b).loss
         loss.backward()
         if opt: opt.step(); opt.zero_grad(set_to_none=True)
+    step.opt, step.batch = opt, b  # for `host_phases`: the same optimizer and batch, step by phase
     return step
 
 
@@ -192,17 +198,42 @@ def run(name, model, s: Setup, compiled: bool) -> dict:
     for _ in range(STEPS): step()  # back to back, as a training loop that never waits for the GPU runs them
     sync(s); back_to_back = (time.perf_counter() - t0) / STEPS
     launches, gpu_ms = kernels_per_step(step) if s.cuda else (None, None)  # kernels are a CUDA count: none on the CPU smoke test
+    opt = step.opt
+    phases = host_phases(lambda: fn(**step.batch).loss, lambda loss: loss.backward(),
+                         (lambda: (opt.step(), opt.zero_grad(set_to_none=True))) if opt else (lambda: None), sync=lambda: sync(s),
+                         events=s.cuda)
+    syncs = syncs_per_step(step) if s.cuda else None
+    if s.cuda and KERNEL_TABLE: print_kernel_table(step, KERNEL_TABLE)
     n = sum(p.numel() for p in params)
     r = dict(method=name, compiled=compiled, tokens_per_s=s.batch * s.seq / median, step_ms=median * 1e3,
              step_ms_spread=[min(times) * 1e3, max(times) * 1e3], peak_gib=peak,
              trainable=n, kernels_per_step=launches, gpu_kernel_ms=gpu_ms, warmup_s=warmup_s,
              host_ms=sorted(HOST)[len(HOST) // 2] * 1e3 if HOST else None,
-             back_to_back_tokens_per_s=s.batch * s.seq / back_to_back, gc_ms_per_step=sum(pauses) * 1e3 / STEPS, gc_runs=len(pauses), cuda_mallocs_while_timed=mallocs)
+             back_to_back_tokens_per_s=s.batch * s.seq / back_to_back, gc_ms_per_step=sum(pauses) * 1e3 / STEPS, gc_runs=len(pauses), cuda_mallocs_while_timed=mallocs,
+             phases=phases, syncs_per_step=syncs)
     if compiled: r["dynamo"] = dynamo_counts()
     print(f"{name:<66} {r['tokens_per_s']:>9.0f} tok/s  {r['step_ms']:8.1f} ms/step  {fmt(r['peak_gib'], '6.2f')} GiB  "
           f"{fmt(launches, '6.0f')} kernels  {fmt(r['host_ms'], '5.1f')} ms host  trainable {n / 1e6:8.3f} M  warm-up {warmup_s:5.1f} s"
-          + (f"  {r['dynamo']['graphs']} graphs, {r['dynamo']['graph_breaks']} breaks" if compiled else ""), flush=True)
+          + (f"  {r['dynamo']['graphs']} graphs, {r['dynamo']['graph_breaks']} breaks" if compiled else "")
+          + f"\n    phases {phases}, {syncs}", flush=True)
     return r
+
+
+KERNEL_TABLE = 0  # --kernel-table N: rows print their N costliest kernels
+
+
+def print_kernel_table(step, rows: int):
+    "The `rows` GPU kernels (and copies) taking the most device time over 2 steps, with call counts: where a row's GPU time goes."
+    from torch.profiler import profile, ProfilerActivity
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as p:
+        for _ in range(2): step()
+        torch.cuda.synchronize()
+    totals = {}
+    for e in p.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            t = totals.setdefault(e.name[:90], [0, 0.0]); t[0] += 1; t[1] += e.device_time / 2e3
+    for name, (n, ms) in sorted(totals.items(), key=lambda kv: -kv[1][1])[:rows]: print(f"      {ms:7.3f} ms  {n // 2:5d}x  {name}")
 
 
 def dynamo_counts() -> dict:
@@ -302,6 +333,8 @@ def describe(s: Setup, tiny: bool, budget: dict, rank: int) -> dict:
                 lora=f"peft LoraConfig(r={rank}, lora_alpha={2 * rank}, target_modules={ATTENTION}, target_parameters={EXPERTS})",
                 smt=f"SMTConfig(block_size={s.block}, method='random'); matched row: n_blocks={budget['smt_matched_blocks']} "
                     f"(= {budget['smt_matched_blocks'] * s.block**2} values, LoRA's {budget['lora_values']} rounded down to whole blocks)",
+                profiling="each row is timed first, then profiled (kernel counts, syncs); TEARDOWN_CUPTI="
+                          f"{os.environ.get('TEARDOWN_CUPTI')} so that no later row pays for an earlier profile",
                 **{k: budget[k] for k in ("lora_values", "target_values", "attention_values", "lora_fraction", "smt_matched_blocks")})
 
 
@@ -373,8 +406,11 @@ def main():
     p.add_argument("--modes", default="eager,compiled")
     p.add_argument("--tiny", action="store_true", help="tiny float32 model on the CPU (hidden 64, 8 experts top-2, 2 x 64 tokens, 16² blocks)")
     p.add_argument("--cprofile", default=None, help="instead: profile the host side of 5 eager steps of this method (cProfile), to this file")
+    p.add_argument("--kernel-table", type=int, default=0, help="also print each row's N costliest GPU kernels (profiler, 2 steps)")
     p.add_argument("--interleave", type=int, default=0, help="also time the eager rows interleaved, this many rounds (see `interleaved`)")
     a = p.parse_args()
+    global KERNEL_TABLE
+    KERNEL_TABLE = a.kernel_table
     s = setup(a)
     if s.cuda and not torch.cuda.is_available(): p.error("no CUDA device: run on a GPU, or pass --tiny for the CPU smoke test")
     budget = measure_budget(s, a.tiny, a.lora_rank)

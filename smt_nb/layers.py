@@ -332,10 +332,10 @@ def __setstate__(self: SMTLinear, state: dict):
 
 _TABLES: dict = {}  # grouped-write tables, by the layers and addresses they describe
 
-def write_addresses(m: nn.Module) -> tuple:
-    """What a grouped write depends on besides the blocks, for an SMT layer or an expert weight's `SMTExperts` alike: where its weight,
-    Δ and original blocks live, their dtypes and strides."""
-    w, d, bb = m.weight, m._parameters["smt_delta"], m._buffers["base_blocks"]
+def write_addresses(m: nn.Module, w: Tensor | None = None) -> tuple:
+    """What a grouped write depends on besides the blocks, for an SMT layer or an expert weight's `SMTExperts` alike: where its weight
+    (`w`, when the caller has it), Δ and original blocks live, their dtypes and strides."""
+    w, d, bb = m.weight if w is None else w, m._parameters["smt_delta"], m._buffers["base_blocks"]
     return (m._serial, w.data_ptr(), d.data_ptr(), bb.data_ptr(), w.dtype, d.dtype, bb.dtype, w.stride(), d.stride(), bb.stride())
 
 def cached_table(cache: dict, key: tuple, parts, device) -> tuple[Tensor, int]:
@@ -388,28 +388,31 @@ def sharded_weight_error(what: str) -> RuntimeError:
 
 def write_layers(layers: list):
     "Write base + Δ into the weights of `layers`: one Triton launch per (device, dtype, block size) on CUDA, layer by layer elsewhere."
-    groups, addresses, no_triton = {}, {}, os.environ.get("SMT_NB_NO_TRITON")
-    for layer in layers:
-        if isinstance(layer.base_layer.weight, DTensor): raise sharded_weight_error("a weight that this SMT layer's in-place path writes into")
-        addresses[layer] = write_addresses(layer)                # once per layer and step: the group's key and the table's
+    groups, addresses, weights, no_triton = {}, {}, {}, os.environ.get("SMT_NB_NO_TRITON")
+    for layer in layers:  # this runs after every optimizer step: module attributes are read from their dicts, each once
+        w = layer._modules["base_layer"]._parameters.get("weight")
+        weights[layer] = w = layer.weight if w is None else w
+        if isinstance(w, DTensor): raise sharded_weight_error("a weight that this SMT layer's in-place path writes into")
+        addresses[layer] = write_addresses(layer, w)             # the group's key and the table's
         if (group := _write_group(layer, addresses[layer], no_triton)) is not None: groups.setdefault(group, []).append(layer)
         else: layer._write_blocks()
-    write_grouped(groups, lambda group: _block_table(group, [addresses[l] for l in group]))
+    write_grouped(groups, lambda group: _block_table(group, [addresses[l] for l in group]), weights.__getitem__)
 
-def write_grouped(groups: dict, table_of) -> None:
+def write_grouped(groups: dict, table_of, weight_of=None) -> None:
     """One Triton launch per (device, dtype, block size, aligned) group of modules — SMT layers here, expert weights in `04c_experts`
-    — writing base + Δ into their weights; `table_of(group)` gives the group's (table, n)."""
+    — writing base + Δ into their weights; `table_of(group)` gives the group's (table, n), `weight_of(module)` its weight."""
     for (_, dtype, b, aligned), group in groups.items():
         table, n = table_of(group)
         write_blocks_triton(table, n, b, dtype, aligned)
-        increment_version([m.weight for m in group])  # as an in-place PyTorch write would: saved copies stay checked
-        for m in group: m._written_version = m.smt_delta._version
+        increment_version([m.weight if weight_of is None else weight_of(m) for m in group])  # as an in-place write: saved copies stay checked
+        for m in group: m.__dict__["_written_version"] = m._parameters["smt_delta"]._version  # a plain attribute: no Module.__setattr__
 
 def _write_stepped_blocks(optimizer, args, kwargs):
     "After any optimizer step: write base + Δ of every stepped delta into its weight (fused optimizers leave versions as they were)."
     if not _WRITTEN_LAYERS: return
     stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    write_layers([l for l in list(_WRITTEN_LAYERS) if id(l.smt_delta) in stepped and l._written_version is not None and not l._disabled])
+    write_layers([l for l in list(_WRITTEN_LAYERS)
+                  if id(l._parameters["smt_delta"]) in stepped and l._written_version is not None and not l._disabled])
 
 register_optimizer_step_post_hook(_write_stepped_blocks)  # every optimizer, once per process
 
