@@ -6,10 +6,7 @@ import argparse
 import json
 import os
 
-# Profiling (kernel counts) must not slow the rows timed after it: without TEARDOWN_CUPTI=1, kineto leaves CUPTI's callbacks on every
-# kernel launch for the rest of the process (pytorch/pytorch#144455), so a row timed after another row's profile paid extra host
-# time per launch and the floor, timed first, did not. Set before torch is imported; no CUDA graphs here (the teardown's known issue).
-os.environ.setdefault("TEARDOWN_CUPTI", "1")
+os.environ.setdefault("TEARDOWN_CUPTI", "1")  # before torch loads: a profile must not slow the rows timed after it (see model.py)
 
 import torch
 import torch.nn as nn

@@ -23,6 +23,7 @@ import time
 os.environ.setdefault("TEARDOWN_CUPTI", "1")
 
 import torch
+from torch import Tensor
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from smt_nb.blocks import lora_params
@@ -75,14 +76,19 @@ def batch():
     return dict(input_ids=ids, labels=ids)
 
 
-def kernels_per_step(step):
-    "CUDA kernels, copies and fills per training step, and their summed GPU time in ms (profiler, 2 steps)."
+def device_events(step, steps: int = 2) -> list:
+    "The profiler's CUDA events (kernels, copies, fills) of `steps` training steps."
     from torch.profiler import profile, ProfilerActivity
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as p:
-        for _ in range(2): step()
+        for _ in range(steps): step()
         torch.cuda.synchronize()
-    device = [e for e in p.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return [e for e in p.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+def kernels_per_step(step, events: list | None = None):
+    "CUDA kernels, copies and fills per training step, and their summed GPU time in ms (profiler, 2 steps; or these `device_events`)."
+    device = device_events(step) if events is None else events
     return len(device) / 2, sum(e.device_time for e in device) / 2 / 1e3
 
 
@@ -135,11 +141,11 @@ def run(name, model, params, compiled, autocast=False):
     opt = torch.optim.AdamW(params, lr=1e-5, fused=True) if params else None  # fused: Trainer's default optimizer (adamw_torch_fused)
     fn = torch.compile(model) if compiled else model
     b = batch()
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            loss = fn(**b).loss
-        loss.backward()
+    def forward():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast): return fn(**b).loss
+    def optimizer():
         if opt: opt.step(); opt.zero_grad(set_to_none=True)
+    def step(): forward().backward(); optimizer()
     torch.cuda.synchronize(); t0 = time.perf_counter()
     for _ in range(WARMUP): step()
     torch.cuda.synchronize(); warmup_s = time.perf_counter() - t0
@@ -156,9 +162,7 @@ def run(name, model, params, compiled, autocast=False):
     for _ in range(STEPS): step()  # back to back, as a training loop that never waits for the GPU runs them
     torch.cuda.synchronize(); back_to_back = (time.perf_counter() - t0) / STEPS
     launches, gpu_ms = kernels_per_step(step)
-    def forward():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast): return fn(**b).loss
-    phases = host_phases(forward, lambda loss: loss.backward(), (lambda: (opt.step(), opt.zero_grad(set_to_none=True))) if opt else (lambda: None))
+    phases = host_phases(forward, Tensor.backward, optimizer)
     syncs = syncs_per_step(step)
     trainable = sum(p.numel() for p in params) if params else 0
     r = dict(method=name, compiled=compiled, tokens_per_s=BATCH * SEQ / median, step_ms=median * 1e3,

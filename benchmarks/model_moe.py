@@ -27,10 +27,7 @@ import time
 import traceback
 from dataclasses import dataclass
 
-# Profiling (kernel counts) must not slow the rows timed after it: without TEARDOWN_CUPTI=1, kineto leaves CUPTI's callbacks on every
-# kernel launch for the rest of the process (pytorch/pytorch#144455), so a row timed after another row's profile paid extra host
-# time per launch and the floor, timed first, did not. Set before torch is imported; no CUDA graphs here (the teardown's known issue).
-os.environ.setdefault("TEARDOWN_CUPTI", "1")
+os.environ.setdefault("TEARDOWN_CUPTI", "1")  # before torch loads: a profile must not slow the rows timed after it (see model.py)
 
 import torch
 import transformers
@@ -38,7 +35,7 @@ from torch._dynamo.utils import counters
 from transformers import MixtralConfig, MixtralForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # model.py sits beside this script (benchmarks/ is no package)
-from model import free, host_phases, kernels_per_step, syncs_per_step  # noqa: E402  the same profiler count and cleanup as the dense benchmark
+from model import device_events, free, host_phases, kernels_per_step, syncs_per_step  # noqa: E402  the same profiler count and cleanup as the dense benchmark
 
 from smt_nb.core import SMTConfig, find_targets, prepare_smt  # noqa: E402
 from smt_nb.experts import expert_parameters  # noqa: E402  resolves target_parameters exactly as prepare_smt will
@@ -74,6 +71,7 @@ class Setup:
     block: int
     dtype: torch.dtype
     device: str
+    kernel_table: int = 0  # --kernel-table N: each row also prints its N costliest kernels
 
     @property
     def cuda(self) -> bool: return self.device == "cuda"
@@ -83,7 +81,8 @@ def setup(a) -> Setup:
     "The GPU configuration, or with --tiny a float32 one on the CPU (no CUDA there, and bf16 matmuls on CPU are slow)."
     layers = a.layers or (TINY if a.tiny else SHAPES)[a.shape]["layers"]
     if a.tiny: return Setup(a.shape, layers, vocab=512, batch=2, seq=64, block=16, dtype=torch.float32, device="cpu")
-    return Setup(a.shape, layers, vocab=a.vocab, batch=4, seq=1024, block=128, dtype=torch.bfloat16, device="cuda")
+    return Setup(a.shape, layers, vocab=a.vocab, batch=4, seq=1024, block=128, dtype=torch.bfloat16, device="cuda",
+                 kernel_table=getattr(a, "kernel_table", 0))
 
 
 def build(s: Setup, tiny: bool):
@@ -141,11 +140,11 @@ def measure_budget(s: Setup, tiny: bool, rank: int) -> dict:
 def step_fn(fn, params, b, fused: bool):
     "One training step: forward, backward, and (when something trains) an AdamW step; the floor has no optimizer."
     opt = torch.optim.AdamW(params, lr=1e-5, fused=fused) if params else None  # fused: Trainer's default optimizer (adamw_torch_fused)
-    def step():
-        loss = fn(**b).loss
-        loss.backward()
+    def forward(): return fn(**b).loss
+    def optimizer():
         if opt: opt.step(); opt.zero_grad(set_to_none=True)
-    step.opt, step.batch = opt, b  # for `host_phases`: the same optimizer and batch, step by phase
+    def step(): forward().backward(); optimizer()
+    step.phases = (forward, torch.Tensor.backward, optimizer)  # for `host_phases`: the same step, phase by phase
     return step
 
 
@@ -197,13 +196,11 @@ def run(name, model, s: Setup, compiled: bool) -> dict:
     sync(s); t0 = time.perf_counter()
     for _ in range(STEPS): step()  # back to back, as a training loop that never waits for the GPU runs them
     sync(s); back_to_back = (time.perf_counter() - t0) / STEPS
-    launches, gpu_ms = kernels_per_step(step) if s.cuda else (None, None)  # kernels are a CUDA count: none on the CPU smoke test
-    opt = step.opt
-    phases = host_phases(lambda: fn(**step.batch).loss, lambda loss: loss.backward(),
-                         (lambda: (opt.step(), opt.zero_grad(set_to_none=True))) if opt else (lambda: None), sync=lambda: sync(s),
-                         events=s.cuda)
+    events = device_events(step) if s.cuda else None  # kernels are a CUDA count: none on the CPU smoke test
+    launches, gpu_ms = kernels_per_step(step, events) if s.cuda else (None, None)
+    if s.kernel_table and events: print_kernel_table(events, s.kernel_table)
+    phases = host_phases(*step.phases, sync=lambda: sync(s), events=s.cuda)
     syncs = syncs_per_step(step) if s.cuda else None
-    if s.cuda and KERNEL_TABLE: print_kernel_table(step, KERNEL_TABLE)
     n = sum(p.numel() for p in params)
     r = dict(method=name, compiled=compiled, tokens_per_s=s.batch * s.seq / median, step_ms=median * 1e3,
              step_ms_spread=[min(times) * 1e3, max(times) * 1e3], peak_gib=peak,
@@ -219,20 +216,11 @@ def run(name, model, s: Setup, compiled: bool) -> dict:
     return r
 
 
-KERNEL_TABLE = 0  # --kernel-table N: rows print their N costliest kernels
-
-
-def print_kernel_table(step, rows: int):
-    "The `rows` GPU kernels (and copies) taking the most device time over 2 steps, with call counts: where a row's GPU time goes."
-    from torch.profiler import profile, ProfilerActivity
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as p:
-        for _ in range(2): step()
-        torch.cuda.synchronize()
+def print_kernel_table(events: list, rows: int):
+    "The `rows` GPU kernels (and copies) taking the most device time in 2 steps' `device_events`, per step, with call counts."
     totals = {}
-    for e in p.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA:
-            t = totals.setdefault(e.name[:90], [0, 0.0]); t[0] += 1; t[1] += e.device_time / 2e3
+    for e in events:
+        t = totals.setdefault(e.name[:90], [0, 0.0]); t[0] += 1; t[1] += e.device_time / 2e3
     for name, (n, ms) in sorted(totals.items(), key=lambda kv: -kv[1][1])[:rows]: print(f"      {ms:7.3f} ms  {n // 2:5d}x  {name}")
 
 
@@ -409,8 +397,6 @@ def main():
     p.add_argument("--kernel-table", type=int, default=0, help="also print each row's N costliest GPU kernels (profiler, 2 steps)")
     p.add_argument("--interleave", type=int, default=0, help="also time the eager rows interleaved, this many rounds (see `interleaved`)")
     a = p.parse_args()
-    global KERNEL_TABLE
-    KERNEL_TABLE = a.kernel_table
     s = setup(a)
     if s.cuda and not torch.cuda.is_available(): p.error("no CUDA device: run on a GPU, or pass --tiny for the CPU smoke test")
     budget = measure_budget(s, a.tiny, a.lora_rank)
