@@ -423,6 +423,10 @@ def main():
     repeats = {f"b={b} n={n} T={T}": kernel_repeats(T=T, b=b, n=n) for b, n, T in ((64, 3, 8192), (256, 1, 16384), (128, 5, 4096))}
     print("kernel gives the same bits on every call (token splits summed in a fixed order):", repeats)
     failed += not all(repeats.values())
+    from smt_nb.kernels import _LAUNCHERS  # after the first call of a specialisation, every later one goes through cached_launch
+    bound = sum(v is not None for v in _LAUNCHERS.values())
+    print(f"cached launchers bound (later calls skip the JIT): {bound} of {len(_LAUNCHERS)} specialisations")
+    failed += bound == 0
     import tempfile
     with tempfile.TemporaryDirectory() as tmp: hf = hf_stack_checks(tmp)
     print("Hugging Face path on CUDA:", hf)

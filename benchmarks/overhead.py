@@ -4,13 +4,16 @@ Usage: python benchmarks/overhead.py [--json out.json]
 """
 import argparse
 import json
+import os
 import time
+
+os.environ.setdefault("TEARDOWN_CUPTI", "1")  # kernel counts are profiled between rows: see model.py
 
 import torch
 import torch.nn as nn
 
 from smt_nb.blocks import BlockGrid
-from smt_nb.kernels import sddmm_blocks_triton
+from smt_nb.kernels import sddmm_blocks_triton, cached_launch
 from smt_nb.layers import SMTLinear, block_gradients
 
 DTYPE, B = torch.bfloat16, 64
@@ -95,12 +98,14 @@ def main():
         "backward thread: sddmm_blocks_triton": in_backward(lambda: sddmm_blocks_triton(g2, xd, rows, cols, B)),
         "backward thread: JITFunction launch": in_backward(lambda: _sddmm_kernel()[(len(blocks), 1, 1)](*args, **plan)),
         "backward thread: CompiledKernel runner": in_backward(lambda: runner(*all_args)),
+        "backward thread: cached_launch": in_backward(lambda: cached_launch(_sddmm_kernel(), (len(blocks), 1, 1), *args, **plan)),
         "floor: linear forward + input gradient": lambda: torch.autograd.grad(lin(x), [x], gy),
         "floor: forward only": lambda: lin(x),
         "autograd.Function passing the gradient through": lambda: torch.autograd.grad(PassThrough.apply(x), [x], gy),
         "smt in-place: forward + both gradients, kernel call stubbed": smt_without_kernel,
         "Triton: JITFunction launch of the compiled kernel": lambda: _sddmm_kernel()[(len(blocks), 1, 1)](*args, **plan),
         "Triton: CompiledKernel runner (no JIT dispatch)": lambda: runner(*all_args),
+        "Triton: cached_launch (smt_nb's launcher)": lambda: cached_launch(_sddmm_kernel(), (len(blocks), 1, 1), *args, **plan),
         "smt in-place: forward + both gradients": lambda: torch.autograd.grad(layer(x), [x, layer.smt_delta], gy),
         "smt in-place: forward only": lambda: layer(x),
         "block_gradients (Triton kernel + wrapper)": lambda: block_gradients(g2, x.detach(), rows, cols, B),

@@ -35,14 +35,14 @@ def stepper(model, params, compiled):
     return step
 
 
-def gpu_table(step, rows):
+def gpu_table(step, rows, sort="self_cuda_time_total"):
     from torch.profiler import profile, ProfilerActivity
     for _ in range(3): step()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
         for _ in range(3): step()
         torch.cuda.synchronize()
-    print(p.key_averages().table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=70))
+    print(p.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=70))
 
 
 def main():
@@ -51,6 +51,7 @@ def main():
     ap.add_argument("--modes", default="eager,compiled")
     ap.add_argument("--methods", default="floor,smt")
     ap.add_argument("--rows", type=int, default=25)
+    ap.add_argument("--sort", default="self_cuda_time_total", help="the table's order; self_cpu_time_total: where the host's time goes, op by op")
     a = ap.parse_args()
     layers = SHAPES[a.shape]["layers"]
     for mode in a.modes.split(","):
@@ -58,7 +59,7 @@ def main():
             print(f"==== {method} {mode} (3 steps)", flush=True)
             model, params = make(method, a.shape, layers)
             step = stepper(model, params, mode == "compiled")
-            gpu_table(step, a.rows)
+            gpu_table(step, a.rows, a.sort)
             if mode == "eager" and method == "smt":
                 with cProfile.Profile() as prof:
                     for _ in range(5): step()

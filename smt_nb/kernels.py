@@ -13,7 +13,7 @@ from torch import Tensor
 from .blocks import BlockGrid, sampled_block_grad, column_strips, strip_plan
 
 # %% auto #0
-__all__ = ['triton_available', 'kernel_applies', 'launch_plan', 'symbolic_launch_plan', 'sddmm_blocks_triton',
+__all__ = ['triton_available', 'kernel_applies', 'cached_launch', 'launch_plan', 'symbolic_launch_plan', 'sddmm_blocks_triton',
            'sddmm_blocks_grouped_triton', 'write_table', 'write_blocks_triton', 'random_sddmm_problem', 'kernel_error',
            'kernel_repeats', 'grouped_kernel_error']
 
@@ -75,13 +75,57 @@ def _sddmm_kernel():
 
     return sddmm_blocks
 
+# %% ../nbs/04a_kernels.ipynb #4ff69938
+_LAUNCHERS: dict = {}  # specialisation key -> a function launching the compiled kernel, or None (this kernel always goes through the JIT)
+
+def _bind(kernel, compiled, grid: tuple, n_args: int, options: dict):
+    """A function launching `compiled` (what `kernel[grid](...)` returned) on `grid` with new arguments of the same specialisation,
+    as the JIT launches it after its lookup; None where this Triton's compiled kernel lacks the handles it needs."""
+    try:
+        from triton import knobs
+        from triton.runtime.driver import driver
+        compiled._init_handles()
+        run, function, metadata, describe = compiled.run, compiled.function, compiled.packed_metadata, compiled.launch_metadata
+        names = kernel.arg_names
+    except (ImportError, AttributeError): return None
+    if not all(name in options for name in names[n_args:]): return None
+    constexprs = tuple(options[name] for name in names[n_args:])  # the JIT passes every argument, constexprs included, in order
+    g0, g1, g2 = (*grid, 1, 1)[:3]
+    runtime, stream_of, device = knobs.runtime, driver.active.get_current_stream, torch.cuda.current_device()
+    def launch_compiled(*args):
+        stream, every = stream_of(device), (*args, *constexprs)
+        run(g0, g1, g2, stream, function, metadata, describe(grid, stream, *every), runtime.launch_enter_hook, runtime.launch_exit_hook,
+            *every)
+    return launch_compiled
+
+@functools.cache
+def _interpreting() -> bool: return os.environ.get("TRITON_INTERPRET") == "1"  # read once, as Triton reads it at import
+
+def cached_launch(kernel, grid: tuple, *args, **options):
+    """`kernel[grid](*args, **options)`: `args` the kernel's leading arguments in order, `options` its constexprs and launch options
+    (num_warps, …) by name. The first call of each specialisation goes through the JIT (which compiles or finds the kernel); later
+    ones launch the compiled kernel directly; under torch.compile the call is left for the compiler to see as a Triton kernel."""
+    if _interpreting() or torch.compiler.is_compiling(): return kernel[grid](*args, **options)
+    key = (kernel, grid, torch.cuda.current_device(),  # what the JIT specialises on, taken conservatively: each tensor's dtype and
+           *[(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, Tensor) else a for a in args],  # 16-byte alignment, other values
+           *options.items())                                                                  # themselves
+
+    launcher = _LAUNCHERS.get(key, False)
+    if launcher: return launcher(*args)
+    compiled = kernel[grid](*args, **options)
+    if launcher is False:
+        if len(_LAUNCHERS) > 4096: _LAUNCHERS.clear()  # many shapes (unpadded batches): start over rather than grow
+        _LAUNCHERS[key] = _bind(kernel, compiled, grid, len(args), options)
+
 # %% ../nbs/04a_kernels.ipynb #7e72e25d
 @functools.cache
 def _programs_target(device) -> int: return 2 * torch.cuda.get_device_properties(device).multi_processor_count
 
 def _tiles(b: int, fp32: bool) -> tuple[int, int, int]:
-    "(tile side, tiles per block, token tile) for this block size and input dtype."
-    tile = min(b, 64 if fp32 else 128)
+    """(tile side, tiles per block, token tile) for this block size and input dtype: 64×64 tiles, 64 tokens at a time (32 in fp32).
+    Chosen on an H200 by benchmarks/sddmm_tiles.py over a Llama step's per-layer problems: against 128×128 tiles, 1B-shaped layers
+    (few blocks each) took 23 % less GPU time, 8B-shaped ones 1.5 % less."""
+    tile = min(b, 64)
     return tile, (b // tile) ** 2, 32 if fp32 else 64
 
 @functools.lru_cache(maxsize=4096)
@@ -104,7 +148,7 @@ def symbolic_launch_plan(T, n: int, b: int, fp32: bool, n_programs_target: int) 
 def _launch(n: int, b: int, fp32: bool, plan: tuple) -> tuple:
     "(grid, splits, tokens per split, launch options) of a launch from a `launch_plan` or `symbolic_launch_plan` result."
     tile, tiles, bk, splits, per_split, even = plan
-    options = dict(B=b, BM=tile, BN=tile, BK=bk, IEEE=fp32, EVEN=even, num_warps=4 if tile <= 64 else 8, num_stages=3)
+    options = dict(B=b, BM=tile, BN=tile, BK=bk, IEEE=fp32, EVEN=even, num_warps=4, num_stages=3 if fp32 else 4)
     return (n, tiles, splits), splits, per_split, options
 
 _EAGER_PLANS: dict = {}  # (T, n, b, out, W, dtype, device, target) -> `_launch`'s result
@@ -134,9 +178,9 @@ def sddmm_blocks_triton(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block
         grid, splits, per_split, options = _launch(n, b, fp32, plan)
     g2, x = g2.contiguous(), x.contiguous()
     partial = torch.empty(splits, n, b, b, device=g2.device, dtype=torch.float32)  # every element is written by the kernel
-    kernel = _sddmm_kernel() if launch is None else launch(_sddmm_kernel())
-    kernel[grid](g2, x, partial, rows.contiguous(), cols.contiguous(), T, per_split, g2.shape[1], x.shape[1],
-                 g2.stride(0), x.stride(0), **options)
+    args = (g2, x, partial, rows.contiguous(), cols.contiguous(), T, per_split, g2.shape[1], x.shape[1], g2.stride(0), x.stride(0))
+    if launch is None: cached_launch(_sddmm_kernel(), grid, *args, **options)
+    else: launch(_sddmm_kernel())[grid](*args, **options)
     return partial[0] if splits == 1 else partial.sum(0)  # (n, b, b); torch's reduction is deterministic
 
 # %% ../nbs/04a_kernels.ipynb #2b954f12
@@ -185,14 +229,14 @@ def sddmm_blocks_grouped_triton(a: Tensor, c: Tensor, experts: Tensor, rows: Ten
     if n == 0 or a.shape[0] == 0: return torch.zeros(n, b, b, device=a.device, dtype=torch.float32)
     if n_programs_target is None: n_programs_target = _programs_target(a.device)
     fp32 = a.dtype == torch.float32
-    tile, tiles, bk = _tiles(b, fp32)
+    tile = min(b, 64 if fp32 else 128)  # the grouped kernel keeps the tiles its MoE benchmark was measured with
+    tiles, bk = (b // tile) ** 2, 32 if fp32 else 64
     tokens_per_expert = math.ceil(a.shape[0] / E)  # the mean: the real counts stay on the device
     splits = max(1, min(math.ceil(n_programs_target / (n * tiles)), math.ceil(tokens_per_expert / (4 * bk))))
     a, c, experts, rows, cols = (t.contiguous() for t in (a, c, experts, rows, cols))  # the kernel reads rows; tables as flat arrays
     partial = torch.empty(splits, n, b, b, device=a.device, dtype=torch.float32)  # every element is written by the kernel
-    _sddmm_grouped_kernel()[(n, tiles, splits)](a, c, partial, experts, rows, cols, ends, a.shape[1], c.shape[1],
-                                                a.stride(0), c.stride(0), B=b, BM=tile, BN=tile, BK=bk, IEEE=fp32,
-                                                num_warps=4 if tile <= 64 else 8, num_stages=3)
+    cached_launch(_sddmm_grouped_kernel(), (n, tiles, splits), a, c, partial, experts, rows, cols, ends, a.shape[1], c.shape[1],
+                  a.stride(0), c.stride(0), B=b, BM=tile, BN=tile, BK=bk, IEEE=fp32, num_warps=4 if tile <= 64 else 8, num_stages=3)
     return partial[0] if splits == 1 else partial.sum(0)  # (n, b, b); a fixed-order sum: deterministic
 
 # %% ../nbs/04a_kernels.ipynb #889e6975
@@ -249,8 +293,8 @@ def write_blocks_triton(table: Tensor, n_blocks: int, block_size: int, dtype: to
     `aligned`: every block is whole, every weight row-major with rows a multiple of 16 elements apart, every address 16-byte aligned."""
     import triton.language as tl
     tile = min(block_size, 64)
-    _write_kernel()[(n_blocks, (block_size // tile) ** 2)](table, B=block_size, BT=tile, DTYPE=getattr(tl, _TRITON_DTYPES[dtype]),
-                                                          ALIGNED=aligned, num_warps=4)
+    cached_launch(_write_kernel(), (n_blocks, (block_size // tile) ** 2), table, B=block_size, BT=tile,
+                  DTYPE=getattr(tl, _TRITON_DTYPES[dtype]), ALIGNED=aligned, num_warps=4)
 
 # %% ../nbs/04a_kernels.ipynb #94143f61
 def random_sddmm_problem(T, out_f, in_f, b, n, seed, device):

@@ -205,3 +205,62 @@ def test_bf16_model_without_autocast(path):
     assert y.dtype == torch.bfloat16 and layer.smt_delta.dtype == layer.smt_delta.grad.dtype == torch.float32
     assert rel_err(layer.smt_delta.grad, gather_blocks(w.grad, layer.grid, layer.blocks)) < 3e-2
 
+
+
+def test_cached_launch_binds_each_specialisation_once_and_passes_constexprs_in_signature_order(monkeypatch):
+    "The launcher's logic without a GPU: a fake kernel stands in for Triton's JIT and compiled kernel, a fake driver for the stream."
+    import types
+    from triton.runtime.driver import driver as triton_driver
+    import smt_nb.kernels as K
+    calls = []
+    class Compiled:  # what the JIT returns: the handles cached_launch keeps
+        function, packed_metadata = "function", "metadata"
+        def _init_handles(self): calls.append("init")
+        def launch_metadata(self, grid, stream, *args): return None
+        def run(self, *args): calls.append(("compiled", args))
+    class Kernel:  # a `triton.jit` kernel: (X, n, B: constexpr, C: constexpr)
+        arg_names = ["X", "n", "B", "C"]
+        def __getitem__(self, grid):
+            def jit(*args, **options): calls.append(("jit", grid, args, options)); return Compiled()
+            return jit
+    monkeypatch.setattr(K, "_interpreting", lambda: False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(triton_driver, "_active", types.SimpleNamespace(get_current_stream=lambda device: 1234))
+    monkeypatch.setattr(K, "_LAUNCHERS", {})
+    kernel, x = Kernel(), torch.zeros(8)
+    K.cached_launch(kernel, (3, 2), x, 5, B=16, C=True, num_warps=4)   # first of its specialisation: through the JIT, then bound
+    K.cached_launch(kernel, (3, 2), x, 5, B=16, C=True, num_warps=4)   # same specialisation: the compiled kernel directly
+    assert calls[0] == ("jit", (3, 2), (x, 5), dict(B=16, C=True, num_warps=4))
+    assert calls[1] == "init"
+    name, args = calls[2]
+    assert name == "compiled"
+    # the JIT's own final call: grid padded to 3-D, the stream, handles, launch metadata and hooks, then every argument in order
+    assert args[:5] == (3, 2, 1, 1234, "function") and args[5:7] == ("metadata", None)
+    assert args[9] is x and args[10:] == (5, 16, True)
+    K.cached_launch(kernel, (3, 2), x, 6, B=16, C=True, num_warps=4)   # another integer value: another specialisation, the JIT again
+    K.cached_launch(kernel, (3, 2), x.to(torch.float64), 5, B=16, C=True, num_warps=4)  # another dtype: the JIT again
+    assert [c[0] for c in calls[3:] if c != "init"] == ["jit", "jit"]
+    assert len(K._LAUNCHERS) == 3 and all(v is not None for v in K._LAUNCHERS.values())
+
+
+def test_cached_launch_leaves_kernels_without_named_constexprs_to_the_jit(monkeypatch):
+    "A constexpr the call does not name (a default, say) cannot be replayed: that kernel keeps going through the JIT, launch after launch."
+    import types
+    from triton.runtime.driver import driver as triton_driver
+    import smt_nb.kernels as K
+    jit_calls = []
+    class Compiled:
+        function = packed_metadata = None
+        def _init_handles(self): pass
+        def launch_metadata(self, *a): return None
+        def run(self, *a): raise AssertionError("must not launch the compiled kernel directly")
+    class Kernel:
+        arg_names = ["X", "B"]
+        def __getitem__(self, grid): return lambda *a, **o: jit_calls.append(a) or Compiled()
+    monkeypatch.setattr(K, "_interpreting", lambda: False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(triton_driver, "_active", types.SimpleNamespace(get_current_stream=lambda device: 0))
+    monkeypatch.setattr(K, "_LAUNCHERS", {})
+    kernel = Kernel()
+    for _ in range(3): K.cached_launch(kernel, (1,), torch.zeros(2), num_warps=4)
+    assert len(jit_calls) == 3 and list(K._LAUNCHERS.values()) == [None]

@@ -101,7 +101,7 @@ def test_the_moe_benchmark_runs_on_the_cpu(tmp_path):
 def test_benchmarks_that_profile_tear_cupti_down_before_torch_loads():
     """A profile taken after one row is timed must not slow the rows timed after it: kineto keeps CUPTI's launch callbacks for the
     rest of the process unless TEARDOWN_CUPTI=1 is set before torch loads (measured: the MoE floor's step 38.4 -> 41.7 ms after one)."""
-    for name in ("model.py", "model_moe.py", "layer.py"):
+    for name in ("model.py", "model_moe.py", "layer.py", "overhead.py"):
         text = (ROOT / "benchmarks" / name).read_text()
         assert 'os.environ.setdefault("TEARDOWN_CUPTI", "1")' in text, name
         assert text.index('os.environ.setdefault("TEARDOWN_CUPTI", "1")') < text.index("\nimport torch\n"), name
