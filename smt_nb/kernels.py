@@ -106,10 +106,9 @@ def cached_launch(kernel, grid: tuple, *args, **options):
     (num_warps, …) by name. The first call of each specialisation goes through the JIT (which compiles or finds the kernel); later
     ones launch the compiled kernel directly; under torch.compile the call is left for the compiler to see as a Triton kernel."""
     if _interpreting() or torch.compiler.is_compiling(): return kernel[grid](*args, **options)
-    key = (kernel, grid, torch.cuda.current_device(),  # what the JIT specialises on, taken conservatively: each tensor's dtype and
-           *[(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, Tensor) else a for a in args],  # 16-byte alignment, other values
-           *options.items())                                                                  # themselves
-
+    # the key holds what the JIT specialises on, taken conservatively: each tensor's dtype and 16-byte alignment, other values themselves
+    key = (kernel, grid, torch.cuda.current_device(),
+           *[(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, Tensor) else a for a in args], *options.items())
     launcher = _LAUNCHERS.get(key, False)
     if launcher: return launcher(*args)
     compiled = kernel[grid](*args, **options)
@@ -123,8 +122,8 @@ def _programs_target(device) -> int: return 2 * torch.cuda.get_device_properties
 
 def _tiles(b: int, fp32: bool) -> tuple[int, int, int]:
     """(tile side, tiles per block, token tile) for this block size and input dtype: 64×64 tiles, 64 tokens at a time (32 in fp32).
-    Chosen on an H200 by benchmarks/sddmm_tiles.py over a Llama step's per-layer problems: against 128×128 tiles, 1B-shaped layers
-    (few blocks each) took 23 % less GPU time, 8B-shaped ones 1.5 % less."""
+    Chosen on an H200 by benchmarks/sddmm_tiles.py over a Llama step's per-layer problems: against 128×128 tiles, a 1B-shaped
+    decoder layer's block gradients (1 to 12 blocks per matrix) took 161 instead of 209 µs, an 8B-shaped one's 214 instead of 220."""
     tile = min(b, 64)
     return tile, (b // tile) ** 2, 32 if fp32 else 64
 
