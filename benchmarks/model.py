@@ -76,6 +76,19 @@ def batch():
     return dict(input_ids=ids, labels=ids)
 
 
+def step_fn(fn, params, b, fused: bool = True, autocast: bool = False):
+    """One training step of `fn` (a model, or its compiled form) on batch `b`: forward (under bf16 autocast if asked), backward, and
+    (when something trains) an AdamW step; the floor has no optimizer. `step.phases`: the same step phase by phase, for `host_phases`."""
+    opt = torch.optim.AdamW(params, lr=1e-5, fused=fused) if params else None  # fused: Trainer's default optimizer (adamw_torch_fused)
+    def forward():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast): return fn(**b).loss
+    def optimizer():
+        if opt: opt.step(); opt.zero_grad(set_to_none=True)
+    def step(): forward().backward(); optimizer()
+    step.phases = (forward, Tensor.backward, optimizer)
+    return step
+
+
 def device_events(step, steps: int = 2) -> list:
     "The profiler's CUDA events (kernels, copies, fills) of `steps` training steps."
     from torch.profiler import profile, ProfilerActivity
@@ -138,14 +151,7 @@ def syncs_per_step(step) -> dict:
 
 def run(name, model, params, compiled, autocast=False):
     "Warm up (compiling, if asked), then time STEPS steps one by one with CUDA events: tokens/s from the median step."
-    opt = torch.optim.AdamW(params, lr=1e-5, fused=True) if params else None  # fused: Trainer's default optimizer (adamw_torch_fused)
-    fn = torch.compile(model) if compiled else model
-    b = batch()
-    def forward():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast): return fn(**b).loss
-    def optimizer():
-        if opt: opt.step(); opt.zero_grad(set_to_none=True)
-    def step(): forward().backward(); optimizer()
+    step = step_fn(torch.compile(model) if compiled else model, params, batch(), autocast=autocast)
     torch.cuda.synchronize(); t0 = time.perf_counter()
     for _ in range(WARMUP): step()
     torch.cuda.synchronize(); warmup_s = time.perf_counter() - t0
@@ -162,7 +168,7 @@ def run(name, model, params, compiled, autocast=False):
     for _ in range(STEPS): step()  # back to back, as a training loop that never waits for the GPU runs them
     torch.cuda.synchronize(); back_to_back = (time.perf_counter() - t0) / STEPS
     launches, gpu_ms = kernels_per_step(step)
-    phases = host_phases(forward, Tensor.backward, optimizer)
+    phases = host_phases(*step.phases)
     syncs = syncs_per_step(step)
     trainable = sum(p.numel() for p in params) if params else 0
     r = dict(method=name, compiled=compiled, tokens_per_s=BATCH * SEQ / median, step_ms=median * 1e3,
@@ -258,12 +264,8 @@ def main():
         import cProfile, pstats
         name, make, autocast = makers[a.cprofile]
         model, params = make()
-        opt, b = torch.optim.AdamW(params, lr=1e-5, fused=True) if params else None, batch()
-        fn = torch.compile(model) if modes == ["compiled"] else model  # --modes compiled: profile the compiled step
-        def step():
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast): loss = fn(**b).loss
-            loss.backward()
-            if opt: opt.step(); opt.zero_grad(set_to_none=True)
+        # --modes compiled: profile the compiled step
+        step = step_fn(torch.compile(model) if modes == ["compiled"] else model, params, batch(), autocast=autocast)
         for _ in range(3): step()
         torch.cuda.synchronize()
         with cProfile.Profile() as prof:

@@ -35,7 +35,7 @@ from torch._dynamo.utils import counters
 from transformers import MixtralConfig, MixtralForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # model.py sits beside this script (benchmarks/ is no package)
-from model import device_events, free, host_phases, kernels_per_step, syncs_per_step  # noqa: E402  the same profiler count and cleanup as the dense benchmark
+from model import device_events, free, host_phases, kernels_per_step, step_fn, syncs_per_step  # noqa: E402  the same step, profiler count and cleanup as the dense benchmark
 
 from smt_nb.core import SMTConfig, find_targets, prepare_smt  # noqa: E402
 from smt_nb.experts import expert_parameters  # noqa: E402  resolves target_parameters exactly as prepare_smt will
@@ -135,17 +135,6 @@ def measure_budget(s: Setup, tiny: bool, rank: int) -> dict:
     values["lora_fraction"] = values["lora_values"] / values["target_values"]
     values["smt_matched_blocks"] = values["lora_values"] // s.block**2  # at most LoRA's values, as smt_nb.blocks.blocks_for_lora_rank
     return values
-
-
-def step_fn(fn, params, b, fused: bool):
-    "One training step: forward, backward, and (when something trains) an AdamW step; the floor has no optimizer."
-    opt = torch.optim.AdamW(params, lr=1e-5, fused=fused) if params else None  # fused: Trainer's default optimizer (adamw_torch_fused)
-    def forward(): return fn(**b).loss
-    def optimizer():
-        if opt: opt.step(); opt.zero_grad(set_to_none=True)
-    def step(): forward().backward(); optimizer()
-    step.phases = (forward, torch.Tensor.backward, optimizer)  # for `host_phases`: the same step, phase by phase
-    return step
 
 
 def sync(s: Setup):

@@ -13,7 +13,7 @@ from smt_nb.blocks import lora_params
 from smt_nb.core import SMTConfig, prepare_smt, find_targets
 from smt_nb.train import smt_parameters
 
-from model import SHAPES, TARGETS, batch, build, free
+from model import SHAPES, TARGETS, batch, build, free, step_fn
 
 
 def make(method, shape, layers):
@@ -24,15 +24,6 @@ def make(method, shape, layers):
     sparsity = lora_params(64, shapes) / sum(o * i for o, i in shapes)
     model = prepare_smt(model, SMTConfig(block_size=256, sparsity=sparsity, method="random", target_modules=TARGETS))
     return model, smt_parameters(model)
-
-
-def stepper(model, params, compiled):
-    opt = torch.optim.AdamW(params, lr=1e-5, fused=True) if params else None
-    fn, b = (torch.compile(model) if compiled else model), batch()
-    def step():
-        fn(**b).loss.backward()
-        if opt: opt.step(); opt.zero_grad(set_to_none=True)
-    return step
 
 
 def gpu_table(step, rows, sort="self_cuda_time_total"):
@@ -58,7 +49,7 @@ def main():
         for method in a.methods.split(","):
             print(f"==== {method} {mode} (3 steps)", flush=True)
             model, params = make(method, a.shape, layers)
-            step = stepper(model, params, mode == "compiled")
+            step = step_fn(torch.compile(model) if mode == "compiled" else model, params, batch())
             gpu_table(step, a.rows, a.sort)
             if mode == "eager" and method == "smt":
                 with cProfile.Profile() as prof:

@@ -207,11 +207,21 @@ def test_bf16_model_without_autocast(path):
 
 
 
-def test_cached_launch_binds_each_specialisation_once_and_passes_constexprs_in_signature_order(monkeypatch):
-    "The launcher's logic without a GPU: a fake kernel stands in for Triton's JIT and compiled kernel, a fake driver for the stream."
+def fake_gpu_launches(monkeypatch, stream: int):
+    "smt_nb.kernels as on a GPU, without one: not interpreting, device 0, a driver whose current stream is `stream`, no bound launchers."
     import types
     from triton.runtime.driver import driver as triton_driver
     import smt_nb.kernels as K
+    monkeypatch.setattr(K, "_interpreting", lambda: False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(triton_driver, "_active", types.SimpleNamespace(get_current_stream=lambda device: stream))
+    monkeypatch.setattr(K, "_LAUNCHERS", {})
+    return K
+
+
+def test_cached_launch_binds_each_specialisation_once_and_passes_constexprs_in_signature_order(monkeypatch):
+    "The launcher's logic without a GPU: a fake kernel stands in for Triton's JIT and compiled kernel, a fake driver for the stream."
+    K = fake_gpu_launches(monkeypatch, stream=1234)
     calls = []
     class Compiled:  # what the JIT returns: the handles cached_launch keeps
         function, packed_metadata = "function", "metadata"
@@ -223,10 +233,6 @@ def test_cached_launch_binds_each_specialisation_once_and_passes_constexprs_in_s
         def __getitem__(self, grid):
             def jit(*args, **options): calls.append(("jit", grid, args, options)); return Compiled()
             return jit
-    monkeypatch.setattr(K, "_interpreting", lambda: False)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(triton_driver, "_active", types.SimpleNamespace(get_current_stream=lambda device: 1234))
-    monkeypatch.setattr(K, "_LAUNCHERS", {})
     kernel, x = Kernel(), torch.zeros(8)
     K.cached_launch(kernel, (3, 2), x, 5, B=16, C=True, num_warps=4)   # first of its specialisation: through the JIT, then bound
     K.cached_launch(kernel, (3, 2), x, 5, B=16, C=True, num_warps=4)   # same specialisation: the compiled kernel directly
@@ -245,9 +251,7 @@ def test_cached_launch_binds_each_specialisation_once_and_passes_constexprs_in_s
 
 def test_cached_launch_leaves_kernels_without_named_constexprs_to_the_jit(monkeypatch):
     "A constexpr the call does not name (a default, say) cannot be replayed: that kernel keeps going through the JIT, launch after launch."
-    import types
-    from triton.runtime.driver import driver as triton_driver
-    import smt_nb.kernels as K
+    K = fake_gpu_launches(monkeypatch, stream=0)
     jit_calls = []
     class Compiled:
         function = packed_metadata = None
@@ -257,10 +261,6 @@ def test_cached_launch_leaves_kernels_without_named_constexprs_to_the_jit(monkey
     class Kernel:
         arg_names = ["X", "B"]
         def __getitem__(self, grid): return lambda *a, **o: jit_calls.append(a) or Compiled()
-    monkeypatch.setattr(K, "_interpreting", lambda: False)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(triton_driver, "_active", types.SimpleNamespace(get_current_stream=lambda device: 0))
-    monkeypatch.setattr(K, "_LAUNCHERS", {})
     kernel = Kernel()
     for _ in range(3): K.cached_launch(kernel, (1,), torch.zeros(2), num_warps=4)
     assert len(jit_calls) == 3 and list(K._LAUNCHERS.values()) == [None]
