@@ -252,7 +252,11 @@ class SMTLinear(nn.Module):
         # keep x itself when the strips cover most of its columns: no copy, and x is usually saved anyway
         self.keep_x = len(strips) * block_size >= 0.5 * self.grid.in_features
         x_cols = blocks[:, 1] if self.keep_x else block_strip  # each block's column strip in what backward keeps
-        for name, t in dict(blocks=blocks, rows=blocks[:, 0].contiguous(), strips=strips, x_cols=x_cols.contiguous(),
+        self._n = len(blocks)                                             # a plain int: torch.compile reads it as a constant
+        # rows, x_cols and strips side by side in one tensor, read through views (below): under torch.compile every tensor a layer
+        # reads is a graph input that is checked before each call, and one index tensor costs a third of three
+        index_plan = torch.cat([blocks[:, 0], x_cols, strips])            # (2n + S,)
+        for name, t in dict(blocks=blocks, index_plan=index_plan,
                             base_blocks=gather_blocks(w, self.grid, blocks).clone(memory_format=torch.contiguous_format),
                             base_sample=outside_sample(w, self.grid, self._blocks_cpu)).items():
             self.register_buffer(name, t, persistent=False)  # the adapter file stores what matters (base_sample: its fingerprint's)
@@ -272,7 +276,18 @@ class SMTLinear(nn.Module):
     @property
     def bias(self) -> Tensor | None: return self.base_layer.bias
     @property
-    def n_blocks(self) -> int: return len(self.blocks)
+    def n_blocks(self) -> int: return self._n
+    @property
+    def rows(self) -> Tensor: return self.index_views()[0]
+    @property
+    def x_cols(self) -> Tensor: return self.index_views()[1]
+    @property
+    def strips(self) -> Tensor: return self.index_views()[2]
+
+    def index_views(self) -> tuple[Tensor, Tensor, Tensor]:
+        "(rows, x_cols, strips): each block's row strip (n,), its column strip in what backward keeps (n,), the strips kept (S,)."
+        plan, n = self._buffers["index_plan"], self._n   # a method, not properties: torch.compile guards each property's code per layer
+        return plan[:n], plan[n : 2 * n], plan[2 * n :]
     @property
     def additive(self) -> bool: return self.path == "additive"
     @property
@@ -445,8 +460,9 @@ def _check_input(self: SMTLinear, x: Tensor):
     if self.path != "additive" and zero3_partitioned(self.base_layer.weight): raise zero3_error()
     if x.device != self.smt_delta.device:
         raise RuntimeError(f"Input on {x.device} but this SMT layer's blocks are on {self.smt_delta.device}: move the batch (or the model) to one device.")
-    if not self.quantized and x.dtype != self.weight.dtype and not torch.is_autocast_enabled(x.device.type):
-        raise TypeError(f"Input is {x.dtype} but the base weight is {self.weight.dtype}: cast the model and inputs to one dtype "
+    w = self.base_layer.weight
+    if not self.quantized and x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"Input is {x.dtype} but the base weight is {w.dtype}: cast the model and inputs to one dtype "
                         "(model.to(dtype)) or run under torch.autocast.")
 
 class InplaceSMTFunction(torch.autograd.Function):
@@ -465,8 +481,8 @@ class InplaceSMTFunction(torch.autograd.Function):
         layer, gx, gdelta = ctx.layer, None, None
         if ctx.needs_input_grad[0]: gx = gy @ weight                              # (..., in)
         if ctx.needs_input_grad[3]:
-            buffers = layer._buffers                                              # read directly: a module attribute costs a lookup chain
-            gdelta = _block_gradients(gy.reshape(-1, gy.shape[-1]), saved, buffers["rows"], buffers["x_cols"], layer.grid.block_size)
+            rows, x_cols, _ = layer.index_views()
+            gdelta = _block_gradients(gy.reshape(-1, gy.shape[-1]), saved, rows, x_cols, layer.grid.block_size)
         return gx, None, None, gdelta, None
 
 @patch
@@ -480,17 +496,20 @@ def forward(self: SMTLinear, x: Tensor) -> Tensor:
             try: return InplaceSMTFunction.apply(x, w, base.bias, delta, self)
             except RuntimeError: self._check_input(x); raise  # a clear message for the usual mistakes, else the original error
     self._check_input(x)
-    if self.merged or self.disable_adapters: return self.base_layer(x)
+    base = self.base_layer  # below, attributes and methods rather than properties: under torch.compile each property adds guards per layer
+    if self.merged or self._disabled: return base(x)
     x = x.to(compute_dtype(x))  # under autocast, as autocast's own linear: compute in its dtype; autograd casts the gradient back
+    rows, x_cols, strips = self.index_views()
     if self.path == "additive":
         if self.quantized and self.rides_on_dequantized(x): return DequantizedSMTFunction.apply(x, self.smt_delta, self).to(x.dtype)
         if self.quantized and self.int8_backward_rides(x): return Int8SMTFunction.apply(x, self.smt_delta, self).to(x.dtype)
-        delta_out = BlockDeltaFunction.apply(x, self.smt_delta, self.blocks, self.rows, self.strips, self.x_cols, self.grid, self.keep_x)
-        return self.base_layer(x) + delta_out.to(x.dtype)
+        delta_out = BlockDeltaFunction.apply(x, self.smt_delta, self.blocks, rows, strips, x_cols, self.grid, self.keep_x)
+        return base(x) + delta_out.to(x.dtype)
     written = self.path == "inplace"
     if written and not torch.compiler.is_compiling(): self.write_changed_blocks()  # a version check; compiled graphs skip it
-    return SMTLinearFunction.apply(x, logical_weight(self.base_layer), self.bias, self.smt_delta, self.blocks, self.rows,
-                                   self.strips, self.x_cols, self.grid, self.keep_x, written)
+    blocks = None if written else self.blocks  # the in-place path reads no block coordinates: one graph input less under torch.compile
+    return SMTLinearFunction.apply(x, logical_weight(base), base.bias, self.smt_delta, blocks, rows, strips, x_cols, self.grid,
+                                   self.keep_x, written)
 
 # %% ../nbs/04_layers.ipynb #0e1adf58
 def smt_layers(model: nn.Module) -> dict[str, SMTLinear]:

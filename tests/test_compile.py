@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from transformers import Trainer, TrainingArguments
 
-from smt_nb.core import SMTConfig, prepare_smt, smt_layers
+from smt_nb.core import SMTConfig, prepare_smt, smt_layers, unload
 from smt_nb.layers import SMTLinear, logical_weight, sync_blocks
 from smt_nb.blocks import gather_blocks, scatter_blocks
 from smt_nb.train import smt_parameters
@@ -64,6 +64,23 @@ def test_decoder_layer_compiles_in_one_graph_with_eager_gradients(arch, path):
     compiled = grads(torch.compile(block, backend="aot_eager", fullgraph=True))  # fullgraph: any graph break raises
     assert len(eager) == len(compiled) > 1
     for e, c in zip(eager, compiled): assert relative(c, e) < 1e-6
+
+
+def test_compiled_model_takes_two_tensors_per_inplace_layer():
+    """A compiled graph checks and takes every tensor it reads before each call (host time the GPU waits for at the start of a
+    step): an in-place SMT layer adds its delta and its index plan to what the frozen model's graph takes, nothing else."""
+    def graph_inputs(model, ids):
+        counts = []
+        def count(gm, example_inputs): counts.append(len(example_inputs)); return gm.forward
+        torch._dynamo.reset()
+        torch.compile(model, backend=count, fullgraph=True)(input_ids=ids)
+        return counts[0]
+    ids = batches(1, bs=2, seq=10)[0]["input_ids"]
+    model = smt_model("llama", "inplace")
+    smt = graph_inputs(model, ids)
+    n_layers = len(smt_layers(model))
+    frozen = graph_inputs(unload(model), ids)
+    assert n_layers > 1 and smt - frozen == 2 * n_layers
 
 
 @pytest.mark.parametrize("path", ["reference", "inplace"])

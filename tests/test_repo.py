@@ -105,3 +105,27 @@ def test_benchmarks_that_profile_tear_cupti_down_before_torch_loads():
         text = (ROOT / "benchmarks" / name).read_text()
         assert 'os.environ.setdefault("TEARDOWN_CUPTI", "1")' in text, name
         assert text.index('os.environ.setdefault("TEARDOWN_CUPTI", "1")') < text.index("\nimport torch\n"), name
+
+
+def test_the_idle_report_splits_gpu_gaps_by_cause():
+    "profile_step.py's idle report on a made-up trace: a gap whose launch came after the GPU ran dry is the host's; one queued in time is not."
+    import importlib.util, sys
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("profile_step", ROOT / "benchmarks" / "profile_step.py")
+        profile_step = importlib.util.module_from_spec(spec); spec.loader.exec_module(profile_step)
+    finally: sys.path.remove(str(ROOT / "benchmarks"))
+    X = lambda cat, name, ts, dur, corr=None: dict(ph="X", cat=cat, name=name, ts=ts, dur=dur, args={} if corr is None else {"correlation": corr})
+    trace = {"traceEvents": [
+        X("user_annotation", "forward", 0, 100), X("user_annotation", "backward", 100, 200),
+        X("cuda_runtime", "cudaLaunchKernel", 10, 5, 1), X("kernel", "a", 20, 100, 1),           # forward: busy 20..120
+        X("cuda_runtime", "cudaLaunchKernel", 110, 5, 2), X("kernel", "b", 130, 20, 2),          # queued at 115 < 120: a GPU-side gap of 10
+        X("cuda_runtime", "cudaLaunchKernel", 200, 5, 3), X("kernel", "c", 210, 10, 3),          # queued at 205 > 150: the host's gap of 60
+        X("cuda_runtime", "cudaStreamSynchronize", 220, 80), X("cuda_runtime", "cudaMalloc", 300, 10)]}
+    report = profile_step.idle_report(trace)
+    assert report["phases"]["forward"] == dict(device_us=100, host_late_us=0, queued_us=0, events=1)
+    assert report["phases"]["backward"] == dict(device_us=30, host_late_us=60, queued_us=10, events=2)
+    assert [(g["us"], g["host_late"], g["before"], g["after"]) for g in report["largest_gaps"]] == [(60, True, "b", "c"), (10, False, "a", "b")]
+    assert report["slow_calls_us"] == {"cudaStreamSynchronize": 80}
+    named = {"traceEvents": [X("kernel", "triton_poi_fused__unsafe_view_mul_silu_9", 0, 5), X("kernel", "triton_poi_fused_mul_silu_view_10", 9, 7)]}
+    assert profile_step.device_time_by_kernel(named) == {"triton_poi_fused_mul_silu": 12}  # one kernel however the compiler numbered it
