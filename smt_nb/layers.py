@@ -287,7 +287,13 @@ class SMTLinear(nn.Module):
     def index_views(self) -> tuple[Tensor, Tensor, Tensor]:
         "(rows, x_cols, strips): each block's row strip (n,), its column strip in what backward keeps (n,), the strips kept (S,)."
         plan, n = self._buffers["index_plan"], self._n   # a method, not properties: torch.compile guards each property's code per layer
-        return plan[:n], plan[n : 2 * n], plan[2 * n :]
+        if torch.compiler.is_compiling(): return plan[:n], plan[n : 2 * n], plan[2 * n :]  # views inside the graph: nothing to guard
+        # eager: three slices cost microseconds per layer call, so the views are kept, and made again when the buffer is another
+        # tensor or holds other memory (moved by .to() or .cuda(), swapped, assigned)
+        cached = self.__dict__.get("_index_views")
+        if cached is None or cached[0] is not plan or cached[1] != plan.data_ptr():
+            cached = self.__dict__["_index_views"] = (plan, plan.data_ptr(), (plan[:n], plan[n : 2 * n], plan[2 * n :]))
+        return cached[2]
     @property
     def additive(self) -> bool: return self.path == "additive"
     @property

@@ -264,3 +264,19 @@ def test_cached_launch_leaves_kernels_without_named_constexprs_to_the_jit(monkey
     kernel = Kernel()
     for _ in range(3): K.cached_launch(kernel, (1,), torch.zeros(2), num_warps=4)
     assert len(jit_calls) == 3 and list(K._LAUNCHERS.values()) == [None]
+
+
+def test_index_views_follow_their_buffer():
+    "rows, x_cols and strips are views of the index plan, kept between eager calls and made again when the buffer is another tensor."
+    import copy
+    layer = SMTLinear(nn.Linear(64, 48), torch.tensor([[0, 1], [2, 3], [1, 0]]), 16)
+    shares = lambda l: all(v.untyped_storage().data_ptr() == l.index_plan.untyped_storage().data_ptr() for v in l.index_views())
+    rows, x_cols, strips = layer.index_views()
+    assert layer.index_views()[0] is rows and shares(layer)                       # kept
+    assert rows.tolist() == [0, 1, 2] and x_cols.tolist() == [1, 0, 3] and strips.tolist() == [0, 1, 3]
+    layer.index_plan = torch.tensor([2, 1, 0, 3, 0, 1, 0, 1, 3])                  # another tensor: new views
+    assert layer.rows.tolist() == [2, 1, 0] and shares(layer)
+    twin = copy.deepcopy(layer)
+    assert shares(twin) and twin.rows.tolist() == [2, 1, 0]
+    layer.index_plan.data = layer.index_plan.clone()                              # the same tensor in other memory (FSDP2 moves so)
+    assert shares(layer) and layer.x_cols.tolist() == [3, 0, 1]
