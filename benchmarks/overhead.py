@@ -16,7 +16,7 @@ from smt_nb.blocks import BlockGrid
 from smt_nb.kernels import sddmm_blocks_triton, cached_launch
 from smt_nb.layers import SMTLinear, block_gradients
 
-DTYPE, B = torch.bfloat16, 64
+DTYPE, B, LONG = torch.bfloat16, 64, 2048
 
 
 def host_us(fn, calls=2000):
@@ -76,12 +76,12 @@ def main():
         finally: layers_module._block_gradients = real_block_gradients
 
     from smt_nb.kernels import _sddmm_kernel
-    plan = dict(B=B, BM=B, BN=B, BK=64, IEEE=False, EVEN=True, num_warps=4, num_stages=3)
+    plan = dict(B=B, BM=B, BN=B, BK=64, IEEE=False, EVEN=True, REDUCE=False, num_warps=4, num_stages=3)
     partial_out = torch.empty(1, len(blocks), B, B, device="cuda")
-    args = (g2, x.detach(), partial_out, rows, cols, T, T, out_f, in_f, g2.stride(0), x.stride(0))
+    args = (g2, x.detach(), partial_out, None, None, rows, cols, T, T, out_f, in_f, g2.stride(0), x.stride(0))
     compiled = _sddmm_kernel()[(len(blocks), 1, 1)](*args, **plan)  # compiles once, returns the CompiledKernel
     runner = compiled[(len(blocks), 1, 1)]
-    all_args = (*args, B, B, B, 64, False, True)  # the constexprs too, as JITFunction.run passes them
+    all_args = (*args, B, B, B, 64, False, True, False)  # the constexprs too, as JITFunction.run passes them
 
     def in_backward(work):  # a pass-through Function whose backward, run by the autograd engine's CUDA thread, also does `work`
         class Worker(torch.autograd.Function):
@@ -92,6 +92,13 @@ def main():
         return lambda: torch.autograd.grad(Worker.apply(x), [x], gy)
     xd = x.detach()
 
+    # a layer call whose block gradients split the tokens (few blocks, many tokens): the splits are summed (by the kernel since
+    # this session's change; by a torch.sum before) — still little GPU work, so the host's time shows
+    x_long3 = torch.randn(2, LONG // 2, in_f, device="cuda", dtype=DTYPE, requires_grad=True)
+    g_long3 = torch.randn(2, LONG // 2, out_f, device="cuda", dtype=DTYPE)
+    x_long, g_long = x_long3.detach().reshape(LONG, in_f), g_long3.reshape(LONG, out_f)
+    from smt_nb.kernels import launch_plan, _programs_target
+    long_splits = launch_plan(LONG, len(blocks), B, out_f, in_f, False, _programs_target(torch.device("cuda")))[3]
     pieces = {
         "backward thread: nothing more": in_backward(lambda: None),
         "backward thread: one torch kernel (empty + zero_)": in_backward(lambda: torch.empty(1, device="cuda").zero_()),
@@ -110,6 +117,9 @@ def main():
         "smt in-place: forward only": lambda: layer(x),
         "block_gradients (Triton kernel + wrapper)": lambda: block_gradients(g2, x.detach(), rows, cols, B),
         "sddmm_blocks_triton": lambda: sddmm_blocks_triton(g2, x.detach(), rows, cols, B),
+        f"sddmm_blocks_triton, {LONG} tokens in {long_splits} splits": lambda: sddmm_blocks_triton(g_long, x_long, rows, cols, B),
+        f"smt in-place: forward + both gradients, {LONG} tokens ({long_splits} splits)":
+            lambda: torch.autograd.grad(layer(x_long3), [x_long3, layer.smt_delta], g_long3),
         "block write after a step (_write_blocks)": lambda: layer._write_blocks(),
         "registered op call (torch.ops.smt_nb.block_gradients)": lambda: torch.ops.smt_nb.block_gradients(g2, x.detach(), rows, cols, B),
         "custom op that does nothing (dispatcher cost)": lambda: noop(x),

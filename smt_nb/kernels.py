@@ -13,9 +13,9 @@ from torch import Tensor
 from .blocks import BlockGrid, sampled_block_grad, column_strips, strip_plan
 
 # %% auto #0
-__all__ = ['triton_available', 'kernel_applies', 'cached_launch', 'launch_plan', 'symbolic_launch_plan', 'sddmm_blocks_triton',
-           'sddmm_blocks_grouped_triton', 'write_table', 'write_blocks_triton', 'random_sddmm_problem', 'kernel_error',
-           'kernel_repeats', 'grouped_kernel_error']
+__all__ = ['triton_available', 'kernel_applies', 'cached_launch', 'launch_plan', 'symbolic_launch_plan', 'split_counters',
+           'sddmm_blocks_triton', 'sddmm_blocks_grouped_triton', 'write_table', 'write_blocks_triton',
+           'random_sddmm_problem', 'kernel_error', 'kernel_repeats', 'grouped_kernel_error']
 
 # %% ../nbs/04a_kernels.ipynb #9299f46a
 import os
@@ -43,8 +43,9 @@ def _sddmm_kernel():
     import triton.language as tl
 
     @triton.jit
-    def sddmm_blocks(G, X, OUT, ROWS, XCOL, T, tokens_per_split, out_features, x_width, stride_g, stride_x,
-                     B: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, IEEE: tl.constexpr, EVEN: tl.constexpr):
+    def sddmm_blocks(G, X, OUT, WORK, COUNT, ROWS, XCOL, T, tokens_per_split, out_features, x_width, stride_g, stride_x,
+                     B: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, IEEE: tl.constexpr, EVEN: tl.constexpr,
+                     REDUCE: tl.constexpr):
         k = tl.program_id(0)                       # which selected block
         tile = tl.program_id(1)                    # which BM×BN tile of it
         split = tl.program_id(2)                   # which slice of the tokens
@@ -69,9 +70,20 @@ def _sddmm_kernel():
                 acc += tl.dot(tl.trans(g), x, input_precision="ieee")  # fp32 inputs: exact products, no tf32
             else:
                 acc += tl.dot(tl.trans(g), x)
-        # this split's partial tile: OUT is (splits, n, B, B); no atomics, so the sum over splits has a fixed order
-        dest = OUT + (split * tl.num_programs(0) + k) * B * B + offs_m[:, None] * B + offs_n[None, :]
-        tl.store(dest, acc)
+        n, in_tile = tl.num_programs(0), offs_m[:, None] * B + offs_n[None, :]
+        if REDUCE:  # tokens split, summed here: each split stores its partial tile in WORK (splits, n, B, B) and counts itself in
+            tl.store(WORK + (split * n + k) * B * B + in_tile, acc)
+            tl.debug_barrier()  # every thread's share of the partial is stored before the count goes up (the count releases it)
+            counter = COUNT + k * tl.num_programs(1) + tile
+            if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == tl.num_programs(2) - 1:
+                # the split that counts last sums all partials in split order, whichever finished first: a fixed order, fixed bits
+                total = tl.zeros((BM, BN), dtype=tl.float32)
+                for s in range(0, tl.num_programs(2)):
+                    total += tl.load(WORK + (s * n + k) * B * B + in_tile, cache_modifier=".cg")  # .cg: from L2, where the stores went
+                tl.store(OUT + k * B * B + in_tile, total)
+                tl.atomic_xchg(counter, 0)  # the counters start at zero for the next launch, with no memset
+        else:  # one split (OUT is (n, B, B)), or partial tiles that the caller sums (OUT is (splits, n, B, B)): under torch.compile
+            tl.store(OUT + (split * n + k) * B * B + in_tile, acc)
 
     return sddmm_blocks
 
@@ -94,8 +106,9 @@ def _bind(kernel, compiled, grid: tuple, n_args: int, options: dict):
     runtime, stream_of, device = knobs.runtime, driver.active.get_current_stream, torch.cuda.current_device()
     def launch_compiled(*args):
         stream, every = stream_of(device), (*args, *constexprs)
-        run(g0, g1, g2, stream, function, metadata, describe(grid, stream, *every), runtime.launch_enter_hook, runtime.launch_exit_hook,
-            *every)
+        enter, leave = runtime.launch_enter_hook, runtime.launch_exit_hook
+        described = None if enter is None and leave is None else describe(grid, stream, *every)  # only hooks (profilers) read it
+        run(g0, g1, g2, stream, function, metadata, described, enter, leave, *every)
     return launch_compiled
 
 @functools.cache
@@ -104,17 +117,24 @@ def _interpreting() -> bool: return os.environ.get("TRITON_INTERPRET") == "1"  #
 def cached_launch(kernel, grid: tuple, *args, **options):
     """`kernel[grid](*args, **options)`: `args` the kernel's leading arguments in order, `options` its constexprs and launch options
     (num_warps, …) by name. The first call of each specialisation goes through the JIT (which compiles or finds the kernel); later
-    ones launch the compiled kernel directly; under torch.compile the call is left for the compiler to see as a Triton kernel."""
-    if _interpreting() or torch.compiler.is_compiling(): return kernel[grid](*args, **options)
+    ones launch the compiled kernel directly; under torch.compile the call is left for the compiler to see as a Triton kernel.
+    Returns the function that launches this specialisation directly from now on (None while the JIT launches it): a caller that
+    knows when the specialisation stays the same may keep it and skip even this lookup."""
+    if _interpreting() or torch.compiler.is_compiling():
+        kernel[grid](*args, **options)
+        return None
     # the key holds what the JIT specialises on, taken conservatively: each tensor's dtype and 16-byte alignment, other values themselves
     key = (kernel, grid, torch.cuda.current_device(),
            *[(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, Tensor) else a for a in args], *options.items())
     launcher = _LAUNCHERS.get(key, False)
-    if launcher: return launcher(*args)
+    if launcher:
+        launcher(*args)
+        return launcher
     compiled = kernel[grid](*args, **options)
     if launcher is False:
         if len(_LAUNCHERS) > 4096: _LAUNCHERS.clear()  # many shapes (unpadded batches): start over rather than grow
         _LAUNCHERS[key] = _bind(kernel, compiled, grid, len(args), options)
+    return _LAUNCHERS.get(key)
 
 # %% ../nbs/04a_kernels.ipynb #7e72e25d
 @functools.cache
@@ -151,10 +171,12 @@ def symbolic_launch_plan(T, n: int, b: int, fp32: bool, n_programs_target: int) 
     per_split = ((T + splits - 1) // splits + bk - 1) // bk * bk  # a symbolic integer; splits past the end add zeros
     return tile, tiles, bk, splits, per_split, False
 
-def _launch(n: int, b: int, fp32: bool, plan: tuple) -> tuple:
-    "(grid, splits, tokens per split, launch options) of a launch from a `launch_plan` or `symbolic_launch_plan` result."
+def _launch(n: int, b: int, fp32: bool, plan: tuple, reduce: bool = False) -> tuple:
+    """(grid, splits, tokens per split, launch options) of a launch from a `launch_plan` or `symbolic_launch_plan` result; `reduce`:
+    the kernel sums its token splits itself (eager) rather than leaving partial tiles for the caller to sum (torch.compile)."""
     tile, tiles, bk, splits, per_split, even = plan
-    options = dict(B=b, BM=tile, BN=tile, BK=bk, IEEE=fp32, EVEN=even, num_warps=4, num_stages=3 if fp32 else 4)
+    options = dict(B=b, BM=tile, BN=tile, BK=bk, IEEE=fp32, EVEN=even, REDUCE=reduce and splits > 1,
+                   num_warps=4, num_stages=3 if fp32 else 4)
     return (n, tiles, splits), splits, per_split, options
 
 _EAGER_PLANS: dict = {}  # (T, n, b, out, W, dtype, device, target) -> `_launch`'s result
@@ -164,30 +186,73 @@ def _eager_plan(T: int, n: int, b: int, out_features: int, x_width: int, dtype: 
     key = (T, n, b, out_features, x_width, dtype, device, target)
     if (plan := _EAGER_PLANS.get(key)) is not None: return plan
     fp32 = dtype == torch.float32
-    plan = _launch(n, b, fp32, launch_plan(T, n, b, out_features, x_width, fp32, target or _programs_target(torch.device("cuda", device))))
+    plan = _launch(n, b, fp32, launch_plan(T, n, b, out_features, x_width, fp32, target or _programs_target(torch.device("cuda", device))),
+                   reduce=True)
     if len(_EAGER_PLANS) > 4096: _EAGER_PLANS.clear()  # many token counts (unpadded batches): start over rather than grow
     _EAGER_PLANS[key] = plan
     return plan
 
+_SPLIT_COUNTERS: dict = {}  # (device, stream) -> int32 zeros: one counter per tile of an eager launch that splits its tokens
+
+def split_counters(device: int, size: int) -> Tensor:
+    """At least `size` zeroed int32 counters for a launch that sums its token splits itself, one set per device and stream (launches
+    on one stream run one after another, so they can share a set). The kernel leaves every counter at zero when it ends."""
+    stream = torch._C._cuda_getCurrentRawStream(device) if device >= 0 else 0
+    counters = _SPLIT_COUNTERS.get((device, stream))
+    if counters is None or counters.numel() < size:  # made (again) at most a few times: every tile of the widest launch so far
+        where = torch.device("cuda", device) if device >= 0 else torch.device("cpu")  # the CPU: Triton's interpreter
+        counters = _SPLIT_COUNTERS[(device, stream)] = torch.zeros(max(size, 4096), dtype=torch.int32, device=where)
+    return counters
+
 def sddmm_blocks_triton(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block_size: int,
-                        n_programs_target: int | None = None, launch=None) -> Tensor:
-    "Selected b×b tiles of `g2ᵀ x` with Triton: `g2` (T, out), `x` (T, W), block `k` at row strip `rows[k]`, column strip `cols[k]` of `x` -> (n, b, b) fp32."
-    T, n, b = g2.shape[0], rows.shape[0], block_size
+                        n_programs_target: int | None = None, launch=None, memo: dict | None = None) -> Tensor:
+    """Selected b×b tiles of `g2ᵀ x` with Triton: `g2` (..., out), `x` (..., W) with the same T tokens (leading dims flattened), block
+    `k` at row strip `rows[k]`, column strip `cols[k]` of `x` -> (n, b, b) fp32. `memo`: a dict the caller keeps for these `rows`
+    and `cols` (an SMT layer's), in which eager calls keep their launch by what it depends on, so that a later call with the same
+    token count, dtypes and alignments launches straight away (see below)."""
+    n, b = rows.shape[0], block_size
+    T = g2.shape[0] if g2.dim() == 2 else g2.numel() // g2.shape[-1]  # (..., out) contiguous: rows `out` elements apart, no reshape
     if n == 0 or (isinstance(T, int) and T == 0): return torch.zeros(n, b, b, device=g2.device, dtype=torch.float32)
-    if launch is None and isinstance(T, int):  # eager: the whole plan from one lookup
-        grid, splits, per_split, options = _eager_plan(T, n, b, g2.shape[1], x.shape[1], g2.dtype, g2.get_device(), n_programs_target)
-    else:  # traced (`launch`: torch.library.wrap_triton inside a compiled graph), the token count maybe symbolic
-        target = _programs_target(g2.device) if n_programs_target is None else n_programs_target
-        fp32 = g2.dtype == torch.float32
-        plan = (launch_plan(T, n, b, g2.shape[1], x.shape[1], fp32, target) if isinstance(T, int)
-                else symbolic_launch_plan(T, n, b, fp32, target))
-        grid, splits, per_split, options = _launch(n, b, fp32, plan)
     g2, x = g2.contiguous(), x.contiguous()
+    if launch is None and isinstance(T, int):  # eager: the token splits are summed by the kernel
+        out = torch.empty(n, b, b, device=g2.device, dtype=torch.float32)  # every element is written by the kernel
+        if memo is not None:
+            # what the kernel's specialisation and plan depend on beyond the layer's fixed rows, cols and width
+            key = (T, g2.shape[-1], x.shape[-1], g2.dtype, x.dtype, g2.data_ptr() % 16 == 0, x.data_ptr() % 16 == 0,
+                   rows.data_ptr(), cols.data_ptr(), n_programs_target)
+            if (kept := memo.get(key)) is not None:
+                launcher, device, splits, tiles, per_split = kept
+                work, counters = None, None
+                if splits > 1:
+                    work = torch.empty(splits, n, b, b, device=g2.device, dtype=torch.float32)
+                    counters = split_counters(device, n * tiles)
+                launcher(g2, x, out, work, counters, rows, cols, T, per_split, g2.shape[-1], x.shape[-1], g2.shape[-1], x.shape[-1])
+                return out
+        device = g2.get_device()
+        grid, splits, per_split, options = _eager_plan(T, n, b, g2.shape[-1], x.shape[-1], g2.dtype, device, n_programs_target)
+        work = counters = None                                                # unused without token splits
+        if splits > 1:
+            work = torch.empty(splits, n, b, b, device=g2.device, dtype=torch.float32)
+            counters = split_counters(device, n * grid[1])
+        launcher = cached_launch(_sddmm_kernel(), grid, g2, x, out, work, counters, rows.contiguous(), cols.contiguous(), T, per_split,
+                                 g2.shape[-1], x.shape[-1], g2.shape[-1], x.shape[-1], **options)
+        if memo is not None and launcher is not None and rows.is_contiguous() and cols.is_contiguous():
+            if len(memo) > 64: memo.clear()  # many token counts (unpadded batches): start over rather than grow
+            memo[key] = (launcher, device, splits, grid[1], per_split)
+        return out
+    # traced (`launch`: torch.library.wrap_triton inside a compiled graph), the token count maybe symbolic: partial tiles, summed below
+    target = _programs_target(g2.device) if n_programs_target is None else n_programs_target
+    fp32 = g2.dtype == torch.float32
+    plan = (launch_plan(T, n, b, g2.shape[-1], x.shape[-1], fp32, target) if isinstance(T, int)
+            else symbolic_launch_plan(T, n, b, fp32, target))
+    grid, splits, per_split, options = _launch(n, b, fp32, plan)
     partial = torch.empty(splits, n, b, b, device=g2.device, dtype=torch.float32)  # every element is written by the kernel
-    args = (g2, x, partial, rows.contiguous(), cols.contiguous(), T, per_split, g2.shape[1], x.shape[1], g2.stride(0), x.stride(0))
+    args = (g2, x, partial, None, None, rows.contiguous(), cols.contiguous(), T, per_split, g2.shape[-1], x.shape[-1],
+            g2.shape[-1], x.shape[-1])
     if launch is None: cached_launch(_sddmm_kernel(), grid, *args, **options)
     else: launch(_sddmm_kernel())[grid](*args, **options)
     return partial[0] if splits == 1 else partial.sum(0)  # (n, b, b); torch's reduction is deterministic
+
 
 # %% ../nbs/04a_kernels.ipynb #2b954f12
 @functools.cache

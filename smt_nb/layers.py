@@ -27,7 +27,8 @@ __all__ = ['SUPPORTED_LAYERS', 'PATHS', 'computes_linear', 'is_float_linear', 'l
            'BlockDeltaFunction', 'default_path', 'check_blocks', 'padding_mask', 'SMTLinear', 'write_blocks',
            'sync_blocks', 'write_addresses', 'cached_table', 'groupable', 'aligned_for_write', 'sharded_weight_error',
            'write_layers', 'write_grouped', 'compute_dtype', 'zero3_error', 'in_flat_buffer', 'flat_buffer_error',
-           'InplaceSMTFunction', 'smt_layers', 'keep_4bit_differentiable', 'DequantizedSMTFunction', 'Int8SMTFunction']
+           'launch_memo', 'InplaceSMTFunction', 'smt_layers', 'keep_4bit_differentiable', 'DequantizedSMTFunction',
+           'Int8SMTFunction']
 
 # %% ../nbs/04_layers.ipynb #b0187c0f
 SUPPORTED_LAYERS = (nn.Linear, Conv1D)
@@ -100,8 +101,9 @@ def dequantized_weight(module: nn.Module, dtype: torch.dtype | None = None) -> T
     return w.data.to(dtype).mul_(scb.float().view(-1, 1) / 127)                 # int8 values are exact in any float dtype
 
 # %% ../nbs/04_layers.ipynb #7f04f354
-def _block_gradients(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block_size: int, launch=None) -> Tensor:
-    if kernel_applies(g2, block_size): return sddmm_blocks_triton(g2, x, rows, cols, block_size, launch=launch)
+def _block_gradients(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block_size: int, launch=None, memo: dict | None = None) -> Tensor:
+    if kernel_applies(g2, block_size): return sddmm_blocks_triton(g2, x, rows, cols, block_size, launch=launch, memo=memo)
+    g2, x = g2.reshape(-1, g2.shape[-1]), x.reshape(-1, x.shape[-1])  # (T, out), (T, W): the eager in-place path passes (..., out)
     grid = BlockGrid(g2.shape[1], x.shape[1], block_size)
     return sampled_block_grad(g2, column_strips(x, grid), rows, cols, grid).float()
 
@@ -471,14 +473,26 @@ def _check_input(self: SMTLinear, x: Tensor):
         raise TypeError(f"Input is {x.dtype} but the base weight is {w.dtype}: cast the model and inputs to one dtype "
                         "(model.to(dtype)) or run under torch.autocast.")
 
+_LAUNCH_MEMOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # SMT layer -> its kept kernel launches (eager in-place path)
+
+def launch_memo(layer: nn.Module) -> dict:
+    "The dict in which `sddmm_blocks_triton` keeps this layer's launches: outside the module, so that copies and pickles never carry it."
+    memo = _LAUNCH_MEMOS.get(layer)
+    if memo is None: memo = _LAUNCH_MEMOS[layer] = {}
+    return memo
+
 class InplaceSMTFunction(torch.autograd.Function):
-    "The in-place path in eager mode, kept lean (it runs for every layer, every step): y = x Wᵀ + bias with W holding base + Δ."
+    """The in-place path in eager mode, kept lean (it runs for every layer, every step): y = x Wᵀ + bias with W holding base + Δ.
+    Three inputs — the weight and bias are read from the layer, `delta` is an input only so that autograd gives it a gradient — and
+    no reshapes: the kernel reads (..., features) tensors as they come (each input and reshape costs µs of host time a call)."""
     @staticmethod
-    def forward(ctx, x, weight, bias, delta, layer):
-        y = F.linear(x, weight, bias)
-        x2 = x.reshape(-1, x.shape[-1])                                           # (T, in)
+    def forward(ctx, x, delta, layer):
+        base = layer._modules["base_layer"]
+        weight = logical_weight(base)
+        y = F.linear(x, weight, base.bias)
         ctx.layer = layer
-        ctx.save_for_backward(x2 if layer.keep_x else column_strips(x2, layer.grid, layer.strips).flatten(1), weight)
+        keep = x if layer.keep_x else column_strips(x.reshape(-1, x.shape[-1]), layer.grid, layer.strips).flatten(1)  # (..., in) or (T, S·b)
+        ctx.save_for_backward(keep, weight)  # saved, not kept as attributes: autograd checks their versions, saved-tensor hooks apply
         return y
 
     @staticmethod
@@ -486,20 +500,20 @@ class InplaceSMTFunction(torch.autograd.Function):
         saved, weight = ctx.saved_tensors
         layer, gx, gdelta = ctx.layer, None, None
         if ctx.needs_input_grad[0]: gx = gy @ weight                              # (..., in)
-        if ctx.needs_input_grad[3]:
+        if ctx.needs_input_grad[1]:
             rows, x_cols, _ = layer.index_views()
-            gdelta = _block_gradients(gy.reshape(-1, gy.shape[-1]), saved, rows, x_cols, layer.grid.block_size)
-        return gx, None, None, gdelta, None
+            gdelta = _block_gradients(gy, saved, rows, x_cols, layer.grid.block_size, memo=launch_memo(layer))  # (n, b, b)
+        return gx, gdelta, None
 
 @patch
 def forward(self: SMTLinear, x: Tensor) -> Tensor:
     if self.path == "inplace" and not (self.merged or self._disabled or torch.compiler.is_compiling()):
-        delta, base = self._parameters["smt_delta"], self._modules["base_layer"]  # direct reads: this runs for every layer, every step
+        delta = self._parameters["smt_delta"]  # a direct read: this runs for every layer, every step
         if in_flat_buffer(delta): raise flat_buffer_error()
         if self._written_version != delta._version: self.write_changed_blocks()  # Δ changed by hand since the last write
-        w = logical_weight(base)
-        if x.dtype == w.dtype and not torch.is_autocast_enabled("cuda" if x.is_cuda else x.device.type):
-            try: return InplaceSMTFunction.apply(x, w, base.bias, delta, self)
+        if not torch.is_autocast_enabled("cuda" if x.is_cuda else x.device.type):
+            # a dtype or device mismatch fails inside the matmul: then the check below names the fix
+            try: return InplaceSMTFunction.apply(x, delta, self)
             except RuntimeError: self._check_input(x); raise  # a clear message for the usual mistakes, else the original error
     self._check_input(x)
     base = self.base_layer  # below, attributes and methods rather than properties: under torch.compile each property adds guards per layer

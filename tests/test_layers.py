@@ -128,6 +128,28 @@ def test_triton_kernel_matches_reference_in_interpreter(case):
     assert float(run_in_triton_interpreter(f"from smt_nb.kernels import kernel_error\nprint(kernel_error(**{case!r}))")) < 1e-5
 
 
+SPLITS_SUMMED_IN_KERNEL = """
+import torch
+from smt_nb.blocks import BlockGrid, sampled_block_grad, column_strips
+from smt_nb.kernels import sddmm_blocks_triton, launch_plan, _SPLIT_COUNTERS
+torch.manual_seed(0)
+g, x, grid = torch.randn(2, 150, 45), torch.randn(2, 150, 70), BlockGrid(45, 70, 16)
+rows, cols = torch.tensor([0, 2, 1]), torch.tensor([1, 3, 4])
+ref = sampled_block_grad(g.reshape(300, 45), column_strips(x.reshape(300, 70), grid), rows, cols, grid)
+split = sddmm_blocks_triton(g, x, rows, cols, 16, n_programs_target=40)  # (2, 150, features) as they come, tokens in splits
+flat = sddmm_blocks_triton(g.reshape(300, 45), x.reshape(300, 70), rows, cols, 16, n_programs_target=40)
+print(launch_plan(300, 3, 16, 45, 70, False, 40)[3], torch.equal(split, flat), float((split - ref).norm() / ref.norm()) < 1e-5,
+      [int(c.count_nonzero()) for c in _SPLIT_COUNTERS.values()])
+"""
+
+
+def test_kernel_sums_token_splits_itself_and_leaves_its_counters_at_zero():
+    """Eager launches sum their token splits in the kernel (the split that counts in last adds the partial tiles in split order):
+    equal to the reference, the same from (batch, seq, features) inputs as from flattened ones, and every counter back at zero."""
+    splits, same, close, nonzero = run_in_triton_interpreter(SPLITS_SUMMED_IN_KERNEL).split(" ", 3)
+    assert int(splits) > 1 and same == "True" and close == "True" and nonzero == "[0]"
+
+
 GROUPED_WRITE = """
 import torch, torch.nn as nn
 from transformers.pytorch_utils import Conv1D
@@ -280,3 +302,38 @@ def test_index_views_follow_their_buffer():
     assert shares(twin) and twin.rows.tolist() == [2, 1, 0]
     layer.index_plan.data = layer.index_plan.clone()                              # the same tensor in other memory (FSDP2 moves so)
     assert shares(layer) and layer.x_cols.tolist() == [3, 0, 1]
+
+
+def test_eager_launches_are_kept_per_layer_and_made_again_when_what_they_depend_on_changes(monkeypatch):
+    """`sddmm_blocks_triton(..., memo=)` keeps a layer's launch by token count, dtypes and alignments: the next call with the same
+    launches it straight away, with the same result; another token count or a misaligned input goes through `cached_launch` again."""
+    K = fake_gpu_launches(monkeypatch, stream=7)
+    b, jit_calls, direct_calls = 8, [], []
+    def blocks_into(args):  # the kernel's result, by PyTorch: out[k] = g2[:, rows[k] strip]ᵀ x[:, cols[k] strip]
+        g2, x, out, _, _, rows, cols, T = args[:8]
+        g2, x = g2.reshape(T, -1), x.reshape(T, -1)
+        for k, (r, c) in enumerate(zip(rows.tolist(), cols.tolist())): out[k] = g2[:, r * b:(r + 1) * b].T @ x[:, c * b:(c + 1) * b]
+    class Compiled:
+        function = packed_metadata = "handle"
+        def _init_handles(self): pass
+        def launch_metadata(self, *a): return None
+        def run(self, *a): direct_calls.append(a[9:]); blocks_into(a[9:])
+    class Kernel:
+        arg_names = ["G", "X", "OUT", "WORK", "COUNT", "ROWS", "XCOL", "T", "tokens_per_split", "out_features", "x_width", "stride_g",
+                     "stride_x", "B", "BM", "BN", "BK", "IEEE", "EVEN", "REDUCE"]
+        def __getitem__(self, grid):
+            def jit(*args, **options): jit_calls.append(args[7]); blocks_into(args); return Compiled()
+            return jit
+    monkeypatch.setattr(K, "_sddmm_kernel", lambda: Kernel())
+    rows, cols, memo = torch.tensor([0, 2]), torch.tensor([1, 0]), {}
+    def run(T, offset=0):
+        g2 = torch.randn(T * 24 + offset)[offset:].view(T, 24)
+        x = torch.randn(T, 16)
+        out = K.sddmm_blocks_triton(g2, x, rows, cols, b, n_programs_target=1, memo=memo)
+        torch.testing.assert_close(out, torch.stack([g2[:, 0:8].T @ x[:, 8:16], g2[:, 16:24].T @ x[:, 0:8]]))
+    run(10); run(10)
+    assert jit_calls == [10] and len(direct_calls) == 1 and len(memo) == 1  # first through the JIT, then kept: launched directly
+    run(10); run(12)
+    assert jit_calls == [10, 12] and len(direct_calls) == 2 and len(memo) == 2  # another token count: its own launch
+    run(10, offset=1)                                                              # g2 4 bytes off a 16-byte boundary
+    assert jit_calls == [10, 12, 10] and len(memo) == 3                            # another specialisation for the JIT
