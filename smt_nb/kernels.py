@@ -204,6 +204,11 @@ def split_counters(device: int, size: int) -> Tensor:
         counters = _SPLIT_COUNTERS[(device, stream)] = torch.zeros(max(size, 4096), dtype=torch.int32, device=where)
     return counters
 
+def _split_scratch(splits: int, n: int, b: int, tiles: int, like: Tensor) -> tuple:
+    "(partial tiles (splits, n, b, b), counters) of an eager launch that sums its `splits` token splits itself; (None, None) for one split."
+    if splits == 1: return None, None
+    return (torch.empty(splits, n, b, b, device=like.device, dtype=torch.float32), split_counters(like.get_device(), n * tiles))
+
 def sddmm_blocks_triton(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block_size: int,
                         n_programs_target: int | None = None, launch=None, memo: dict | None = None) -> Tensor:
     """Selected b×b tiles of `g2ᵀ x` with Triton: `g2` (..., out), `x` (..., W) with the same T tokens (leading dims flattened), block
@@ -221,24 +226,17 @@ def sddmm_blocks_triton(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block
             key = (T, g2.shape[-1], x.shape[-1], g2.dtype, x.dtype, g2.data_ptr() % 16 == 0, x.data_ptr() % 16 == 0,
                    rows.data_ptr(), cols.data_ptr(), n_programs_target)
             if (kept := memo.get(key)) is not None:
-                launcher, device, splits, tiles, per_split = kept
-                work, counters = None, None
-                if splits > 1:
-                    work = torch.empty(splits, n, b, b, device=g2.device, dtype=torch.float32)
-                    counters = split_counters(device, n * tiles)
-                launcher(g2, x, out, work, counters, rows, cols, T, per_split, g2.shape[-1], x.shape[-1], g2.shape[-1], x.shape[-1])
+                launcher, splits, tiles, per_split = kept
+                launcher(g2, x, out, *_split_scratch(splits, n, b, tiles, g2), rows, cols, T, per_split, g2.shape[-1], x.shape[-1],
+                         g2.shape[-1], x.shape[-1])
                 return out
-        device = g2.get_device()
-        grid, splits, per_split, options = _eager_plan(T, n, b, g2.shape[-1], x.shape[-1], g2.dtype, device, n_programs_target)
-        work = counters = None                                                # unused without token splits
-        if splits > 1:
-            work = torch.empty(splits, n, b, b, device=g2.device, dtype=torch.float32)
-            counters = split_counters(device, n * grid[1])
+        grid, splits, per_split, options = _eager_plan(T, n, b, g2.shape[-1], x.shape[-1], g2.dtype, g2.get_device(), n_programs_target)
+        work, counters = _split_scratch(splits, n, b, grid[1], g2)           # (None, None) without token splits
         launcher = cached_launch(_sddmm_kernel(), grid, g2, x, out, work, counters, rows.contiguous(), cols.contiguous(), T, per_split,
                                  g2.shape[-1], x.shape[-1], g2.shape[-1], x.shape[-1], **options)
         if memo is not None and launcher is not None and rows.is_contiguous() and cols.is_contiguous():
             if len(memo) > 64: memo.clear()  # many token counts (unpadded batches): start over rather than grow
-            memo[key] = (launcher, device, splits, grid[1], per_split)
+            memo[key] = (launcher, splits, grid[1], per_split)
         return out
     # traced (`launch`: torch.library.wrap_triton inside a compiled graph), the token count maybe symbolic: partial tiles, summed below
     target = _programs_target(g2.device) if n_programs_target is None else n_programs_target
