@@ -8,6 +8,7 @@ quantization and bf16 compute (or LLM.int8) — and the rows are the frozen quan
 values with random and with GW blocks, SMT at 1 %, and SMT with the block product beside the base matmul instead of the blocks
 written into the dequantized weight (the route before the 4-bit fast path), eager only.
 Usage: python benchmarks/model.py --shape 1b [--json out.json] [--layers 16] [--methods floor,smt_matched] [--modes eager,compiled]
+       python benchmarks/model.py --shape 1b --methods floor,smt_matched --modes eager --interleave 8  (rows also timed in turns)
        python benchmarks/model.py --shape 8b --layers 8 --bits 4 --json model_nf4.json
 """
 import argparse
@@ -185,6 +186,46 @@ def free():
     gc.collect(); torch.cuda.empty_cache()
 
 
+def time_steps(step, n: int) -> list:
+    "Seconds per step of `n` steps, each timed alone with CUDA events (the GPU idle at its start, as in `run`)."
+    times = []
+    for _ in range(n):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record(); step(); end.record(); end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return times
+
+
+def interleaved(rows: list, compiled: bool, rounds: int, steps: int = 5) -> dict:
+    """The rows' step times measured in turns — `steps` steps of each row, round after round, all models alive at once — so that
+    a host that speeds up or slows down during the run weighs on every row alike (rows timed one after the other each meet the
+    host as it is during their own seconds). `rows`: (key, name, make, autocast). Per row: the median step and, per round, its
+    median over the floor's median of the same round; `speed_vs_floor` is the median of those per-round ratios."""
+    built = []
+    for key, name, make, autocast in rows:
+        model, params = make()
+        step = step_fn(torch.compile(model) if compiled else model, params, batch(), autocast=autocast)
+        for _ in range(WARMUP): step()
+        built.append((key, name, step, model, params))
+    per_round = {key: [] for key, *_ in built}
+    for _ in range(rounds):
+        for key, _, step, *_ in built:
+            per_round[key].append(time_steps(step, steps))
+    med = lambda v: sorted(v)[len(v) // 2]
+    out = {}
+    for key, name, *_ in built:
+        all_steps = [t for r in per_round[key] for t in r]
+        out[key] = dict(method=name + (" compiled" if compiled else ""), step_ms=med(all_steps) * 1e3,
+                        tokens_per_s=BATCH * SEQ / med(all_steps), round_step_ms=[med(r) * 1e3 for r in per_round[key]])
+    if "floor" in out:
+        for key, r in out.items():
+            ratios = [f / s for f, s in zip(out["floor"]["round_step_ms"], r["round_step_ms"])]
+            r.update(round_speed_vs_floor=ratios, speed_vs_floor=med(ratios))
+    del built; free()
+    torch._dynamo.reset()
+    return out
+
+
 def gw_cost(shape, layers):
     "GW selection (hooks, mean_abs) vs accumulating full target gradients in .grad, 4 micro-batches each: time and extra peak memory."
     out = {}
@@ -222,6 +263,8 @@ def main():
     p.add_argument("--gw", action="store_true", help="also measure the cost of GW selection")
     p.add_argument("--cprofile", default=None, help="instead: profile the host side of 5 steps of this method (cProfile; eager, or compiled with --modes compiled)")
     p.add_argument("--bits", type=int, choices=[4, 8], default=None, help="a bitsandbytes 4-bit (NF4) or 8-bit base; eager only")
+    p.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                   help="also time the rows of each mode in turns, ROUNDS rounds of 5 steps each, all models alive at once (see `interleaved`)")
     a = p.parse_args()
     layers = a.layers or SHAPES[a.shape]["layers"]
     if a.bits:
@@ -296,6 +339,16 @@ def main():
                 steps=f"{WARMUP} warm-up (compiling) + {STEPS} timed one by one (median)", compile="torch.compile(model), default mode",
                 lora_values=lora_values, target_values=target_values)
     out = dict(meta=meta, results=results)
+    if a.interleave:
+        out["interleaved"] = {}
+        for mode in modes:
+            keys = [m for m in methods if mode == "eager" or m in a.compiled_methods.split(",")]
+            rows = [(k, *makers[k]) for k in keys]
+            out["interleaved"][mode] = got = interleaved(rows, mode == "compiled", a.interleave)
+            print(f"\ninterleaved, {mode}: {a.interleave} rounds of 5 steps per row")
+            for r in got.values():
+                print(f"{r['method']:<44} {r['tokens_per_s']:>8.0f}  {r.get('speed_vs_floor', float('nan')):7.3f}  per round "
+                      + " ".join(f"{x:.3f}" for x in r.get("round_speed_vs_floor", [])))
     if a.gw: out["gw_selection"] = gw_cost(a.shape, layers)
     print(f"\n{meta['model']}, {meta['device']}\nmethod                                          tok/s  vs floor  peak GiB  vs floor  kernels")
     for r in results:

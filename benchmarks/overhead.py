@@ -57,6 +57,12 @@ def main():
     blocks = torch.tensor([[0, 0], [1, 2], [3, 3]])
     layer = SMTLinear(nn.Linear(in_f, out_f, bias=False, device="cuda", dtype=DTYPE), blocks, B, path="inplace")
     rows, cols = layer.rows, layer.x_cols
+    # blocks in one column strip: the layer keeps that strip of x for backward (gathered in forward), not x itself
+    narrow = SMTLinear(nn.Linear(in_f, out_f, bias=False, device="cuda", dtype=DTYPE), torch.tensor([[0, 1], [2, 1]]), B, path="inplace")
+    assert not narrow.keep_x
+    # what the optimizer step hook does for a 1B model's 93 SMT layers: one grouped write of base + Δ into their weights
+    from smt_nb.layers import write_layers
+    many = [SMTLinear(nn.Linear(in_f, out_f, bias=False, device="cuda", dtype=DTYPE), blocks, B, path="inplace") for _ in range(93)]
     g2 = gy
 
     @torch.library.custom_op("overhead::noop", mutates_args=())
@@ -115,6 +121,9 @@ def main():
         "Triton: cached_launch (smt_nb's launcher)": lambda: cached_launch(_sddmm_kernel(), (len(blocks), 1, 1), *args, **plan),
         "smt in-place: forward + both gradients": lambda: torch.autograd.grad(layer(x), [x, layer.smt_delta], gy),
         "smt in-place: forward only": lambda: layer(x),
+        "smt in-place, strips kept: forward only": lambda: narrow(x),
+        "smt in-place, strips kept: forward + both gradients": lambda: torch.autograd.grad(narrow(x), [x, narrow.smt_delta], gy),
+        "grouped block write of 93 layers (write_layers)": lambda: write_layers(many),
         "block_gradients (Triton kernel + wrapper)": lambda: block_gradients(g2, x.detach(), rows, cols, B),
         "sddmm_blocks_triton": lambda: sddmm_blocks_triton(g2, x.detach(), rows, cols, B),
         f"sddmm_blocks_triton, {LONG} tokens in {long_splits} splits": lambda: sddmm_blocks_triton(g_long, x_long, rows, cols, B),
