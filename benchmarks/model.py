@@ -157,13 +157,8 @@ def run(name, model, params, compiled, autocast=False):
     for _ in range(WARMUP): step()
     torch.cuda.synchronize(); warmup_s = time.perf_counter() - t0
     torch.cuda.reset_peak_memory_stats()
-    times, host = [], []  # host: seconds until the step's last kernel is queued (its Python and launch time, if nothing syncs)
-    for _ in range(STEPS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        t0 = time.perf_counter(); start.record(); step(); host.append(time.perf_counter() - t0); end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    median = sorted(times)[len(times) // 2]
+    times, host = time_steps(step, STEPS)
+    step_s = median(times)
     peak = torch.cuda.max_memory_allocated() / 2**30
     torch.cuda.synchronize(); t0 = time.perf_counter()
     for _ in range(STEPS): step()  # back to back, as a training loop that never waits for the GPU runs them
@@ -172,9 +167,9 @@ def run(name, model, params, compiled, autocast=False):
     phases = host_phases(*step.phases)
     syncs = syncs_per_step(step)
     trainable = sum(p.numel() for p in params) if params else 0
-    r = dict(method=name, compiled=compiled, tokens_per_s=BATCH * SEQ / median, step_ms=median * 1e3,
+    r = dict(method=name, compiled=compiled, tokens_per_s=BATCH * SEQ / step_s, step_ms=step_s * 1e3,
              step_ms_spread=[min(times) * 1e3, max(times) * 1e3], peak_gib=peak,
-             trainable=trainable, kernels_per_step=launches, gpu_kernel_ms=gpu_ms, host_ms=sorted(host)[len(host) // 2] * 1e3,
+             trainable=trainable, kernels_per_step=launches, gpu_kernel_ms=gpu_ms, host_ms=median(host) * 1e3,
              back_to_back_tokens_per_s=BATCH * SEQ / back_to_back,
              warmup_s=warmup_s, phases=phases, syncs_per_step=syncs)
     print(f"{name:<44} {r['tokens_per_s']:>9.0f} tok/s  {r['step_ms']:6.1f} ms/step ({gpu_ms:5.1f} in kernels, {r['host_ms']:5.1f} host)  {r['peak_gib']:6.2f} GiB  {launches:6.0f} kernels  "
@@ -186,14 +181,21 @@ def free():
     gc.collect(); torch.cuda.empty_cache()
 
 
-def time_steps(step, n: int) -> list:
-    "Seconds per step of `n` steps, each timed alone with CUDA events (the GPU idle at its start, as in `run`)."
-    times = []
+def median(v: list):
+    "The middle value of `v` (the upper one of an even count)."
+    return sorted(v)[len(v) // 2]
+
+
+def time_steps(step, n: int) -> tuple[list, list]:
+    """`n` steps, each timed alone (the GPU idle at its start): seconds per step from CUDA events, and host seconds until the step's
+    last kernel is queued (its Python and launch time, if nothing syncs)."""
+    times, host = [], []
     for _ in range(n):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record(); step(); end.record(); end.synchronize()
+        t0 = time.perf_counter(); start.record(); step(); host.append(time.perf_counter() - t0); end.record()
+        end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
-    return times
+    return times, host
 
 
 def interleaved(rows: list, compiled: bool, rounds: int, steps: int = 5) -> dict:
@@ -201,27 +203,25 @@ def interleaved(rows: list, compiled: bool, rounds: int, steps: int = 5) -> dict
     a host that speeds up or slows down during the run weighs on every row alike (rows timed one after the other each meet the
     host as it is during their own seconds). `rows`: (key, name, make, autocast). Per row: the median step and, per round, its
     median over the floor's median of the same round; `speed_vs_floor` is the median of those per-round ratios."""
-    built = []
-    for key, name, make, autocast in rows:
+    def warmed_step(make, autocast):  # the row's training step, warmed up (compiled, if asked); it holds the model and its optimizer
         model, params = make()
         step = step_fn(torch.compile(model) if compiled else model, params, batch(), autocast=autocast)
         for _ in range(WARMUP): step()
-        built.append((key, name, step, model, params))
-    per_round = {key: [] for key, *_ in built}
+        return step
+    steps_of = {key: warmed_step(make, autocast) for key, _, make, autocast in rows}
+    per_round = {key: [] for key in steps_of}
     for _ in range(rounds):
-        for key, _, step, *_ in built:
-            per_round[key].append(time_steps(step, steps))
-    med = lambda v: sorted(v)[len(v) // 2]
+        for key, step in steps_of.items(): per_round[key].append(time_steps(step, steps)[0])
     out = {}
-    for key, name, *_ in built:
+    for key, name, *_ in rows:
         all_steps = [t for r in per_round[key] for t in r]
-        out[key] = dict(method=name + (" compiled" if compiled else ""), step_ms=med(all_steps) * 1e3,
-                        tokens_per_s=BATCH * SEQ / med(all_steps), round_step_ms=[med(r) * 1e3 for r in per_round[key]])
+        out[key] = dict(method=name + (" compiled" if compiled else ""), step_ms=median(all_steps) * 1e3,
+                        tokens_per_s=BATCH * SEQ / median(all_steps), round_step_ms=[median(r) * 1e3 for r in per_round[key]])
     if "floor" in out:
         for key, r in out.items():
             ratios = [f / s for f, s in zip(out["floor"]["round_step_ms"], r["round_step_ms"])]
-            r.update(round_speed_vs_floor=ratios, speed_vs_floor=med(ratios))
-    del built; free()
+            r.update(round_speed_vs_floor=ratios, speed_vs_floor=median(ratios))
+    del steps_of; free()
     torch._dynamo.reset()
     return out
 

@@ -279,10 +279,11 @@ def strip_plan(block_cols: Tensor) -> tuple[Tensor, Tensor]:
     return strips, block_strip
 
 def column_strips(x2: Tensor, grid: BlockGrid, strips: Tensor | None = None) -> Tensor:
-    "(T, in) -> (T, S, b): the chosen column strips of `x2` (all of them when `strips` is None), zero-padded."
-    T, b = x2.shape[0], grid.block_size
+    """(T, in) -> (T, S, b): the chosen column strips of `x2` (all of them when `strips` is None), zero-padded. `x2` may also be
+    (..., in): its leading dims are flattened into T by the same reshape (no separate reshape call on the layers' hot path)."""
+    b = grid.block_size
     pad = grid.n_cols * b - grid.in_features
-    xs = (F.pad(x2, (0, pad)) if pad else x2).view(T, grid.n_cols, b)  # no copy when b divides the width
+    xs = (F.pad(x2, (0, pad)) if pad else x2).reshape(-1, grid.n_cols, b)  # no copy when b divides the width of a contiguous x2
     return xs if strips is None else xs.index_select(1, strips)  # index_select: less host time than xs[:, strips]
 
 # %% ../nbs/00_blocks.ipynb #95e88a34

@@ -481,12 +481,6 @@ def launch_memo(layer: nn.Module) -> dict:
     if memo is None: memo = _LAUNCH_MEMOS[layer] = {}
     return memo
 
-def _gather_strips(x: Tensor, grid: BlockGrid, strips: Tensor) -> Tensor:
-    "(..., in) -> (T, S·b): `column_strips` of `x`, side by side; where b divides the width, as one view and one gather (µs less a call)."
-    b, width = grid.block_size, grid.in_features
-    if width % b: return column_strips(x.reshape(-1, width), grid, strips).flatten(1)  # zero-padded last strip
-    return x.reshape(-1, width // b, b).index_select(1, strips).flatten(1)            # (T, C, b) -> (T, S, b) -> (T, S·b)
-
 class InplaceSMTFunction(torch.autograd.Function):
     """The in-place path in eager mode, kept lean (it runs for every layer, every step): y = x Wᵀ + bias with W holding base + Δ.
     Three inputs — the weight and bias are read from the layer, `delta` is an input only so that autograd gives it a gradient — and
@@ -497,7 +491,7 @@ class InplaceSMTFunction(torch.autograd.Function):
         weight = logical_weight(base)
         y = F.linear(x, weight, base.bias)
         ctx.layer = layer
-        keep = x if layer.keep_x else _gather_strips(x, layer.grid, layer.index_views()[2])  # (..., in) or (T, S·b)
+        keep = x if layer.keep_x else column_strips(x, layer.grid, layer.index_views()[2]).flatten(1)  # (..., in) or (T, S·b)
         ctx.save_for_backward(keep, weight)  # saved, not kept as attributes: autograd checks their versions, saved-tensor hooks apply
         return y
 
