@@ -13,7 +13,7 @@ from torch import Tensor
 from .blocks import BlockGrid, sampled_block_grad, column_strips, strip_plan
 
 # %% auto #0
-__all__ = ['triton_available', 'kernel_applies', 'cached_launch', 'launch_plan', 'symbolic_launch_plan', 'split_counters',
+__all__ = ['triton_available', 'kernel_applies', 'cached_launch', 'launch_plan', 'symbolic_launch_plan', 'stream_scratch',
            'sddmm_blocks_triton', 'sddmm_blocks_grouped_triton', 'write_table', 'write_blocks_triton',
            'random_sddmm_problem', 'kernel_error', 'kernel_repeats', 'grouped_kernel_error']
 
@@ -105,10 +105,12 @@ def _bind(kernel, compiled, grid: tuple, n_args: int, options: dict):
     g0, g1, g2 = (*grid, 1, 1)[:3]
     runtime, stream_of, device = knobs.runtime, driver.active.get_current_stream, torch.cuda.current_device()
     def launch_compiled(*args):
-        stream, every = stream_of(device), (*args, *constexprs)
-        enter, leave = runtime.launch_enter_hook, runtime.launch_exit_hook
-        described = None if enter is None and leave is None else describe(grid, stream, *every)  # only hooks (profilers) read it
-        run(g0, g1, g2, stream, function, metadata, described, enter, leave, *every)
+        stream, enter, leave = stream_of(device), runtime.launch_enter_hook, runtime.launch_exit_hook
+        described = None if enter is None and leave is None else describe(grid, stream, *args, *constexprs)  # only hooks (profilers) read it
+        # tensors go in as their addresses: given a tensor, Triton's launcher asks the driver about the pointer (cuPointerGetAttribute)
+        # at every launch, to catch CPU tensors — which cannot reach here: the JIT checked this specialisation's first launch
+        run(g0, g1, g2, stream, function, metadata, described, enter, leave,
+            *[a.data_ptr() if isinstance(a, Tensor) else a for a in args], *constexprs)
     return launch_compiled
 
 @functools.cache
@@ -192,22 +194,27 @@ def _eager_plan(T: int, n: int, b: int, out_features: int, x_width: int, dtype: 
     _EAGER_PLANS[key] = plan
     return plan
 
-_SPLIT_COUNTERS: dict = {}  # (device, stream) -> int32 zeros: one counter per tile of an eager launch that splits its tokens
+_SPLIT_SCRATCH: dict = {}  # (device, stream, dtype) -> a flat buffer shared by the eager launches on that stream that split their tokens
 
-def split_counters(device: int, size: int) -> Tensor:
-    """At least `size` zeroed int32 counters for a launch that sums its token splits itself, one set per device and stream (launches
-    on one stream run one after another, so they can share a set). The kernel leaves every counter at zero when it ends."""
+def stream_scratch(device: int, size: int, dtype: torch.dtype) -> Tensor:
+    """A flat buffer of at least `size` elements of `dtype`, one per device, stream and dtype, shared by the eager launches that sum
+    their token splits themselves (launches on one stream run one after another), so that a launch allocates nothing. Made (again)
+    only when a launch needs more than the widest so far, and zeroed then: int32 counters must start at zero (the kernel leaves them
+    there); float32 partial tiles are written before they are read. Splits are made only while a launch has fewer programs than half
+    the target, so partial tiles never exceed 1.5 × target × 64² floats: 6.5 MB on an H200."""
     stream = torch._C._cuda_getCurrentRawStream(device) if device >= 0 else 0
-    counters = _SPLIT_COUNTERS.get((device, stream))
-    if counters is None or counters.numel() < size:  # made (again) at most a few times: every tile of the widest launch so far
+    buffer = _SPLIT_SCRATCH.get((device, stream, dtype))
+    if buffer is None or buffer.numel() < size:
         where = torch.device("cuda", device) if device >= 0 else torch.device("cpu")  # the CPU: Triton's interpreter
-        counters = _SPLIT_COUNTERS[(device, stream)] = torch.zeros(max(size, 4096), dtype=torch.int32, device=where)
-    return counters
+        buffer = _SPLIT_SCRATCH[(device, stream, dtype)] = torch.zeros(max(size, 4096), dtype=dtype, device=where)
+    return buffer
 
 def _split_scratch(splits: int, n: int, b: int, tiles: int, like: Tensor) -> tuple:
-    "(partial tiles (splits, n, b, b), counters) of an eager launch that sums its `splits` token splits itself; (None, None) for one split."
+    """(partial tiles, counters) of an eager launch that sums its `splits` token splits itself: flat buffers of the stream, the
+    kernel addresses (splits, n, b, b) tiles and n·tiles counters from their starts; (None, None) for one split."""
     if splits == 1: return None, None
-    return (torch.empty(splits, n, b, b, device=like.device, dtype=torch.float32), split_counters(like.get_device(), n * tiles))
+    device = like.get_device()
+    return stream_scratch(device, splits * n * b * b, torch.float32), stream_scratch(device, n * tiles, torch.int32)
 
 def sddmm_blocks_triton(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block_size: int,
                         n_programs_target: int | None = None, launch=None, memo: dict | None = None) -> Tensor:

@@ -4,6 +4,8 @@
 
 # %% ../nbs/03_widgets.ipynb #24dd47ba
 from __future__ import annotations
+import base64
+import io
 import math
 import matplotlib.pyplot as plt
 import torch
@@ -17,7 +19,8 @@ from .selection import Selection, GradientStatistics, InputNorms, gradients_to_i
 from .viz import plot_block_scores, plot_selection_overview, score_label, describe, matrices_by_blocks, trained_legend
 
 # %% auto #0
-__all__ = ['METHODS', 'HELP', 'collect_score_sources', 'scores_from_sources', 'SelectionExplorer', 'matrix_options']
+__all__ = ['METHODS', 'HELP', 'collect_score_sources', 'scores_from_sources', 'SelectionExplorer', 'figure_output',
+           'matrix_options']
 
 # %% ../nbs/03_widgets.ipynb #0816c549
 def collect_score_sources(model: nn.Module, targets: dict[str, nn.Module], dataloader=None, warmup_steps: int = 8,
@@ -92,6 +95,15 @@ def figure(self: SelectionExplorer, method: str = None, statistic: str = "mean_a
     trained_legend(fig)
     return fig
 
+# %% ../nbs/03_widgets.ipynb #a7a32eb5
+def figure_output(fig: plt.Figure) -> dict:
+    "`fig` as one notebook output (a PNG, as the inline backend draws it), to hand to an Output widget's `outputs`."
+    png = io.BytesIO()
+    fig.savefig(png, format="png", bbox_inches="tight")
+    return {"output_type": "display_data", "data": {"image/png": base64.b64encode(png.getvalue()).decode(), "text/plain": repr(fig)},
+            "metadata": {}}
+
+
 # %% ../nbs/03_widgets.ipynb #252bf0fa
 HELP = ("<b>gw</b>: blocks whose weights got the largest warm-up gradients (the paper's default) · <b>aw</b>: largest |weight| × input "
         "activation · <b>mw</b>: largest |weight|, no data needed · <b>random</b>: a baseline. GW statistic of each block of the summed "
@@ -106,7 +118,6 @@ def matrix_options(sel: Selection) -> list[tuple[str, str]]:
 def widget(self: SelectionExplorer):
     "An ipywidgets panel: method, statistic, sparsity (percent), block size and matrix controls over a live figure."
     import ipywidgets as W
-    from IPython.display import display
     method = W.Dropdown(options=self.methods, description="method")
     statistic = W.Dropdown(options=list(STATISTICS), value="mean_abs", description="statistic")
     sparsity = W.FloatLogSlider(value=5.0, base=10, min=-1, max=1.7, step=0.05, description="sparsity %", readout_format=".2f")
@@ -125,10 +136,9 @@ def widget(self: SelectionExplorer):
         busy["relabel"], current = True, module.value
         module.options, module.value = matrix_options(sel), current
         busy["relabel"] = False
-        with out:
-            out.clear_output(wait=True)
-            fig = self.figure(method.value, statistic.value, sparsity.value / 100, block.value, module.value)
-            display(fig); plt.close(fig)
+        fig = self.figure(method.value, statistic.value, sparsity.value / 100, block.value, module.value)
+        out.outputs = (figure_output(fig),)  # replaces the picture through the widget's synced state (see figure_output)
+        plt.close(fig)
     def read_typed(change):
         if not typed.value.strip(): return
         try:

@@ -131,7 +131,7 @@ def test_triton_kernel_matches_reference_in_interpreter(case):
 SPLITS_SUMMED_IN_KERNEL = """
 import torch
 from smt_nb.blocks import BlockGrid, sampled_block_grad, column_strips
-from smt_nb.kernels import sddmm_blocks_triton, launch_plan, _SPLIT_COUNTERS
+from smt_nb.kernels import sddmm_blocks_triton, launch_plan, _SPLIT_SCRATCH
 torch.manual_seed(0)
 g, x, grid = torch.randn(2, 150, 45), torch.randn(2, 150, 70), BlockGrid(45, 70, 16)
 rows, cols = torch.tensor([0, 2, 1]), torch.tensor([1, 3, 4])
@@ -139,7 +139,7 @@ ref = sampled_block_grad(g.reshape(300, 45), column_strips(x.reshape(300, 70), g
 split = sddmm_blocks_triton(g, x, rows, cols, 16, n_programs_target=40)  # (2, 150, features) as they come, tokens in splits
 flat = sddmm_blocks_triton(g.reshape(300, 45), x.reshape(300, 70), rows, cols, 16, n_programs_target=40)
 print(launch_plan(300, 3, 16, 45, 70, False, 40)[3], torch.equal(split, flat), float((split - ref).norm() / ref.norm()) < 1e-5,
-      [int(c.count_nonzero()) for c in _SPLIT_COUNTERS.values()])
+      [int(c.count_nonzero()) for (_, _, dtype), c in _SPLIT_SCRATCH.items() if dtype == torch.int32])
 """
 
 
