@@ -106,9 +106,10 @@ def _bind(kernel, compiled, grid: tuple, n_args: int, options: dict):
     runtime, stream_of, device = knobs.runtime, driver.active.get_current_stream, torch.cuda.current_device()
     def launch_compiled(*args):
         stream, enter, leave = stream_of(device), runtime.launch_enter_hook, runtime.launch_exit_hook
-        described = None if enter is None and leave is None else describe(grid, stream, *args, *constexprs)  # only hooks (profilers) read it
+        described = None if enter is None and leave is None else describe(grid, stream, *args, *constexprs)  # read by hooks only
         # tensors go in as their addresses: given a tensor, Triton's launcher asks the driver about the pointer (cuPointerGetAttribute)
-        # at every launch, to catch CPU tensors — which cannot reach here: the JIT checked this specialisation's first launch
+        # at every launch, to refuse CPU tensors — which never reach here: the keys under which launchers are kept hold each tensor's
+        # device type, so a CPU tensor takes the JIT's launch, which refuses it
         run(g0, g1, g2, stream, function, metadata, described, enter, leave,
             *[a.data_ptr() if isinstance(a, Tensor) else a for a in args], *constexprs)
     return launch_compiled
@@ -125,9 +126,10 @@ def cached_launch(kernel, grid: tuple, *args, **options):
     if _interpreting() or torch.compiler.is_compiling():
         kernel[grid](*args, **options)
         return None
-    # the key holds what the JIT specialises on, taken conservatively: each tensor's dtype and 16-byte alignment, other values themselves
+    # the key holds what the JIT specialises on, taken conservatively: each tensor's dtype and 16-byte alignment, other values
+    # themselves; and whether each tensor is on the GPU, so that a CPU tensor goes to the JIT, which refuses it with a clear error
     key = (kernel, grid, torch.cuda.current_device(),
-           *[(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, Tensor) else a for a in args], *options.items())
+           *[(a.dtype, a.data_ptr() % 16 == 0, a.is_cuda) if isinstance(a, Tensor) else a for a in args], *options.items())
     launcher = _LAUNCHERS.get(key, False)
     if launcher:
         launcher(*args)
@@ -230,7 +232,8 @@ def sddmm_blocks_triton(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block
         out = torch.empty(n, b, b, device=g2.device, dtype=torch.float32)  # every element is written by the kernel
         if memo is not None:
             # what the kernel's specialisation and plan depend on beyond the layer's fixed rows, cols and width
-            key = (T, g2.shape[-1], x.shape[-1], g2.dtype, x.dtype, g2.data_ptr() % 16 == 0, x.data_ptr() % 16 == 0,
+            # (a layer passes a memo only with g2 on the GPU, see kernel_applies; x on the CPU goes to the JIT, which refuses it)
+            key = (T, g2.shape[-1], x.shape[-1], g2.dtype, x.dtype, g2.data_ptr() % 16 == 0, x.data_ptr() % 16 == 0, x.is_cuda,
                    rows.data_ptr(), cols.data_ptr(), n_programs_target)
             if (kept := memo.get(key)) is not None:
                 launcher, splits, tiles, per_split = kept
