@@ -198,29 +198,45 @@ def time_steps(step, n: int) -> tuple[list, list]:
     return times, host
 
 
+def in_turns(steps_of: dict, rounds: int, time_turn) -> dict:
+    """Step times of several rows measured in turns — a turn of each row (`time_turn(step)` -> its steps' seconds), round after round,
+    all rows alive at once — so that a host that speeds up or slows down during the run weighs on every row alike (rows timed one
+    after the other each meet the host as it is during their own seconds). `steps_of`: key -> the row's warmed-up training step.
+    Returns key -> per round, the seconds of that turn's steps. Used by this script and model_moe.py."""
+    per_round = {key: [] for key in steps_of}
+    for _ in range(rounds):
+        for key, step in steps_of.items(): per_round[key].append(time_turn(step))
+    return per_round
+
+
+def in_turns_summary(per_round: dict, tokens: int) -> dict:
+    """Per row of `in_turns`'s result: its median step (`step_ms`), `tokens_per_s` and each round's median (`round_step_ms`); beside a
+    "floor" row, each round's ratio (the floor's median over the row's, same round: `round_speed_vs_floor`) and `speed_vs_floor`,
+    their median — a ratio of turns taken side by side, which a host drifting from round to round moves less than the ratio of the
+    overall medians (`speed_vs_floor_of_medians`; model_moe.py's interleaved `speed_vs_floor` before both scripts shared this)."""
+    out = {}
+    for key, rounds in per_round.items():
+        every = [t for turn in rounds for t in turn]
+        out[key] = dict(step_ms=median(every) * 1e3, tokens_per_s=tokens / median(every), steps=len(every),
+                        round_step_ms=[median(turn) * 1e3 for turn in rounds])
+    if "floor" in out:
+        for r in out.values():
+            ratios = [f / s for f, s in zip(out["floor"]["round_step_ms"], r["round_step_ms"])]
+            r.update(round_speed_vs_floor=ratios, speed_vs_floor=median(ratios), speed_vs_floor_of_medians=out["floor"]["step_ms"] / r["step_ms"])
+    return out
+
+
 def interleaved(rows: list, compiled: bool, rounds: int, steps: int = 5) -> dict:
-    """The rows' step times measured in turns — `steps` steps of each row, round after round, all models alive at once — so that
-    a host that speeds up or slows down during the run weighs on every row alike (rows timed one after the other each meet the
-    host as it is during their own seconds). `rows`: (key, name, make, autocast). Per row: the median step and, per round, its
-    median over the floor's median of the same round; `speed_vs_floor` is the median of those per-round ratios."""
+    """The rows' steps timed in turns (`in_turns`: `steps` steps of each row per round) and summed up by `in_turns_summary`.
+    `rows`: (key, name, make, autocast)."""
     def warmed_step(make, autocast):  # the row's training step, warmed up (compiled, if asked); it holds the model and its optimizer
         model, params = make()
         step = step_fn(torch.compile(model) if compiled else model, params, batch(), autocast=autocast)
         for _ in range(WARMUP): step()
         return step
     steps_of = {key: warmed_step(make, autocast) for key, _, make, autocast in rows}
-    per_round = {key: [] for key in steps_of}
-    for _ in range(rounds):
-        for key, step in steps_of.items(): per_round[key].append(time_steps(step, steps)[0])
-    out = {}
-    for key, name, *_ in rows:
-        all_steps = [t for r in per_round[key] for t in r]
-        out[key] = dict(method=name + (" compiled" if compiled else ""), step_ms=median(all_steps) * 1e3,
-                        tokens_per_s=BATCH * SEQ / median(all_steps), round_step_ms=[median(r) * 1e3 for r in per_round[key]])
-    if "floor" in out:
-        for key, r in out.items():
-            ratios = [f / s for f, s in zip(out["floor"]["round_step_ms"], r["round_step_ms"])]
-            r.update(round_speed_vs_floor=ratios, speed_vs_floor=median(ratios))
+    summary = in_turns_summary(in_turns(steps_of, rounds, lambda step: time_steps(step, steps)[0]), BATCH * SEQ)
+    out = {key: dict(method=name + (" compiled" if compiled else ""), **summary[key]) for key, name, *_ in rows}
     del steps_of; free()
     torch._dynamo.reset()
     return out

@@ -35,7 +35,7 @@ from torch._dynamo.utils import counters
 from transformers import MixtralConfig, MixtralForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # model.py sits beside this script (benchmarks/ is no package)
-from model import device_events, free, host_phases, kernels_per_step, step_fn, syncs_per_step  # noqa: E402  the same step, profiler count and cleanup as the dense benchmark
+from model import device_events, free, host_phases, in_turns, in_turns_summary, kernels_per_step, step_fn, syncs_per_step  # noqa: E402  the same step, profiler count and cleanup as the dense benchmark
 
 from smt_nb.core import SMTConfig, find_targets, prepare_smt  # noqa: E402
 from smt_nb.experts import expert_parameters  # noqa: E402  resolves target_parameters exactly as prepare_smt will
@@ -343,32 +343,28 @@ def host_profile(model, s: Setup, path: str):
 
 
 def interleaved(keys: list[str], rows: dict, s: Setup, rounds: int, steps: int = 5) -> dict:
-    """Eager tokens/s of every row with the rows' timed steps interleaved: all models built and warmed up first, then `rounds` rounds
-    in which each row runs `steps` steps one by one. Host speed that drifts during a run (other rows, the machine) then touches every
-    row alike; row-after-row timing lets a slow stretch land on one row. Medians over each row's rounds x steps; ratios to the floor."""
+    """Eager tokens/s of every row with the rows' steps timed in turns (model.py's `in_turns`: all models built and warmed up
+    first, then `rounds` rounds in which each row runs `steps` steps one by one), summed up by model.py's `in_turns_summary`."""
     import smt_nb.experts as experts_module
     remade = experts_module._product_factors
-    built, times = {}, {k: [] for k in keys}
-    for key in keys:  # (model, its step); the ablation row needs its patch while it runs, so each step sets it
+    def row_step(key, step):  # the ablation row ("_whole") needs its patch while it runs, so each of its steps sets it
+        if not key.endswith("_whole"): return step
+        def patched():
+            experts_module._product_factors = lambda x: None
+            try: step()
+            finally: experts_module._product_factors = remade
+        return patched
+    steps_of = {}
+    for key in keys:  # each step holds its model and optimizer
         model = rows[key][1]()
-        built[key] = (model, step_fn(model, [p for p in model.parameters() if p.requires_grad], batch(s), fused=True))
-    def run_steps(key, n, timed):
-        experts_module._product_factors = (lambda x: None) if key.endswith("_whole") else remade
-        try:
-            for _ in range(n):
-                t = time_step(built[key][1], s)
-                if timed: times[key].append(t)
-        finally: experts_module._product_factors = remade
-    for key in keys: run_steps(key, WARMUP, timed=False)
-    for _ in range(rounds):
-        for key in keys: run_steps(key, steps, timed=True)
-    median = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    floor = median.get("floor")
-    out = {k: dict(tokens_per_s=s.batch * s.seq / m, step_ms=m * 1e3, steps=len(times[k]),
-                   speed_vs_floor=floor / m if floor else None) for k, m in median.items()}
-    print(f"interleaved ({rounds} rounds x {steps} steps per row):")
-    for k, r in out.items(): print(f"  {k:<20} {r['tokens_per_s']:>9.0f} tok/s  {r['step_ms']:7.2f} ms  x floor {fmt(r['speed_vs_floor'], '.3f')}")
-    del built; free()
+        steps_of[key] = row_step(key, step_fn(model, [p for p in model.parameters() if p.requires_grad], batch(s), fused=True))
+        del model
+    for step in steps_of.values():
+        for _ in range(WARMUP): step()
+    out = in_turns_summary(in_turns(steps_of, rounds, lambda step: [time_step(step, s) for _ in range(steps)]), s.batch * s.seq)
+    print(f"interleaved ({rounds} rounds x {steps} steps per row; x floor: the median of the per-round ratios):")
+    for k, r in out.items(): print(f"  {k:<20} {r['tokens_per_s']:>9.0f} tok/s  {r['step_ms']:7.2f} ms  x floor {fmt(r.get('speed_vs_floor'), '.3f')}")
+    del steps_of; free()
     return out
 
 

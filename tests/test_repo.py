@@ -79,6 +79,25 @@ def test_importing_without_triton_prints_nothing(tmp_path):
     assert r.stderr == "", r.stderr
 
 
+def test_rows_timed_in_turns_are_compared_round_by_round():
+    """The in-turns statistic both model benchmarks share (benchmarks/model.py): a row's ratio to the floor is the median of its
+    per-round ratios, each the floor's median step over the row's in the same round, so that a round the host slowed for every row
+    does not count against one row; the ratio of the overall medians is kept beside it, the floor's own ratio is 1."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_model", ROOT / "benchmarks" / "model.py")
+    bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench)
+    order = []
+    per_round = bench.in_turns({"floor": "F", "smt": "S"}, 3, lambda step: order.append(step) or [0.1, 0.2])
+    assert order == ["F", "S"] * 3 and per_round == {"floor": [[0.1, 0.2]] * 3, "smt": [[0.1, 0.2]] * 3}   # turn by turn, 3 rounds
+    # the host slows down to half speed after the floor's turn in round 2 and stays slow: one slow stretch, which SMT met for longer
+    summary = bench.in_turns_summary({"floor": [[1.0, 1.0, 1.2], [1.0, 1.0, 1.0], [2.0, 2.0, 2.0]],
+                                      "smt": [[1.1, 1.1, 1.3], [2.2, 2.2, 2.2], [2.2, 2.2, 2.2]]}, tokens=4096)
+    smt = summary["smt"]
+    assert [round(r, 3) for r in smt["round_speed_vs_floor"]] == [0.909, 0.455, 0.909] and round(smt["speed_vs_floor"], 3) == 0.909
+    assert round(smt["speed_vs_floor_of_medians"], 3) == 0.455 and smt["steps"] == 9   # the overall medians blame SMT for the host
+    assert summary["floor"]["speed_vs_floor"] == 1.0 and round(summary["floor"]["tokens_per_s"]) == 4096
+
+
 def test_the_moe_benchmark_runs_on_the_cpu(tmp_path):
     "benchmarks/model_moe.py --tiny: every row builds and runs (GPU time is scarce: a broken script would waste a run), the ablation"
     "row trains what the main SMT row trains, and the interleaved timing covers every row. No timing is asserted."
