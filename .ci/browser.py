@@ -106,9 +106,9 @@ def change_and_check(page, panel, name: str, change, out: Path, step: int, reado
         # the readout and the figure reach the page as separate messages: wait for both, in whichever order they come
         return (src := figure_src(panel)) and src != before and (shows is None or readout.text_content().strip() == shows)
     try: wait_for(redrawn, f"the figure after changing {name}" + (f" (and the sparsity readout showing {shows})" if shows else ""), 60)
-    except TimeoutError:
+    except TimeoutError as e:
         panel.screenshot(path=str(out / f"{step:02d}_{name}_timed_out.png"))
-        raise
+        raise TimeoutError(f"{e}; figure changed: {figure_src(panel) != before}, readout shows {readout.text_content().strip()!r}") from None
     panel.screenshot(path=str(out / f"{step:02d}_{name}.png"))
     print(f"  {name}: the figure changed in {time.monotonic() - t0:.1f} s", flush=True)
 

@@ -508,6 +508,7 @@ d = { 'settings': { 'branch': 'main',
                                                                                 'smt_nb/widgets.py'),
                                 'smt_nb.widgets.SelectionExplorer.widget': ('widgets.html#selectionexplorer.widget', 'smt_nb/widgets.py'),
                                 'smt_nb.widgets.collect_score_sources': ('widgets.html#collect_score_sources', 'smt_nb/widgets.py'),
+                                'smt_nb.widgets.error_output': ('widgets.html#error_output', 'smt_nb/widgets.py'),
                                 'smt_nb.widgets.figure_output': ('widgets.html#figure_output', 'smt_nb/widgets.py'),
                                 'smt_nb.widgets.matrix_options': ('widgets.html#matrix_options', 'smt_nb/widgets.py'),
                                 'smt_nb.widgets.scores_from_sources': ('widgets.html#scores_from_sources', 'smt_nb/widgets.py')}}}

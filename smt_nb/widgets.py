@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import traceback
 import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
@@ -20,7 +21,7 @@ from .viz import plot_block_scores, plot_selection_overview, score_label, descri
 
 # %% auto #0
 __all__ = ['METHODS', 'HELP', 'collect_score_sources', 'scores_from_sources', 'SelectionExplorer', 'figure_output',
-           'matrix_options']
+           'error_output', 'matrix_options']
 
 # %% ../nbs/03_widgets.ipynb #0816c549
 def collect_score_sources(model: nn.Module, targets: dict[str, nn.Module], dataloader=None, warmup_steps: int = 8,
@@ -103,6 +104,11 @@ def figure_output(fig: plt.Figure) -> dict:
     return {"output_type": "display_data", "data": {"image/png": base64.b64encode(png.getvalue()).decode(), "text/plain": repr(fig)},
             "metadata": {}}
 
+def error_output(e: BaseException) -> dict:
+    "`e` as one notebook error output, with its traceback, for an Output widget's `outputs`."
+    return {"output_type": "error", "ename": type(e).__name__, "evalue": str(e),
+            "traceback": traceback.format_exception(type(e), e, e.__traceback__)}
+
 
 # %% ../nbs/03_widgets.ipynb #252bf0fa
 HELP = ("<b>gw</b>: blocks whose weights got the largest warm-up gradients (the paper's default) · <b>aw</b>: largest |weight| × input "
@@ -132,13 +138,18 @@ def widget(self: SelectionExplorer):
     def redraw(*_):
         if busy["relabel"]: return  # relabelling the matrix list below fires its own change event
         statistic.disabled = method.value != "gw"
-        sel = self.selection(method.value, statistic.value, sparsity.value / 100, block.value)
-        busy["relabel"], current = True, module.value
-        module.options, module.value = matrix_options(sel), current
-        busy["relabel"] = False
-        fig = self.figure(method.value, statistic.value, sparsity.value / 100, block.value, module.value)
-        out.outputs = (figure_output(fig),)  # replaces the picture through the widget's synced state (see figure_output)
-        plt.close(fig)
+        fig = None
+        try:
+            sel = self.selection(method.value, statistic.value, sparsity.value / 100, block.value)
+            busy["relabel"], current = True, module.value
+            try: module.options, module.value = matrix_options(sel), current
+            finally: busy["relabel"] = False
+            fig = self.figure(method.value, statistic.value, sparsity.value / 100, block.value, module.value)
+            out.outputs = (figure_output(fig),)  # replaces the picture through the widget's synced state (see figure_output)
+        except Exception as e:  # shown where the control was moved: an observer's error would otherwise reach only the kernel's log
+            out.outputs = (error_output(e),)
+        finally:
+            if fig is not None: plt.close(fig)
     def read_typed(change):
         if not typed.value.strip(): return
         try:

@@ -79,11 +79,12 @@ def test_importing_without_triton_prints_nothing(tmp_path):
     assert r.stderr == "", r.stderr
 
 
-def test_rows_timed_in_turns_are_compared_round_by_round():
+def test_rows_timed_in_turns_are_compared_round_by_round(monkeypatch):
     """The in-turns statistic both model benchmarks share (benchmarks/model.py): a row's ratio to the floor is the median of its
     per-round ratios, each the floor's median step over the row's in the same round, so that a round the host slowed for every row
     does not count against one row; the ratio of the overall medians is kept beside it, the floor's own ratio is 1."""
     import importlib.util
+    monkeypatch.setenv("TEARDOWN_CUPTI", "1")  # what the script sets when imported: undone after this test
     spec = importlib.util.spec_from_file_location("bench_model", ROOT / "benchmarks" / "model.py")
     bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench)
     order = []
