@@ -264,7 +264,7 @@ def test_cached_launch_binds_each_specialisation_once_and_passes_constexprs_in_s
     assert name == "compiled"
     # the JIT's own final call: grid padded to 3-D, the stream, handles, launch metadata and hooks, then every argument in order
     assert args[:5] == (3, 2, 1, 1234, "function") and args[5:7] == ("metadata", None)
-    assert args[9] is x and args[10:] == (5, 16, True)
+    assert args[9] == x.data_ptr() and args[10:] == (5, 16, True)   # a tensor as its address: Triton's launcher asks the driver nothing
     K.cached_launch(kernel, (3, 2), x, 6, B=16, C=True, num_warps=4)   # another integer value: another specialisation, the JIT again
     K.cached_launch(kernel, (3, 2), x.to(torch.float64), 5, B=16, C=True, num_warps=4)  # another dtype: the JIT again
     assert [c[0] for c in calls[3:] if c != "init"] == ["jit", "jit"]
@@ -309,6 +309,11 @@ def test_eager_launches_are_kept_per_layer_and_made_again_when_what_they_depend_
     launches it straight away, with the same result; another token count or a misaligned input goes through `cached_launch` again."""
     K = fake_gpu_launches(monkeypatch, stream=7)
     b, jit_calls, direct_calls = 8, [], []
+    at = {}  # address -> tensor: a kept launcher hands the compiled kernel addresses, which this fake kernel looks up here
+    real_empty = torch.empty
+    def empty(*args, **kwargs):  # the outputs sddmm_blocks_triton allocates, by address
+        t = real_empty(*args, **kwargs); at[t.data_ptr()] = t; return t
+    monkeypatch.setattr(torch, "empty", empty)
     def blocks_into(args):  # the kernel's result, by PyTorch: out[k] = g2[:, rows[k] strip]ᵀ x[:, cols[k] strip]
         g2, x, out, _, _, rows, cols, T = args[:8]
         g2, x = g2.reshape(T, -1), x.reshape(T, -1)
@@ -317,7 +322,9 @@ def test_eager_launches_are_kept_per_layer_and_made_again_when_what_they_depend_
         function = packed_metadata = "handle"
         def _init_handles(self): pass
         def launch_metadata(self, *a): return None
-        def run(self, *a): direct_calls.append(a[9:]); blocks_into(a[9:])
+        def run(self, *a):
+            assert all(isinstance(p, int) for p in a[9:12])  # G, X, OUT as addresses
+            direct_calls.append(a[9:]); blocks_into([at.get(v, v) if isinstance(v, int) else v for v in a[9:]])
     class Kernel:
         arg_names = ["G", "X", "OUT", "WORK", "COUNT", "ROWS", "XCOL", "T", "tokens_per_split", "out_features", "x_width", "stride_g",
                      "stride_x", "B", "BM", "BN", "BK", "IEEE", "EVEN", "REDUCE"]
@@ -329,6 +336,7 @@ def test_eager_launches_are_kept_per_layer_and_made_again_when_what_they_depend_
     def run(T, offset=0):
         g2 = torch.randn(T * 24 + offset)[offset:].view(T, 24)
         x = torch.randn(T, 16)
+        at.update({t.data_ptr(): t for t in (g2, x, rows, cols)})
         out = K.sddmm_blocks_triton(g2, x, rows, cols, b, n_programs_target=1, memo=memo)
         torch.testing.assert_close(out, torch.stack([g2[:, 0:8].T @ x[:, 8:16], g2[:, 16:24].T @ x[:, 0:8]]))
     run(10); run(10)
