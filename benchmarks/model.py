@@ -128,7 +128,7 @@ def host_phases(forward, backward, optimizer, steps: int = 10, sync=torch.cuda.s
             laps[k].append((t[i + 1] - t[i]) * 1e3); host_done[k].append((t[i + 1] - t[0]) * 1e3)
             if events: gpu_done[k].append(marks[0].elapsed_time(marks[i + 1]))
     sync()
-    med = lambda v: round(sorted(v)[len(v) // 2], 2)
+    med = lambda v: round(median(v), 2)
     out = dict(host_ms={k: med(v) for k, v in laps.items()}, host_done_ms={k: med(v) for k, v in host_done.items()})
     if events: out["gpu_done_ms"] = {k: med(v) for k, v in gpu_done.items()}
     return out

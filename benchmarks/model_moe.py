@@ -35,7 +35,7 @@ from torch._dynamo.utils import counters
 from transformers import MixtralConfig, MixtralForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # model.py sits beside this script (benchmarks/ is no package)
-from model import device_events, free, host_phases, in_turns, in_turns_summary, kernels_per_step, step_fn, syncs_per_step  # noqa: E402  the same step, profiler count and cleanup as the dense benchmark
+from model import device_events, free, host_phases, in_turns, in_turns_summary, kernels_per_step, median, step_fn, syncs_per_step  # noqa: E402  the same step, profiler count and cleanup as the dense benchmark
 
 from smt_nb.core import SMTConfig, find_targets, prepare_smt  # noqa: E402
 from smt_nb.experts import expert_parameters  # noqa: E402  resolves target_parameters exactly as prepare_smt will
@@ -180,7 +180,7 @@ def run(name, model, s: Setup, compiled: bool) -> dict:
     HOST.clear()
     with gc_pauses() as pauses: times = [time_step(step, s) for _ in range(STEPS)]
     mallocs = (torch.cuda.memory_stats().get("num_device_alloc", 0) if s.cuda else 0) - mallocs  # cudaMalloc calls: each one syncs
-    median = sorted(times)[len(times) // 2]
+    step_s = median(times)
     peak = torch.cuda.max_memory_allocated() / 2**30 if s.cuda else None
     sync(s); t0 = time.perf_counter()
     for _ in range(STEPS): step()  # back to back, as a training loop that never waits for the GPU runs them
@@ -191,10 +191,10 @@ def run(name, model, s: Setup, compiled: bool) -> dict:
     phases = host_phases(*step.phases, sync=lambda: sync(s), events=s.cuda)
     syncs = syncs_per_step(step) if s.cuda else None
     n = sum(p.numel() for p in params)
-    r = dict(method=name, compiled=compiled, tokens_per_s=s.batch * s.seq / median, step_ms=median * 1e3,
+    r = dict(method=name, compiled=compiled, tokens_per_s=s.batch * s.seq / step_s, step_ms=step_s * 1e3,
              step_ms_spread=[min(times) * 1e3, max(times) * 1e3], peak_gib=peak,
              trainable=n, kernels_per_step=launches, gpu_kernel_ms=gpu_ms, warmup_s=warmup_s,
-             host_ms=sorted(HOST)[len(HOST) // 2] * 1e3 if HOST else None,
+             host_ms=median(HOST) * 1e3 if HOST else None,
              back_to_back_tokens_per_s=s.batch * s.seq / back_to_back, gc_ms_per_step=sum(pauses) * 1e3 / STEPS, gc_runs=len(pauses), cuda_mallocs_while_timed=mallocs,
              phases=phases, syncs_per_step=syncs)
     if compiled: r["dynamo"] = dynamo_counts()

@@ -198,13 +198,13 @@ def _eager_plan(T: int, n: int, b: int, out_features: int, x_width: int, dtype: 
 
 _SPLIT_SCRATCH: dict = {}  # (device, stream, dtype) -> a flat buffer shared by the eager launches on that stream that split their tokens
 
-def stream_scratch(device: int, size: int, dtype: torch.dtype) -> Tensor:
-    """A flat buffer of at least `size` elements of `dtype`, one per device, stream and dtype, shared by the eager launches that sum
-    their token splits themselves (launches on one stream run one after another), so that a launch allocates nothing. Made (again)
-    only when a launch needs more than the widest so far, and zeroed then: int32 counters must start at zero (the kernel leaves them
-    there); float32 partial tiles are written before they are read. Splits are made only while a launch has fewer programs than half
-    the target, so partial tiles never exceed 1.5 × target × 64² floats: 6.5 MB on an H200."""
-    stream = torch._C._cuda_getCurrentRawStream(device) if device >= 0 else 0
+def stream_scratch(device: int, stream: int, size: int, dtype: torch.dtype) -> Tensor:
+    """A flat buffer of at least `size` elements of `dtype`, one per device, stream (its raw handle) and dtype, shared by the
+    eager launches that sum their token splits themselves (launches on one stream run one after another), so that a launch
+    allocates nothing. Made (again) only when a launch needs more than the widest so far, and zeroed then: int32 counters must
+    start at zero (the kernel leaves them there); float32 partial tiles are written before they are read. Splits are made only
+    while a launch has fewer programs than half the target, so partial tiles never exceed 1.5 × target × 64² floats: 6.5 MB on
+    an H200."""
     buffer = _SPLIT_SCRATCH.get((device, stream, dtype))
     if buffer is None or buffer.numel() < size:
         where = torch.device("cuda", device) if device >= 0 else torch.device("cpu")  # the CPU: Triton's interpreter
@@ -216,7 +216,8 @@ def _split_scratch(splits: int, n: int, b: int, tiles: int, like: Tensor) -> tup
     kernel addresses (splits, n, b, b) tiles and n·tiles counters from their starts; (None, None) for one split."""
     if splits == 1: return None, None
     device = like.get_device()
-    return stream_scratch(device, splits * n * b * b, torch.float32), stream_scratch(device, n * tiles, torch.int32)
+    stream = torch._C._cuda_getCurrentRawStream(device) if device >= 0 else 0  # the CPU (-1): Triton's interpreter, no streams
+    return stream_scratch(device, stream, splits * n * b * b, torch.float32), stream_scratch(device, stream, n * tiles, torch.int32)
 
 def sddmm_blocks_triton(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block_size: int,
                         n_programs_target: int | None = None, launch=None, memo: dict | None = None) -> Tensor:
