@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from smt_nb.blocks import BlockGrid, gather_blocks, scatter_blocks
-from smt_nb.kernels import kernel_repeats, sddmm_blocks_triton
+from smt_nb.kernels import kernel_repeats, random_sddmm_problem, sddmm_blocks_triton
 from smt_nb.blocks import column_strips, sampled_block_grad
 from smt_nb.layers import SMTLinear
 
@@ -73,6 +73,18 @@ def autocast_case(out_f, in_f, b, density, dtype, path, T=1024, seed=0):
     torch.cuda.synchronize()
     assert y.dtype == dtype and layer.smt_delta.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
     return n, dict(y=rel(y, yr), gx=rel(x.grad, xr.grad), gdelta=rel(layer.smt_delta.grad, gather_blocks(w.grad, grid, layer.blocks)))
+
+
+def kept_launch_refuses_cpu() -> tuple[bool, str]:
+    """A layer's kept launch (GPU tensors, addresses passed to Triton) then called with `x` on the CPU, same shapes and memo: the
+    launch must not read the CPU tensor's address on the GPU, but go to Triton's JIT, which refuses it. (ok, what was raised)."""
+    grid, blocks, g2, x2 = random_sddmm_problem(512, 256, 256, 64, 3, 0, "cuda")
+    rows, cols, memo = blocks[:, 0].contiguous(), blocks[:, 1].contiguous(), {}
+    first = sddmm_blocks_triton(g2, x2, rows, cols, 64, memo=memo)
+    kept = sddmm_blocks_triton(g2, x2, rows, cols, 64, memo=memo)  # through the launch kept in `memo`
+    try: sddmm_blocks_triton(g2, x2.cpu(), rows, cols, 64, memo=memo)
+    except Exception as e: return len(memo) == 1 and torch.equal(first, kept) and "cpu" in str(e).lower(), f"{type(e).__name__}: {e}"
+    return False, "no error"
 
 
 def hf_stack_checks(tmp) -> dict:
@@ -427,6 +439,9 @@ def main():
     bound = sum(v is not None for v in _LAUNCHERS.values())
     print(f"cached launchers bound (later calls skip the JIT): {bound} of {len(_LAUNCHERS)} specialisations")
     failed += bound == 0
+    refused, message = kept_launch_refuses_cpu()
+    print(f"a kept launch given a CPU tensor goes to Triton's JIT, which refuses it: {refused} ({message})")
+    failed += not refused
     import tempfile
     with tempfile.TemporaryDirectory() as tmp: hf = hf_stack_checks(tmp)
     print("Hugging Face path on CUDA:", hf)

@@ -10,6 +10,8 @@ written into the dequantized weight (the route before the 4-bit fast path), eage
 Usage: python benchmarks/model.py --shape 1b [--json out.json] [--layers 16] [--methods floor,smt_matched] [--modes eager,compiled]
        python benchmarks/model.py --shape 1b --methods floor,smt_matched --modes eager --interleave 8  (rows also timed in turns)
        python benchmarks/model.py --shape 8b --layers 8 --bits 4 --json model_nf4.json
+       python benchmarks/model.py --shape 1b --methods floor,smt_matched,smt_matched_baseline --modes eager --interleave 8 \
+           --baseline DIR  (DIR holds another version's smt_nb/, e.g. from `git archive REV smt_nb | tar -x -C DIR`: both timed in turns)
 """
 import argparse
 import gc
@@ -28,9 +30,9 @@ from torch import Tensor
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from smt_nb.blocks import lora_params
-from smt_nb.core import SMTConfig, prepare_smt, find_targets, make_grids
+from smt_nb.core import SMTConfig, find_targets, make_grids
 from smt_nb.selection import score_gw
-from smt_nb.train import smt_parameters
+import smt_nb.core, smt_nb.train  # this version's modules; `load_baseline` gives another version's pair
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 BATCH, SEQ, WARMUP, STEPS = 4, 1024, 3, 10  # BENCH_WARMUP: more untimed steps first
@@ -226,6 +228,24 @@ def in_turns_summary(per_round: dict, tokens: int) -> dict:
     return out
 
 
+def load_baseline(path: str):
+    """Another version of the package — `path`/smt_nb, e.g. unpacked from `git archive REV smt_nb` — imported beside this one as
+    `smt_nb_baseline`, so that one run times both versions' steps in turns (a whole-step A/B on one host). Every `smt_nb` in its
+    source is renamed: module names, and its torch.library namespace, which cannot be registered twice. Both versions register
+    their optimizer step hook, so every row's step runs both (each a lookup in its own, for other rows empty, set of layers).
+    The copy is removed at exit. Returns its (core, train)."""
+    import atexit, importlib, re, shutil, sys
+    from pathlib import Path
+    src = Path(path) / "smt_nb"
+    if not (src / "core.py").exists(): raise FileNotFoundError(f"--baseline {path}: no smt_nb package there ({src}/core.py)")
+    dst = Path(tempfile.mkdtemp(prefix="smt_baseline_")) / "smt_nb_baseline"
+    atexit.register(shutil.rmtree, dst.parent, ignore_errors=True)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    for f in dst.rglob("*.py"): f.write_text(re.sub(r"\bsmt_nb\b", "smt_nb_baseline", f.read_text()))
+    sys.path.insert(0, str(dst.parent))
+    return importlib.import_module("smt_nb_baseline.core"), importlib.import_module("smt_nb_baseline.train")
+
+
 def interleaved(rows: list, compiled: bool, rounds: int, steps: int = 5) -> dict:
     """The rows' steps timed in turns (`in_turns`: `steps` steps of each row per round) and summed up by `in_turns_summary`.
     `rows`: (key, name, make, autocast)."""
@@ -281,6 +301,8 @@ def main():
     p.add_argument("--bits", type=int, choices=[4, 8], default=None, help="a bitsandbytes 4-bit (NF4) or 8-bit base; eager only")
     p.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
                    help="also time the rows of each mode in turns, ROUNDS rounds of 5 steps each, all models alive at once (see `interleaved`)")
+    p.add_argument("--baseline", default=None, metavar="DIR",
+                   help="DIR/smt_nb: another version of the package, for the smt_matched_baseline row (see `load_baseline`)")
     a = p.parse_args()
     layers = a.layers or SHAPES[a.shape]["layers"]
     if a.bits:
@@ -303,13 +325,14 @@ def main():
         r = a.lora_rank
         model = get_peft_model(base(), LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=TARGETS))
         return model, [p for p in model.parameters() if p.requires_grad]
-    def smt(sparsity, dtype=torch.bfloat16, method="random", block_product=False):
-        cfg = SMTConfig(block_size=256, sparsity=sparsity, method=method, target_modules=TARGETS, warmup_steps=4)
-        model = prepare_smt(base(dtype), cfg, dataloader=[batch() for _ in range(4)] if method == "gw" else None)
+    baseline = load_baseline(a.baseline) if a.baseline else None
+    def smt(sparsity, dtype=torch.bfloat16, method="random", block_product=False, package=None):
+        core, train = package or (smt_nb.core, smt_nb.train)
+        cfg = core.SMTConfig(block_size=256, sparsity=sparsity, method=method, target_modules=TARGETS, warmup_steps=4)
+        model = core.prepare_smt(base(dtype), cfg, dataloader=[batch() for _ in range(4)] if method == "gw" else None)
         if block_product:  # the route before the 4-bit fast path: base(x) + the block-sparse product
-            from smt_nb.core import smt_layers
-            for layer in smt_layers(model).values(): layer.rides_on_dequantized = lambda x: False
-        return model, smt_parameters(model)
+            for layer in core.smt_layers(model).values(): layer.rides_on_dequantized = lambda x: False
+        return model, train.smt_parameters(model)
     q = {4: "Q", 8: "int8 "}.get(a.bits, "")
     makers = {"floor": (f"floor (frozen{', NF4' if a.bits == 4 else ', int8' if a.bits else ''})", frozen, False),
               "full": ("full fine-tuning", full, False),
@@ -319,6 +342,9 @@ def main():
               "smt_matched_blockproduct": (f"SMT {matched:.2%} (= {q}LoRA r={a.lora_rank}), block product beside the base",
                                            lambda: smt(matched, block_product=True), False),
               "smt_matched_autocast": (f"SMT {matched:.2%}, fp32 weights + bf16 autocast", lambda: smt(matched, torch.float32), True)}
+    if baseline:
+        makers["smt_matched_baseline"] = (f"SMT {matched:.2%} (= LoRA r={a.lora_rank}), baseline code", lambda: smt(matched, package=baseline), False)
+    if "smt_matched_baseline" in methods and not baseline: raise SystemExit("the smt_matched_baseline row needs --baseline DIR")
     if a.cprofile:
         import cProfile, pstats
         name, make, autocast = makers[a.cprofile]

@@ -1,10 +1,14 @@
 """Host time per call of each piece of an SMT layer's training step, on tensors so small that the GPU waits for the host:
 wall time per call is then the Python and launch overhead. Also kernel launches per step, counted by the profiler.
-Usage: python benchmarks/overhead.py [--json out.json]
+Usage: python benchmarks/overhead.py [--json out.json] [--only "smt in-place,floor"] [--repeat 3] [--baseline DIR]
+--baseline DIR: DIR/smt_nb is another version of the package (see model.py's load_baseline); its SMT layer's rows are timed
+beside this version's, row after row, --repeat times in turns (medians), so that a before/after comparison comes from one run.
 """
 import argparse
 import json
 import os
+import statistics
+import sys
 import time
 
 os.environ.setdefault("TEARDOWN_CUPTI", "1")  # kernel counts are profiled between rows: see model.py
@@ -12,9 +16,10 @@ os.environ.setdefault("TEARDOWN_CUPTI", "1")  # kernel counts are profiled betwe
 import torch
 import torch.nn as nn
 
-from smt_nb.blocks import BlockGrid
 from smt_nb.kernels import sddmm_blocks_triton, cached_launch
 from smt_nb.layers import SMTLinear, block_gradients
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # model.py sits beside this script (benchmarks/ is no package)
 
 DTYPE, B, LONG = torch.bfloat16, 64, 2048
 
@@ -47,6 +52,9 @@ def kernels_per_call(fn, calls=10):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", default=None)
+    p.add_argument("--only", default=None, help="comma-separated parts of row names: time only the rows whose name holds one")
+    p.add_argument("--repeat", type=int, default=1, help="time the rows this many times in turns, report medians")
+    p.add_argument("--baseline", default=None, metavar="DIR", help="DIR/smt_nb: another version, its SMT layer timed beside this one's")
     a = p.parse_args()
     torch.manual_seed(0)
     out_f = in_f = 256
@@ -134,13 +142,34 @@ def main():
         "custom op that does nothing (dispatcher cost)": lambda: noop(x),
         "one empty torch kernel (x.new_empty + zero_)": lambda: torch.empty(1, device="cuda").zero_(),
     }
+    if a.baseline:  # the same layer calls with the other version's SMTLinear, each row right after this version's
+        from model import load_baseline
+        old = load_baseline(a.baseline)[0].SMTLinear
+        old_layer = old(nn.Linear(in_f, out_f, bias=False, device="cuda", dtype=DTYPE), blocks, B, path="inplace")
+        old_narrow = old(nn.Linear(in_f, out_f, bias=False, device="cuda", dtype=DTYPE), torch.tensor([[0, 1], [2, 1]]), B, path="inplace")
+        twins = {"smt in-place: forward only": lambda: old_layer(x),
+                 "smt in-place: forward + both gradients": lambda: torch.autograd.grad(old_layer(x), [x, old_layer.smt_delta], gy),
+                 "smt in-place, strips kept: forward + both gradients":
+                     lambda: torch.autograd.grad(old_narrow(x), [x, old_narrow.smt_delta], gy)}
+        pieces = {k: v for name, fn in pieces.items()
+                  for k, v in ((name, fn),) + (((f"baseline code, {name}", twins[name]),) if name in twins else ())}
+    if a.only: pieces = {k: v for k, v in pieces.items() if any(part in k for part in a.only.split(","))}
+    times = {name: [] for name in pieces}
+    for r in range(a.repeat):
+        for name, fn in pieces.items():
+            try: times[name].append(host_us(fn))
+            except Exception as e: print(f"{name:<58} failed: {type(e).__name__}: {str(e)[:200]}"); continue
+            print(f"{name:<58} {times[name][-1]:8.1f} µs/call" + (f"  (round {r + 1})" if a.repeat > 1 else ""), flush=True)
     res = {}
     for name, fn in pieces.items():
-        try: res[name] = dict(host_us=host_us(fn), kernels=kernels_per_call(fn))
-        except Exception as e: print(f"{name:<58} failed: {type(e).__name__}: {str(e)[:200]}"); continue
-        print(f"{name:<58} {res[name]['host_us']:8.1f} µs/call  {res[name]['kernels']:5.1f} kernels/call", flush=True)
+        if not times[name]: continue
+        try: kernels = kernels_per_call(fn)
+        except Exception as e: print(f"{name:<58} profiling failed: {type(e).__name__}: {str(e)[:200]}"); kernels = None
+        res[name] = dict(host_us=statistics.median(times[name]), kernels=kernels, **({"rounds_us": times[name]} if a.repeat > 1 else {}))
+        print(f"{name:<58} {res[name]['host_us']:8.1f} µs/call  {kernels if kernels is not None else float('nan'):5.1f} kernels/call", flush=True)
     if a.json:
-        meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, shape=[out_f, in_f], tokens=T, block_size=B)
+        meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, shape=[out_f, in_f], tokens=T, block_size=B,
+                    repeat=a.repeat, baseline=a.baseline)
         with open(a.json, "w") as f: json.dump(dict(meta=meta, results=res), f, indent=1)
 
 

@@ -229,22 +229,22 @@ def sddmm_blocks_triton(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block
     T = g2.shape[0] if g2.dim() == 2 else g2.numel() // g2.shape[-1]  # (..., out) contiguous: rows `out` elements apart, no reshape
     if n == 0 or (isinstance(T, int) and T == 0): return torch.zeros(n, b, b, device=g2.device, dtype=torch.float32)
     g2, x = g2.contiguous(), x.contiguous()
+    out_f, width = g2.shape[-1], x.shape[-1]  # contiguous: also the strides between tokens of g2 and of x
     if launch is None and isinstance(T, int):  # eager: the token splits are summed by the kernel
         out = torch.empty(n, b, b, device=g2.device, dtype=torch.float32)  # every element is written by the kernel
         if memo is not None:
             # what the kernel's specialisation and plan depend on beyond the layer's fixed rows, cols and width
             # (a layer passes a memo only with g2 on the GPU, see kernel_applies; x on the CPU goes to the JIT, which refuses it)
-            key = (T, g2.shape[-1], x.shape[-1], g2.dtype, x.dtype, g2.data_ptr() % 16 == 0, x.data_ptr() % 16 == 0, x.is_cuda,
+            key = (T, out_f, width, g2.dtype, x.dtype, g2.data_ptr() % 16 == 0, x.data_ptr() % 16 == 0, x.is_cuda,
                    rows.data_ptr(), cols.data_ptr(), n_programs_target)
             if (kept := memo.get(key)) is not None:
                 launcher, splits, tiles, per_split = kept
-                launcher(g2, x, out, *_split_scratch(splits, n, b, tiles, g2), rows, cols, T, per_split, g2.shape[-1], x.shape[-1],
-                         g2.shape[-1], x.shape[-1])
+                launcher(g2, x, out, *_split_scratch(splits, n, b, tiles, g2), rows, cols, T, per_split, out_f, width, out_f, width)
                 return out
-        grid, splits, per_split, options = _eager_plan(T, n, b, g2.shape[-1], x.shape[-1], g2.dtype, g2.get_device(), n_programs_target)
+        grid, splits, per_split, options = _eager_plan(T, n, b, out_f, width, g2.dtype, g2.get_device(), n_programs_target)
         work, counters = _split_scratch(splits, n, b, grid[1], g2)           # (None, None) without token splits
-        launcher = cached_launch(_sddmm_kernel(), grid, g2, x, out, work, counters, rows.contiguous(), cols.contiguous(), T, per_split,
-                                 g2.shape[-1], x.shape[-1], g2.shape[-1], x.shape[-1], **options)
+        launcher = cached_launch(_sddmm_kernel(), grid, g2, x, out, work, counters, rows.contiguous(), cols.contiguous(),
+                                 T, per_split, out_f, width, out_f, width, **options)
         if memo is not None and launcher is not None and rows.is_contiguous() and cols.is_contiguous():
             if len(memo) > 64: memo.clear()  # many token counts (unpadded batches): start over rather than grow
             memo[key] = (launcher, splits, grid[1], per_split)
@@ -252,12 +252,11 @@ def sddmm_blocks_triton(g2: Tensor, x: Tensor, rows: Tensor, cols: Tensor, block
     # traced (`launch`: torch.library.wrap_triton inside a compiled graph), the token count maybe symbolic: partial tiles, summed below
     target = _programs_target(g2.device) if n_programs_target is None else n_programs_target
     fp32 = g2.dtype == torch.float32
-    plan = (launch_plan(T, n, b, g2.shape[-1], x.shape[-1], fp32, target) if isinstance(T, int)
+    plan = (launch_plan(T, n, b, out_f, width, fp32, target) if isinstance(T, int)
             else symbolic_launch_plan(T, n, b, fp32, target))
     grid, splits, per_split, options = _launch(n, b, fp32, plan)
     partial = torch.empty(splits, n, b, b, device=g2.device, dtype=torch.float32)  # every element is written by the kernel
-    args = (g2, x, partial, None, None, rows.contiguous(), cols.contiguous(), T, per_split, g2.shape[-1], x.shape[-1],
-            g2.shape[-1], x.shape[-1])
+    args = (g2, x, partial, None, None, rows.contiguous(), cols.contiguous(), T, per_split, out_f, width, out_f, width)
     if launch is None: cached_launch(_sddmm_kernel(), grid, *args, **options)
     else: launch(_sddmm_kernel())[grid](*args, **options)
     return partial[0] if splits == 1 else partial.sum(0)  # (n, b, b); torch's reduction is deterministic

@@ -12,6 +12,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 import itertools
 import logging
 import os
+import types
 import warnings
 import weakref
 from transformers.pytorch_utils import Conv1D
@@ -488,8 +489,10 @@ class InplaceSMTFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, delta, layer):
         base = layer._modules["base_layer"]
-        weight = logical_weight(base)
-        y = F.linear(x, weight, base.bias)
+        params = base._parameters  # read directly: `base.weight` goes through nn.Module.__getattr__, microseconds a call
+        if type(base) is nn.Linear and "weight" in params and "bias" in params: weight, bias = params["weight"], params["bias"]
+        else: weight, bias = logical_weight(base), base.bias  # Conv1D, subclasses, and weights moved out of the parameters
+        y = F.linear(x, weight, bias)
         ctx.layer = layer
         keep = x if layer.keep_x else column_strips(x, layer.grid, layer.index_views()[2]).flatten(1)  # (..., in) or (T, S·b)
         ctx.save_for_backward(keep, weight)  # saved, not kept as attributes: autograd checks their versions, saved-tensor hooks apply
@@ -499,11 +502,21 @@ class InplaceSMTFunction(torch.autograd.Function):
     def backward(ctx, gy):
         saved, weight = ctx.saved_tensors
         layer, gx, gdelta = ctx.layer, None, None
-        if ctx.needs_input_grad[0]: gx = gy @ weight                              # (..., in)
+        if ctx.needs_input_grad[0]: gx = torch.matmul(gy, weight)                 # (..., in)
         if ctx.needs_input_grad[1]:
             rows, x_cols, _ = layer.index_views()
             gdelta = _block_gradients(gy, saved, rows, x_cols, layer.grid.block_size, memo=launch_memo(layer))  # (n, b, b)
         return gx, gdelta, None
+
+def _inplace_apply(x: Tensor, delta: Tensor, layer: nn.Module) -> Tensor:
+    """`InplaceSMTFunction.apply(x, delta, layer)` without the Python wrapper around autograd's own apply (a few µs a call), which
+    only matters under functorch transforms (vmap, grad): there, and in a torch without that entry point, the wrapper runs."""
+    if _C_APPLY is None or torch._C._are_functorch_transforms_active(): return InplaceSMTFunction.apply(x, delta, layer)
+    return _C_APPLY(x, delta, layer)
+
+# autograd's C entry point, bound to the class (what Function.apply calls once functorch has nothing to unwrap)
+_C_APPLY = getattr(super(torch.autograd.Function, InplaceSMTFunction), "apply", None)
+if not isinstance(_C_APPLY, types.BuiltinMethodType): _C_APPLY = None  # a torch without that C entry point: the wrapper always
 
 @patch
 def forward(self: SMTLinear, x: Tensor) -> Tensor:
@@ -513,7 +526,7 @@ def forward(self: SMTLinear, x: Tensor) -> Tensor:
         if self._written_version != delta._version: self.write_changed_blocks()  # Δ changed by hand since the last write
         if not torch.is_autocast_enabled("cuda" if x.is_cuda else x.device.type):
             # a dtype or device mismatch fails inside the matmul: then the check below names the fix
-            try: return InplaceSMTFunction.apply(x, delta, self)
+            try: return _inplace_apply(x, delta, self)
             except RuntimeError: self._check_input(x); raise  # a clear message for the usual mistakes, else the original error
     self._check_input(x)
     base = self.base_layer  # below, attributes and methods rather than properties: under torch.compile each property adds guards per layer

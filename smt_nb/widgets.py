@@ -20,8 +20,8 @@ from .selection import Selection, GradientStatistics, InputNorms, gradients_to_i
 from .viz import plot_block_scores, plot_selection_overview, score_label, describe, matrices_by_blocks, trained_legend
 
 # %% auto #0
-__all__ = ['METHODS', 'HELP', 'collect_score_sources', 'scores_from_sources', 'SelectionExplorer', 'figure_output',
-           'error_output', 'matrix_options']
+__all__ = ['METHODS', 'HELP', 'collect_score_sources', 'scores_from_sources', 'SelectionExplorer', 'selection_figure',
+           'figure_output', 'error_output', 'matrix_options']
 
 # %% ../nbs/03_widgets.ipynb #0816c549
 def collect_score_sources(model: nn.Module, targets: dict[str, nn.Module], dataloader=None, warmup_steps: int = 8,
@@ -81,20 +81,34 @@ class SelectionExplorer:
 # %% ../nbs/03_widgets.ipynb #8eafdc64
 from fastcore.basics import patch
 
+def selection_figure(sel: Selection, module: str | None = None) -> plt.Figure:
+    """Heatmap of one matrix of `sel` (by default the one holding most blocks) beside the layers × types overview. A figure whose
+    drawing fails is closed before the error propagates: a panel redrawing many times would otherwise leave one open per failure."""
+    module = module or (matrices_by_blocks(sel) or list(sel.grids))[0]
+    if module not in sel.blocks: raise ValueError(f"{module!r} is not a matrix of this selection; its matrices: {', '.join(sel.blocks)}")
+    if module not in sel.scores:
+        raise ValueError(f"This selection holds no block scores for {module!r} (one read back from an adapter keeps only its blocks): "
+                         "plot_selection_overview(sel) draws where its blocks are.")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw=dict(width_ratios=[1, 1.1]), layout="constrained")
+    try:
+        k = len(sel.blocks[module])
+        plot_block_scores(sel.scores[module], sel.blocks[module], ax=left,
+                          title=f"{module.replace('model.', '')}: {k or 'no'} trained block{'s' if k != 1 else ''}", label=score_label(sel))
+        plot_selection_overview(sel, ax=right, title="% of each matrix that trains")
+        asked = sel.meta.get("sparsity")
+        fig.suptitle(f"{describe(sel)} ({f'asked for {asked:.2%}; ' if asked is not None else ''}≈ LoRA rank {sel.lora_rank:.1f})", fontsize=10)
+        trained_legend(fig)
+    except BaseException:
+        plt.close(fig)
+        raise
+    return fig
+
 @patch
 def figure(self: SelectionExplorer, method: str = None, statistic: str = "mean_abs", sparsity: float = 0.05, block_size: int = None,
            module: str | None = None):
-    "Heatmap of one matrix (by default the one holding most blocks) beside the layers × types overview; returns the figure."
-    sel = self.selection(method, statistic, sparsity, block_size)
-    module = module or (matrices_by_blocks(sel) or list(self.targets))[0]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw=dict(width_ratios=[1, 1.1]), layout="constrained")
-    k = len(sel.blocks[module])
-    plot_block_scores(sel.scores[module], sel.blocks[module], ax=left, title=f"{module.replace('model.', '')}: {k or 'no'} trained block{'s' if k != 1 else ''}",
-                      label=score_label(sel))
-    plot_selection_overview(sel, ax=right, title="% of each matrix that trains")
-    fig.suptitle(f"{describe(sel)} (asked for {sparsity:.2%}; ≈ LoRA rank {sel.lora_rank:.1f})", fontsize=10)
-    trained_legend(fig)
-    return fig
+    "`selection_figure` of the selection for these settings; returns the figure."
+    return selection_figure(self.selection(method, statistic, sparsity, block_size), module)
+
 
 # %% ../nbs/03_widgets.ipynb #a7a32eb5
 def figure_output(fig: plt.Figure) -> dict:
@@ -144,7 +158,7 @@ def widget(self: SelectionExplorer):
             busy["relabel"], current = True, module.value
             try: module.options, module.value = matrix_options(sel), current
             finally: busy["relabel"] = False
-            fig = self.figure(method.value, statistic.value, sparsity.value / 100, block.value, module.value)
+            fig = selection_figure(sel, module.value)  # the selection just made: not computed a second time
             out.outputs = (figure_output(fig),)  # replaces the picture through the widget's synced state (see figure_output)
         except Exception as e:  # shown where the control was moved: an observer's error would otherwise reach only the kernel's log
             out.outputs = (error_output(e),)

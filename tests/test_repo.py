@@ -149,3 +149,37 @@ def test_the_idle_report_splits_gpu_gaps_by_cause():
     assert report["slow_calls_us"] == {"cudaStreamSynchronize": 80}
     named = {"traceEvents": [X("kernel", "triton_poi_fused__unsafe_view_mul_silu_9", 0, 5), X("kernel", "triton_poi_fused_mul_silu_view_10", 9, 7)]}
     assert profile_step.device_time_by_kernel(named) == {"triton_poi_fused_mul_silu": 12}  # one kernel however the compiler numbered it
+
+
+def test_a_baseline_version_of_the_package_loads_beside_this_one(tmp_path):
+    """benchmarks/model.py --baseline DIR: another version's smt_nb (here a copy of this one) imports beside the package as
+    smt_nb_baseline — its own modules and layer classes, its own torch.library namespace — and builds the same SMT model, so that
+    one run can time both versions' steps in turns. A folder without the package is refused by name. In a subprocess: the
+    baseline's imports (and its optimizer hook) stay out of the test process."""
+    import shutil, subprocess, sys
+    shutil.copytree(ROOT / "smt_nb", tmp_path / "old" / "smt_nb", ignore=shutil.ignore_patterns("__pycache__"))
+    code = f"""
+import importlib.util, torch
+spec = importlib.util.spec_from_file_location("bench_model", {str(ROOT / "benchmarks" / "model.py")!r})
+bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench)
+core, train = bench.load_baseline({str(tmp_path / "old")!r})
+import smt_nb.core
+from transformers import LlamaConfig, LlamaForCausalLM
+assert core.__name__ == "smt_nb_baseline.core" and core.SMTLinear is not smt_nb.core.SMTLinear
+def tiny(): torch.manual_seed(0); return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128,
+    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+def blocks(pkg, seed):
+    torch.manual_seed(seed)
+    model = pkg.prepare_smt(tiny(), pkg.SMTConfig(block_size=16, sparsity=0.1, method="random", target_modules=["q_proj", "down_proj"]))
+    layers = pkg.smt_layers(model)
+    assert all(type(m).__module__ == pkg.SMTLinear.__module__ for m in layers.values())
+    return {{n: m.blocks.tolist() for n, m in layers.items()}}, len(train.smt_parameters(model)) if pkg is core else None
+new, old = blocks(smt_nb.core, 1), blocks(core, 1)
+assert new[0] == old[0] and old[1] == len(old[0]) > 0, (new, old)   # the same blocks, one Δ per layer holding blocks
+try: bench.load_baseline({str(tmp_path)!r})
+except FileNotFoundError as e: assert "no smt_nb package there" in str(e)
+else: raise AssertionError("a folder without smt_nb/ was accepted")
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
