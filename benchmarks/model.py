@@ -188,11 +188,15 @@ def median(v: list):
     return sorted(v)[len(v) // 2]
 
 
-def time_steps(step, n: int) -> tuple[list, list]:
-    """`n` steps, each timed alone (the GPU idle at its start): seconds per step from CUDA events, and host seconds until the step's
-    last kernel is queued (its Python and launch time, if nothing syncs)."""
+def time_steps(step, n: int, cuda: bool = True) -> tuple[list, list]:
+    """`n` steps, each timed alone (the GPU idle at its start): seconds per step from CUDA events (no host-side bias), and host
+    seconds until the step's last kernel is queued (its Python and launch time, if nothing syncs). With `cuda=False` (model_moe.py's
+    CPU runs): wall seconds per step, and no host list."""
     times, host = [], []
     for _ in range(n):
+        if not cuda:
+            t0 = time.perf_counter(); step(); times.append(time.perf_counter() - t0)
+            continue
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         t0 = time.perf_counter(); start.record(); step(); host.append(time.perf_counter() - t0); end.record()
         end.synchronize()

@@ -35,7 +35,7 @@ from torch._dynamo.utils import counters
 from transformers import MixtralConfig, MixtralForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # model.py sits beside this script (benchmarks/ is no package)
-from model import device_events, free, host_phases, in_turns, in_turns_summary, kernels_per_step, median, step_fn, syncs_per_step  # noqa: E402  the same step, profiler count and cleanup as the dense benchmark
+from model import device_events, free, host_phases, in_turns, in_turns_summary, kernels_per_step, median, step_fn, syncs_per_step, time_steps  # noqa: E402  the same step, profiler count and cleanup as the dense benchmark
 
 from smt_nb.core import SMTConfig, find_targets, prepare_smt  # noqa: E402
 from smt_nb.experts import expert_parameters  # noqa: E402  resolves target_parameters exactly as prepare_smt will
@@ -142,18 +142,6 @@ def sync(s: Setup):
     if s.cuda: torch.cuda.synchronize()
 
 
-def time_step(step, s: Setup) -> float:
-    "Seconds of one step: CUDA events on the GPU (no host-side bias), the wall clock on the CPU."
-    if not s.cuda:
-        t0 = time.perf_counter(); step(); return time.perf_counter() - t0
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    t0 = time.perf_counter(); start.record(); step(); HOST.append(time.perf_counter() - t0); end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / 1e3
-
-HOST: list[float] = []  # seconds until each timed step's last kernel was queued: its Python and launch time, if nothing syncs
-
-
 @contextmanager
 def gc_pauses():
     "Yields a list that collects the duration of every Python garbage collection inside the block: host time no kernel was launched in."
@@ -177,8 +165,7 @@ def run(name, model, s: Setup, compiled: bool) -> dict:
     sync(s); warmup_s = time.perf_counter() - t0
     if s.cuda: torch.cuda.reset_peak_memory_stats()
     mallocs = torch.cuda.memory_stats().get("num_device_alloc", 0) if s.cuda else 0
-    HOST.clear()
-    with gc_pauses() as pauses: times = [time_step(step, s) for _ in range(STEPS)]
+    with gc_pauses() as pauses: times, host = time_steps(step, STEPS, cuda=s.cuda)  # host: until each step's last kernel was queued
     mallocs = (torch.cuda.memory_stats().get("num_device_alloc", 0) if s.cuda else 0) - mallocs  # cudaMalloc calls: each one syncs
     step_s = median(times)
     peak = torch.cuda.max_memory_allocated() / 2**30 if s.cuda else None
@@ -194,7 +181,7 @@ def run(name, model, s: Setup, compiled: bool) -> dict:
     r = dict(method=name, compiled=compiled, tokens_per_s=s.batch * s.seq / step_s, step_ms=step_s * 1e3,
              step_ms_spread=[min(times) * 1e3, max(times) * 1e3], peak_gib=peak,
              trainable=n, kernels_per_step=launches, gpu_kernel_ms=gpu_ms, warmup_s=warmup_s,
-             host_ms=median(HOST) * 1e3 if HOST else None,
+             host_ms=median(host) * 1e3 if host else None,
              back_to_back_tokens_per_s=s.batch * s.seq / back_to_back, gc_ms_per_step=sum(pauses) * 1e3 / STEPS, gc_runs=len(pauses), cuda_mallocs_while_timed=mallocs,
              phases=phases, syncs_per_step=syncs)
     if compiled: r["dynamo"] = dynamo_counts()
@@ -361,7 +348,7 @@ def interleaved(keys: list[str], rows: dict, s: Setup, rounds: int, steps: int =
         del model
     for step in steps_of.values():
         for _ in range(WARMUP): step()
-    out = in_turns_summary(in_turns(steps_of, rounds, lambda step: [time_step(step, s) for _ in range(steps)]), s.batch * s.seq)
+    out = in_turns_summary(in_turns(steps_of, rounds, lambda step: time_steps(step, steps, cuda=s.cuda)[0]), s.batch * s.seq)
     print(f"interleaved ({rounds} rounds x {steps} steps per row; x floor: the median of the per-round ratios):")
     for k, r in out.items(): print(f"  {k:<20} {r['tokens_per_s']:>9.0f} tok/s  {r['step_ms']:7.2f} ms  x floor {fmt(r.get('speed_vs_floor'), '.3f')}")
     del steps_of; free()

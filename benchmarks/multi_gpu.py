@@ -37,7 +37,7 @@ from smt_nb.blocks import lora_params
 from smt_nb.core import SMTConfig, prepare_smt, smt_layers, switch_path, load_smt, find_targets
 from smt_nb.adapters import whole
 
-from model import SEQ, TARGETS, build  # benchmarks/model.py
+from model import SEQ, TARGETS, build, median  # benchmarks/model.py
 
 LORA_RANK, WARMUP_BATCHES, WARM_STEPS, STEPS, VOCAB = 64, 2, 3, 10, 128256
 SHAPES = {"1b": dict(layers=16, tie=True, checkpointing=False, batch=4, optimizer="adamw", units="plain"),
@@ -114,7 +114,7 @@ def train_one(mode, shape, out: Path):
         net(**b).loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
         end.record(); end.synchronize()
         if i >= WARM_STEPS: times.append(start.elapsed_time(end) / 1e3)
-    median = sorted(times)[len(times) // 2]
+    step_s = median(times)
     peak = torch.tensor(torch.cuda.max_memory_allocated() / 2**30, device="cuda")
     dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     # every rank's deltas, whole (under FSDP2: gathered), against rank 0's
@@ -129,7 +129,7 @@ def train_one(mode, shape, out: Path):
                torch=torch.__version__, path=next(iter(smt_layers(model).values())).path, checkpointing=spec["checkpointing"],
                batch_per_gpu=f"{spec['batch']} x {SEQ}", optimizer=spec["optimizer"], sparsity=sparsity, n_blocks=sel.n_blocks, trainable=sel.n_trainable,
                same_blocks=len(set(digests)) == 1, max_delta_diff_across_ranks=max_diff.item(),
-               tokens_per_s=world * spec["batch"] * SEQ / median, step_ms=median * 1e3, step_ms_spread=[min(times) * 1e3, max(times) * 1e3],
+               tokens_per_s=world * spec["batch"] * SEQ / step_s, step_ms=step_s * 1e3, step_ms_spread=[min(times) * 1e3, max(times) * 1e3],
                peak_gib_per_gpu=peak.item(), resident_gib_before_training=resident_gib,
                base_elements_per_gpu=locals_, base_elements=base_total, base_fraction_per_gpu=max(locals_) / base_total,
                units=UNITS[spec["units"]] if mode == "fsdp" else None, gw_warmup_s=warmup_s, adapter_files=sorted(p.name for p in adapter.iterdir()))
