@@ -19,7 +19,7 @@ from triton.testing import do_bench
 from smt_nb.blocks import lora_params
 from smt_nb.kernels import _sddmm_kernel, sddmm_blocks_triton
 
-from model import SHAPES, BATCH, SEQ
+from model import SHAPES, BATCH, SEQ, median
 
 B = 256
 
@@ -78,7 +78,7 @@ def back_to_back(fn, calls: int = 50, replays: int = 7) -> float:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record(); graph.replay(); end.record(); torch.cuda.synchronize()
         times.append(start.elapsed_time(end) / calls * 1e3)
-    return sorted(times)[len(times) // 2]
+    return median(times)
 
 
 def main():

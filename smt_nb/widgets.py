@@ -20,8 +20,8 @@ from .selection import Selection, GradientStatistics, InputNorms, gradients_to_i
 from .viz import plot_block_scores, plot_selection_overview, score_label, describe, matrices_by_blocks, trained_legend
 
 # %% auto #0
-__all__ = ['METHODS', 'HELP', 'collect_score_sources', 'scores_from_sources', 'SelectionExplorer', 'selection_figure',
-           'figure_output', 'error_output', 'matrix_options']
+__all__ = ['METHODS', 'HELP', 'collect_score_sources', 'scores_from_sources', 'SelectionExplorer', 'default_matrix',
+           'selection_figure', 'figure_output', 'error_output', 'matrix_options']
 
 # %% ../nbs/03_widgets.ipynb #0816c549
 def collect_score_sources(model: nn.Module, targets: dict[str, nn.Module], dataloader=None, warmup_steps: int = 8,
@@ -81,10 +81,14 @@ class SelectionExplorer:
 # %% ../nbs/03_widgets.ipynb #8eafdc64
 from fastcore.basics import patch
 
+def default_matrix(sel: Selection) -> str:
+    "The matrix a view of `sel` opens on: the one holding most blocks (the first target when none holds any)."
+    return (matrices_by_blocks(sel) or list(sel.grids))[0]
+
 def selection_figure(sel: Selection, module: str | None = None) -> plt.Figure:
     """Heatmap of one matrix of `sel` (by default the one holding most blocks) beside the layers × types overview. A figure whose
     drawing fails is closed before the error propagates: a panel redrawing many times would otherwise leave one open per failure."""
-    module = module or (matrices_by_blocks(sel) or list(sel.grids))[0]
+    module = module or default_matrix(sel)
     if module not in sel.blocks: raise ValueError(f"{module!r} is not a matrix of this selection; its matrices: {', '.join(sel.blocks)}")
     if module not in sel.scores:
         raise ValueError(f"This selection holds no block scores for {module!r} (one read back from an adapter keeps only its blocks): "
@@ -145,7 +149,7 @@ def widget(self: SelectionExplorer):
     typed_error = W.HTML()
     block = W.Dropdown(options=self.block_sizes, description="block size")
     first = self.selection(self.methods[0], "mean_abs", 0.05, self.block_sizes[0])
-    module = W.Dropdown(options=matrix_options(first), value=(matrices_by_blocks(first) or list(self.targets))[0],
+    module = W.Dropdown(options=matrix_options(first), value=default_matrix(first),
                         description="matrix", layout=W.Layout(width="520px"))
     out, busy = W.Output(), {"relabel": False}
 
