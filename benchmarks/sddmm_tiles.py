@@ -5,9 +5,13 @@ for (per SM; 0: one token split, so no sum over splits). A sweep for choosing `l
 With --rect: rectangular tiles too (BM×BN, e.g. 128×256: fewer loads per product); with --back-to-back: each problem's GPU time
 over calls in a row replayed from a CUDA graph (inputs stay in L2, as the output gradient does in a step; no host launch time)
 instead of do_bench's flushed cache.
-Usage: python benchmarks/sddmm_tiles.py [--shapes 1b,8b] [--json out.json] [--rect] [--back-to-back]
+With --splits: per problem, tile shapes × explicit token split counts (back to back), beside a cuBLAS product of the same FLOPs;
+--tma: the same over a candidate kernel loading by TMA; --diagnose: the 1B gate problem with a narrow output gradient, in L2 and on
+cuBLAS; --plans: today's eager and compiled plans only.
+Usage: python benchmarks/sddmm_tiles.py [--shapes 1b,8b] [--json out.json] [--rect] [--back-to-back] [--splits] [--tma] [--diagnose] [--plans]
 """
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -44,12 +48,13 @@ def inputs(T, out_f, in_f, n, seed=0):
     return g, x, rows.cuda(), pos.cuda()
 
 
-def run_config(g, x, rows, cols, tile, bk, target, min_iters, stages, warps, bn=None):
-    "One launch (+ the sum over splits) with these settings (BM = `tile`, BN = `bn` or `tile`); returns a function to time."
+def run_config(g, x, rows, cols, tile, bk, stages, warps, target=None, min_iters=4, bn=None, splits=None):
+    """One launch (+ the sum over splits) with these settings (BM = `tile`, BN = `bn` or `tile`; `splits` token slices, or as many
+    as give about `target` programs); returns a function to time and the splits it makes."""
     T, n = g.shape[0], rows.shape[0]
     bn = bn or tile
     tiles = (B // tile) * (B // bn)
-    splits = max(1, min(math.ceil(target / (n * tiles)), math.ceil(T / (min_iters * bk))))
+    if splits is None: splits = max(1, min(math.ceil(target / (n * tiles)), math.ceil(T / (min_iters * bk))))
     per_split = math.ceil(T / splits / bk) * bk
     splits = math.ceil(T / per_split)
     even = g.shape[1] % B == 0 and x.shape[1] % B == 0 and T % per_split == 0
@@ -81,6 +86,169 @@ def back_to_back(fn, calls: int = 50, replays: int = 7) -> float:
     return median(times)
 
 
+SPLIT_TILES = [dict(tile=64, bn=64, warps=4, stages=4), dict(tile=64, bn=128, warps=4, stages=4), dict(tile=128, bn=128, warps=4, stages=3),
+               dict(tile=128, bn=128, warps=8, stages=3), dict(tile=128, bn=128, warps=8, stages=4), dict(tile=128, bn=256, warps=8, stages=3),
+               dict(tile=256, bn=128, warps=8, stages=3)]
+SPLITS = (1, 2, 3, 4, 5, 6, 8, 11, 16)
+
+
+def dense_same_flops(T: int, n: int):
+    "A cuBLAS product with the FLOPs of `n` b×b blocks over T tokens, from contiguous operands: (n·b, T) @ (T, b)."
+    a = torch.randn(T, n * B, device="cuda", dtype=torch.bfloat16).t()
+    c = torch.randn(T, B, device="cuda", dtype=torch.bfloat16)
+    return lambda: a @ c
+
+
+def split_sweep(a):
+    "Per problem, every tile shape of SPLIT_TILES with every token split count of SPLITS (back to back), best first."
+    T = BATCH * SEQ
+    out = dict(meta=dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, tokens=T, block_size=B,
+                         sms=torch.cuda.get_device_properties(0).multi_processor_count,
+                         timing="calls back to back in one CUDA graph (GPU µs per call, median of 7 replays), kernel + torch.sum over splits"),
+               shapes={})
+    for shape in a.shapes.split(","):
+        res = {}
+        for name, o, i, n in problems(shape):
+            case = inputs(T, o, i, n)
+            rows = []
+            for tc, splits in itertools.product(SPLIT_TILES, SPLITS):
+                try:
+                    fn, made = run_config(*case, bk=64, splits=splits, **tc)
+                    rows.append(dict(**tc, splits=made, us=back_to_back(fn)))
+                except Exception as e:  # e.g. more shared memory than the chip has
+                    rows.append(dict(**tc, splits=splits, error=type(e).__name__))
+            ok = sorted((r for r in rows if "us" in r), key=lambda r: r["us"])
+            res[name] = dict(blocks=n, out=o, inp=i, compiled_plan_us=back_to_back(
+                                 lambda: sddmm_blocks_triton(*case, B, launch=lambda kernel: kernel)),
+                             cublas_same_flops_us=back_to_back(dense_same_flops(T, n)), best=ok[:8], all=rows)
+            r = res[name]
+            print(f"{shape} {name} (n={n}): plan {r['compiled_plan_us']:.1f} µs, cuBLAS same FLOPs {r['cublas_same_flops_us']:.1f}, "
+                  f"best {[(x['tile'], x['bn'], x['warps'], x['stages'], x['splits'], round(x['us'], 1)) for x in ok[:4]]}", flush=True)
+        out["shapes"][shape] = dict(problems=res, compiled_plan_layer_us=sum(r["compiled_plan_us"] for r in res.values()),
+                                    best_per_problem_layer_us=sum(r["best"][0]["us"] for r in res.values()),
+                                    cublas_layer_us=sum(r["cublas_same_flops_us"] for r in res.values()))
+        print(shape, {k: round(v, 1) for k, v in out["shapes"][shape].items() if k != "problems"}, flush=True)
+        if a.json:
+            with open(a.json, "w") as f: json.dump(out, f, indent=1)
+
+
+@functools.cache
+def tma_kernel():
+    """The same product with the operands loaded by the Tensor Memory Accelerator (device-side descriptors, Hopper): one bulk copy
+    per BK×BM tile instead of per-thread addresses, zero fill past the edges instead of masks. A candidate, timed by --tma."""
+    import triton.language as tl
+
+    @triton.jit
+    def sddmm_tma(G, X, OUT, ROWS, XCOL, T, tokens_per_split, out_features, x_width,
+                  B: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, STAGES: tl.constexpr):
+        k, tile, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        tm, tn = tile // (B // BN), tile % (B // BN)
+        row0 = tl.load(ROWS + k).to(tl.int32) * B + tm * BM
+        col0 = tl.load(XCOL + k).to(tl.int32) * B + tn * BN
+        g_desc = tl.make_tensor_descriptor(G, shape=[T, out_features], strides=[out_features, 1], block_shape=[BK, BM])
+        x_desc = tl.make_tensor_descriptor(X, shape=[T, x_width], strides=[x_width, 1], block_shape=[BK, BN])
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        t_start = split * tokens_per_split
+        for t0 in tl.range(t_start, t_start + tokens_per_split, BK, num_stages=STAGES):
+            g = g_desc.load([t0, row0])          # (BK, BM); rows past T read as zeros
+            x = x_desc.load([t0, col0])          # (BK, BN)
+            acc = tl.dot(g.T, x, acc)
+        offs_m, offs_n = tm * BM + tl.arange(0, BM), tn * BN + tl.arange(0, BN)
+        tl.store(OUT + (split * tl.num_programs(0) + k) * B * B + offs_m[:, None] * B + offs_n[None, :], acc)
+
+    return sddmm_tma
+
+
+def run_tma(g, x, rows, cols, tile, bn, warps, stages, splits):
+    "One launch of the TMA candidate (+ torch's sum over splits): a function to time, and the splits it makes."
+    T, n = g.shape[0], rows.shape[0]
+    tiles = (B // tile) * (B // bn)
+    per_split = math.ceil(T / splits / 64) * 64
+    splits = math.ceil(T / per_split)
+    partial = torch.empty(splits, n, B, B, device="cuda", dtype=torch.float32)
+    kernel = tma_kernel()
+    def fn():
+        kernel[(n, tiles, splits)](g, x, partial, rows, cols, T, per_split, g.shape[1], x.shape[1], B=B, BM=tile, BN=bn, BK=64,
+                                   STAGES=stages, num_warps=warps)
+        return partial[0] if splits == 1 else partial.sum(0)
+    return fn, splits
+
+
+def tma_sweep(a):
+    "Per problem: the TMA candidate over tile shapes and token splits, checked against the pointer kernel, beside today's plan."
+    triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+    T = BATCH * SEQ
+    out = dict(meta=dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, tokens=T, block_size=B,
+                         timing="calls back to back in one CUDA graph (GPU µs per call, median of 7 replays), kernel + torch.sum over splits"),
+               shapes={})
+    for shape in a.shapes.split(","):
+        res = {}
+        for name, o, i, n in problems(shape):
+            case = inputs(T, o, i, n)
+            ref = sddmm_blocks_triton(*case, B, launch=lambda kernel: kernel)
+            rows = []
+            for tc, splits in itertools.product(SPLIT_TILES, SPLITS):
+                try:
+                    fn, made = run_tma(*case, splits=splits, **tc)
+                    err = ((fn() - ref).norm() / ref.norm()).item()
+                    rows.append(dict(**tc, splits=made, us=back_to_back(fn), err=err))
+                except Exception as e:
+                    rows.append(dict(**tc, splits=splits, error=f"{type(e).__name__}: {str(e)[:200]}"))
+            ok = sorted((r for r in rows if "us" in r), key=lambda r: r["us"])
+            res[name] = dict(blocks=n, compiled_plan_us=back_to_back(lambda: sddmm_blocks_triton(*case, B, launch=lambda kernel: kernel)),
+                             best=ok[:8], all=rows)
+            r = res[name]
+            errs = [x["error"] for x in rows if "error" in x][:1]
+            print(f"{shape} {name} (n={n}): plan {r['compiled_plan_us']:.1f} µs, TMA best "
+                  f"{[(x['tile'], x['bn'], x['warps'], x['stages'], x['splits'], round(x['us'], 1), f'{x[chr(101)+chr(114)+chr(114)]:.0e}') for x in ok[:4]]} {errs}", flush=True)
+        out["shapes"][shape] = dict(problems=res, compiled_plan_layer_us=sum(r["compiled_plan_us"] for r in res.values()),
+                                    tma_best_per_problem_layer_us=sum(r["best"][0]["us"] for r in res.values() if r["best"]))
+        print(shape, {k: round(v, 1) for k, v in out["shapes"][shape].items() if k != "problems"}, flush=True)
+        if a.json:
+            with open(a.json, "w") as f: json.dump(out, f, indent=1)
+
+
+def plans(a):
+    "Today's launch plans only: each problem's GPU time as the eager wrapper and as a compiled graph launch it (back to back)."
+    T = BATCH * SEQ
+    out = dict(meta=dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, tokens=T, block_size=B,
+                         timing="calls back to back in one CUDA graph (GPU µs per call, median of 7 replays)"), shapes={})
+    for shape in a.shapes.split(","):
+        eager, compiled = {}, {}
+        for name, o, i, n in problems(shape):
+            g, x, rows, cols = inputs(T, o, i, n)
+            eager[name] = back_to_back(lambda: sddmm_blocks_triton(g, x, rows, cols, B))
+            compiled[name] = back_to_back(lambda: sddmm_blocks_triton(g, x, rows, cols, B, launch=lambda kernel: kernel))
+        out["shapes"][shape] = dict(eager_us=eager, eager_layer_us=sum(eager.values()), compiled_us=compiled,
+                                    compiled_layer_us=sum(compiled.values()))
+        print(f"{shape}: eager {sum(eager.values()):.1f} µs per decoder layer { {k: round(v, 1) for k, v in eager.items()} }\n"
+              f"     compiled {sum(compiled.values()):.1f} { {k: round(v, 1) for k, v in compiled.items()} }", flush=True)
+    if a.json:
+        with open(a.json, "w") as f: json.dump(out, f, indent=1)
+
+
+def diagnose(a):
+    """Where the kernel's time goes on the largest 1B problem (gate: 12 blocks of an 8192×2048 weight): the output gradient as wide as
+    in a step (8192 columns, 16 KB between tokens) against one holding only the 12 row strips read (3072 columns), a quarter of the
+    tokens (all of g in L2), and cuBLAS on the same strided views one block at a time."""
+    T = BATCH * SEQ
+    name, o, i, n = next(p for p in problems("1b") if p[0] == "gate")
+    g, x, rows, cols = inputs(T, o, i, n)
+    narrow_g = g[:, :n * B].contiguous()
+    narrow_rows = torch.arange(n, device="cuda")
+    quarter = g[: T // 4].contiguous(), x[: T // 4].contiguous()
+    plan = lambda g_, x_, r_, c_: (lambda: sddmm_blocks_triton(g_, x_, r_, c_, B, launch=lambda kernel: kernel))
+    rl, cl = rows.tolist(), cols.tolist()
+    def cublas_per_block():
+        return [g[:, r * B:(r + 1) * B].t() @ x[:, c * B:(c + 1) * B] for r, c in zip(rl, cl)]
+    out = dict(wide_g_us=back_to_back(plan(g, x, rows, cols)), narrow_g_us=back_to_back(plan(narrow_g, x, narrow_rows, cols)),
+               quarter_tokens_x4_us=4 * back_to_back(plan(*quarter, rows, cols)), cublas_per_block_strided_us=back_to_back(cublas_per_block),
+               cublas_same_flops_contiguous_us=back_to_back(dense_same_flops(T, n)))
+    print({k: round(v, 1) for k, v in out.items()}, flush=True)
+    if a.json:
+        with open(a.json, "w") as f: json.dump(dict(meta=dict(device=torch.cuda.get_device_name(), problem=[name, o, i, n], tokens=T), **out), f, indent=1)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", default="1b,8b")
@@ -88,7 +256,16 @@ def main():
     p.add_argument("--narrow", action="store_true", help="only 64×64 tiles, with one token split per block among the choices")
     p.add_argument("--rect", action="store_true", help="rectangular tiles too: BM×BN in 64×64, 128×128, 64×128, 128×64, 128×256")
     p.add_argument("--back-to-back", action="store_true", help="GPU time of calls in a row (CUDA graph, warm L2), not do_bench")
+    p.add_argument("--splits", action="store_true", help="per problem: tile shapes × explicit token splits (one wave or more), and "
+                   "a cuBLAS product of the same size for scale")
+    p.add_argument("--diagnose", action="store_true", help="the 1B gate problem with a narrow output gradient, in L2, and on cuBLAS")
+    p.add_argument("--tma", action="store_true", help="per problem: a TMA-loading candidate kernel over tile shapes and token splits")
+    p.add_argument("--plans", action="store_true", help="today's plans only (eager wrapper and compiled launch), back to back")
     a = p.parse_args()
+    if a.plans: return plans(a)
+    if a.tma: return tma_sweep(a)
+    if a.splits: return split_sweep(a)
+    if a.diagnose: return diagnose(a)
     bench = back_to_back if a.back_to_back else (lambda fn: do_bench(fn, warmup=5, rep=25) * 1e3)
     T, sms = BATCH * SEQ, torch.cuda.get_device_properties(0).multi_processor_count
     grid = dict(tile=(64, 128), bk=(32, 64, 128), programs=(1, 2, 4), min_iters=(4, 16), stages=(3, 4), warps=(4, 8))

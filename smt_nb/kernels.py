@@ -152,11 +152,13 @@ def _tiles(b: int, fp32: bool) -> tuple[int, int, int]:
     return tile, (b // tile) ** 2, 32 if fp32 else 64
 
 def _token_splits(programs: int, n_programs_target: int, most: int) -> int:
-    """How many slices of the tokens a launch of `programs` (blocks × tiles) gets: enough for about `n_programs_target` programs, at
-    most `most` (4 token tiles each at least); none when the blocks alone give a program per SM (half the target) — there the
-    sum over slices costs more than the extra programs gain (H200: 31.4 vs 32.7 µs for 12 blocks of a 1B-shaped layer)."""
-    if 2 * programs >= n_programs_target: return 1
-    return max(1, min(math.ceil(n_programs_target / max(1, programs)), most))
+    """How many slices of the tokens a launch of `programs` (blocks × tiles) gets: none when the blocks alone give a third of the
+    target (`n_programs_target`, two per SM) — there the sum over slices costs more than the extra programs gain; otherwise enough
+    for about 1.5 × the target, at most 8 and at most `most` (4 token tiles each at least). From benchmarks/sddmm_tiles.py --splits
+    on an H200 (GPU µs, partial tiles and their sum): 96 programs (8B q_proj) 16.6 unsplit, 18.7 in 3 slices; 48 (1B q_proj) 10.8
+    in 8 slices, 12.4 in 6; 16 (1B k_proj) 6.8 in 8, 7.6 in 16; 192 (1B gate_proj) 24.5 unsplit, 25.8 in 2."""
+    if 3 * programs >= n_programs_target: return 1
+    return max(1, min(math.ceil(1.5 * n_programs_target / max(1, programs)), 8, most))
 
 @functools.lru_cache(maxsize=4096)
 def launch_plan(T: int, n: int, b: int, out_features: int, x_width: int, fp32: bool, n_programs_target: int) -> tuple:
@@ -203,8 +205,8 @@ def stream_scratch(device: int, stream: int, size: int, dtype: torch.dtype) -> T
     eager launches that sum their token splits themselves (launches on one stream run one after another), so that a launch
     allocates nothing. Made (again) only when a launch needs more than the widest so far, and zeroed then: int32 counters must
     start at zero (the kernel leaves them there); float32 partial tiles are written before they are read. Splits are made only
-    while a launch has fewer programs than half the target, so partial tiles never exceed 1.5 × target × 64² floats: 6.5 MB on
-    an H200."""
+    while a launch has fewer programs than a third of the target, into about 1.5 × the target's programs at most, so partial
+    tiles never exceed (1.5 + ⅓) × target × 64² floats: 8 MB on an H200."""
     buffer = _SPLIT_SCRATCH.get((device, stream, dtype))
     if buffer is None or buffer.numel() < size:
         where = torch.device("cuda", device) if device >= 0 else torch.device("cpu")  # the CPU: Triton's interpreter
