@@ -153,12 +153,12 @@ def widget(self: SelectionExplorer):
                         description="matrix", layout=W.Layout(width="520px"))
     out, busy = W.Output(), {"relabel": False}
 
-    def redraw(*_):
+    def redraw(*_, made: Selection | None = None):
         if busy["relabel"]: return  # relabelling the matrix list below fires its own change event
         statistic.disabled = method.value != "gw"
         fig = None
         try:
-            sel = self.selection(method.value, statistic.value, sparsity.value / 100, block.value)
+            sel = made if made is not None else self.selection(method.value, statistic.value, sparsity.value / 100, block.value)
             busy["relabel"], current = True, module.value
             try: module.options, module.value = matrix_options(sel), current
             finally: busy["relabel"] = False
@@ -179,5 +179,5 @@ def widget(self: SelectionExplorer):
         sparsity.value = 100 * fraction  # the slider counts in percent; its change redraws
     typed.observe(read_typed, names="value")
     for w in (method, statistic, sparsity, block, module): w.observe(redraw, names="value")
-    redraw()
+    redraw(made=first)  # the first figure from the selection the matrix list was made from: not selected a second time
     return W.VBox([W.HBox([method, statistic, block]), W.HBox([sparsity, typed, module]), typed_error, W.HTML(f"<small>{HELP}</small>"), out])
