@@ -154,11 +154,14 @@ def _tiles(b: int, fp32: bool) -> tuple[int, int, int]:
 def _token_splits(programs: int, n_programs_target: int, most: int) -> int:
     """How many slices of the tokens a launch of `programs` (blocks × tiles) gets: none when the blocks alone give a third of the
     target (`n_programs_target`, two per SM) — there the sum over slices costs more than the extra programs gain; otherwise enough
-    for about 1.5 × the target, at most 8 and at most `most` (4 token tiles each at least). From benchmarks/sddmm_tiles.py --splits
-    on an H200 (GPU µs, partial tiles and their sum): 96 programs (8B q_proj) 16.6 unsplit, 18.7 in 3 slices; 48 (1B q_proj) 10.8
-    in 8 slices, 12.4 in 6; 16 (1B k_proj) 6.8 in 8, 7.6 in 16; 192 (1B gate_proj) 24.5 unsplit, 25.8 in 2."""
+    for about 1.5 × the target, at most 8 and at most `most` (4 token tiles each at least), rounded down to a power of two: that
+    divides the usual token counts, so no slice ends short and the loads need no masks. From benchmarks/sddmm_tiles.py --splits on
+    an H200 (GPU µs, partial tiles and their sum, 4,096 tokens): 96 programs (8B q_proj) 16.6 unsplit, 18.7 in 3 slices; 48 (1B
+    q_proj) 10.8 in 8 slices, 11.0 in 4, 12.4 in 6 (704 tokens each, the last one short: every load masked); 16 (1B k_proj) 6.8 in
+    8, 7.6 in 16; 192 (1B gate_proj) 24.5 unsplit, 25.8 in 2."""
     if 3 * programs >= n_programs_target: return 1
-    return max(1, min(math.ceil(1.5 * n_programs_target / max(1, programs)), 8, most))
+    want = max(1, min(math.ceil(1.5 * n_programs_target / max(1, programs)), 8, most))
+    return 1 << (want.bit_length() - 1)  # the largest power of two not above it
 
 @functools.lru_cache(maxsize=4096)
 def launch_plan(T: int, n: int, b: int, out_features: int, x_width: int, fp32: bool, n_programs_target: int) -> tuple:
