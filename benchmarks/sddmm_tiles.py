@@ -48,6 +48,17 @@ def inputs(T, out_f, in_f, n, seed=0):
     return g, x, rows.cuda(), pos.cuda()
 
 
+def token_slices(T: int, splits: int, bk: int) -> tuple[int, int]:
+    "(slices made, tokens per slice) when `T` tokens are cut into about `splits` slices of whole `bk`-token tiles."
+    per_split = math.ceil(T / splits / bk) * bk
+    return math.ceil(T / per_split), per_split
+
+
+def compiled_plan(g, x, rows, cols):
+    "A call of the block gradients as a compiled graph launches them (partial tiles, then torch's sum), to time."
+    return lambda: sddmm_blocks_triton(g, x, rows, cols, B, launch=lambda kernel: kernel)
+
+
 def run_config(g, x, rows, cols, tile, bk, stages, warps, target=None, min_iters=4, bn=None, splits=None):
     """One launch (+ the sum over splits) with these settings (BM = `tile`, BN = `bn` or `tile`; `splits` token slices, or as many
     as give about `target` programs); returns a function to time and the splits it makes."""
@@ -55,8 +66,7 @@ def run_config(g, x, rows, cols, tile, bk, stages, warps, target=None, min_iters
     bn = bn or tile
     tiles = (B // tile) * (B // bn)
     if splits is None: splits = max(1, min(math.ceil(target / (n * tiles)), math.ceil(T / (min_iters * bk))))
-    per_split = math.ceil(T / splits / bk) * bk
-    splits = math.ceil(T / per_split)
+    splits, per_split = token_slices(T, splits, bk)
     even = g.shape[1] % B == 0 and x.shape[1] % B == 0 and T % per_split == 0
     partial = torch.empty(splits, n, B, B, device="cuda", dtype=torch.float32)
     kernel = _sddmm_kernel()
@@ -90,6 +100,7 @@ SPLIT_TILES = [dict(tile=64, bn=64, warps=4, stages=4), dict(tile=64, bn=128, wa
                dict(tile=128, bn=128, warps=8, stages=3), dict(tile=128, bn=128, warps=8, stages=4), dict(tile=128, bn=256, warps=8, stages=3),
                dict(tile=256, bn=128, warps=8, stages=3)]
 SPLITS = (1, 2, 3, 4, 5, 6, 8, 11, 16)
+SWEEP_TIMING = "calls back to back in one CUDA graph (GPU µs per call, median of 7 replays), kernel + torch.sum over splits"
 
 
 def dense_same_flops(T: int, n: int):
@@ -99,27 +110,38 @@ def dense_same_flops(T: int, n: int):
     return lambda: a @ c
 
 
+def sweep_meta(**extra) -> dict:
+    "The `meta` of a back-to-back sweep's JSON."
+    return dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, tokens=BATCH * SEQ,
+                block_size=B, **extra)
+
+
+def sweep(case, run, ref=None) -> tuple[list, list]:
+    """Every tile shape of SPLIT_TILES with every split count of SPLITS on one problem: `run(*case, splits=, **tile)` gives a
+    function to time and the splits it makes. Returns all rows and the timed ones, fastest first; with `ref`, each row also holds
+    its norm-relative error against it."""
+    rows = []
+    for tc, splits in itertools.product(SPLIT_TILES, SPLITS):
+        try:
+            fn, made = run(*case, splits=splits, **tc)
+            row = dict(**tc, splits=made)
+            if ref is not None: row["err"] = ((fn() - ref).norm() / ref.norm()).item()
+            rows.append(dict(row, us=back_to_back(fn)))
+        except Exception as e:  # e.g. more shared memory than the chip has
+            rows.append(dict(**tc, splits=splits, error=f"{type(e).__name__}: {str(e)[:200]}"))
+    return rows, sorted((r for r in rows if "us" in r), key=lambda r: r["us"])
+
+
 def split_sweep(a):
     "Per problem, every tile shape of SPLIT_TILES with every token split count of SPLITS (back to back), best first."
     T = BATCH * SEQ
-    out = dict(meta=dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, tokens=T, block_size=B,
-                         sms=torch.cuda.get_device_properties(0).multi_processor_count,
-                         timing="calls back to back in one CUDA graph (GPU µs per call, median of 7 replays), kernel + torch.sum over splits"),
-               shapes={})
+    out = dict(meta=sweep_meta(sms=torch.cuda.get_device_properties(0).multi_processor_count, timing=SWEEP_TIMING), shapes={})
     for shape in a.shapes.split(","):
         res = {}
         for name, o, i, n in problems(shape):
             case = inputs(T, o, i, n)
-            rows = []
-            for tc, splits in itertools.product(SPLIT_TILES, SPLITS):
-                try:
-                    fn, made = run_config(*case, bk=64, splits=splits, **tc)
-                    rows.append(dict(**tc, splits=made, us=back_to_back(fn)))
-                except Exception as e:  # e.g. more shared memory than the chip has
-                    rows.append(dict(**tc, splits=splits, error=type(e).__name__))
-            ok = sorted((r for r in rows if "us" in r), key=lambda r: r["us"])
-            res[name] = dict(blocks=n, out=o, inp=i, compiled_plan_us=back_to_back(
-                                 lambda: sddmm_blocks_triton(*case, B, launch=lambda kernel: kernel)),
+            rows, ok = sweep(case, functools.partial(run_config, bk=64))
+            res[name] = dict(blocks=n, out=o, inp=i, compiled_plan_us=back_to_back(compiled_plan(*case)),
                              cublas_same_flops_us=back_to_back(dense_same_flops(T, n)), best=ok[:8], all=rows)
             r = res[name]
             print(f"{shape} {name} (n={n}): plan {r['compiled_plan_us']:.1f} µs, cuBLAS same FLOPs {r['cublas_same_flops_us']:.1f}, "
@@ -163,8 +185,7 @@ def run_tma(g, x, rows, cols, tile, bn, warps, stages, splits):
     "One launch of the TMA candidate (+ torch's sum over splits): a function to time, and the splits it makes."
     T, n = g.shape[0], rows.shape[0]
     tiles = (B // tile) * (B // bn)
-    per_split = math.ceil(T / splits / 64) * 64
-    splits = math.ceil(T / per_split)
+    splits, per_split = token_slices(T, splits, 64)
     partial = torch.empty(splits, n, B, B, device="cuda", dtype=torch.float32)
     kernel = tma_kernel()
     def fn():
@@ -178,25 +199,14 @@ def tma_sweep(a):
     "Per problem: the TMA candidate over tile shapes and token splits, checked against the pointer kernel, beside today's plan."
     triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
     T = BATCH * SEQ
-    out = dict(meta=dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, tokens=T, block_size=B,
-                         timing="calls back to back in one CUDA graph (GPU µs per call, median of 7 replays), kernel + torch.sum over splits"),
-               shapes={})
+    out = dict(meta=sweep_meta(timing=SWEEP_TIMING), shapes={})
     for shape in a.shapes.split(","):
         res = {}
         for name, o, i, n in problems(shape):
             case = inputs(T, o, i, n)
-            ref = sddmm_blocks_triton(*case, B, launch=lambda kernel: kernel)
-            rows = []
-            for tc, splits in itertools.product(SPLIT_TILES, SPLITS):
-                try:
-                    fn, made = run_tma(*case, splits=splits, **tc)
-                    err = ((fn() - ref).norm() / ref.norm()).item()
-                    rows.append(dict(**tc, splits=made, us=back_to_back(fn), err=err))
-                except Exception as e:
-                    rows.append(dict(**tc, splits=splits, error=f"{type(e).__name__}: {str(e)[:200]}"))
-            ok = sorted((r for r in rows if "us" in r), key=lambda r: r["us"])
-            res[name] = dict(blocks=n, compiled_plan_us=back_to_back(lambda: sddmm_blocks_triton(*case, B, launch=lambda kernel: kernel)),
-                             best=ok[:8], all=rows)
+            plan = compiled_plan(*case)
+            rows, ok = sweep(case, run_tma, ref=plan())
+            res[name] = dict(blocks=n, compiled_plan_us=back_to_back(plan), best=ok[:8], all=rows)
             r = res[name]
             errs = [x["error"] for x in rows if "error" in x][:1]
             print(f"{shape} {name} (n={n}): plan {r['compiled_plan_us']:.1f} µs, TMA best "
@@ -211,14 +221,13 @@ def tma_sweep(a):
 def plans(a):
     "Today's launch plans only: each problem's GPU time as the eager wrapper and as a compiled graph launch it (back to back)."
     T = BATCH * SEQ
-    out = dict(meta=dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, tokens=T, block_size=B,
-                         timing="calls back to back in one CUDA graph (GPU µs per call, median of 7 replays)"), shapes={})
+    out = dict(meta=sweep_meta(timing="calls back to back in one CUDA graph (GPU µs per call, median of 7 replays)"), shapes={})
     for shape in a.shapes.split(","):
         eager, compiled = {}, {}
         for name, o, i, n in problems(shape):
             g, x, rows, cols = inputs(T, o, i, n)
             eager[name] = back_to_back(lambda: sddmm_blocks_triton(g, x, rows, cols, B))
-            compiled[name] = back_to_back(lambda: sddmm_blocks_triton(g, x, rows, cols, B, launch=lambda kernel: kernel))
+            compiled[name] = back_to_back(compiled_plan(g, x, rows, cols))
         out["shapes"][shape] = dict(eager_us=eager, eager_layer_us=sum(eager.values()), compiled_us=compiled,
                                     compiled_layer_us=sum(compiled.values()))
         print(f"{shape}: eager {sum(eager.values()):.1f} µs per decoder layer { {k: round(v, 1) for k, v in eager.items()} }\n"
@@ -238,12 +247,11 @@ def diagnose(a):
     narrow_g = g[:, :n * B].contiguous()
     narrow_rows = torch.arange(n, device="cuda")
     quarter = g[: T // 4].contiguous(), x[: T // 4].contiguous()
-    plan = lambda g_, x_, r_, c_: (lambda: sddmm_blocks_triton(g_, x_, r_, c_, B, launch=lambda kernel: kernel))
     rl, cl = rows.tolist(), cols.tolist()
     def cublas_per_block():
         return [g[:, r * B:(r + 1) * B].t() @ x[:, c * B:(c + 1) * B] for r, c in zip(rl, cl)]
-    out = dict(wide_g_us=back_to_back(plan(g, x, rows, cols)), narrow_g_us=back_to_back(plan(narrow_g, x, narrow_rows, cols)),
-               quarter_tokens_x4_us=4 * back_to_back(plan(*quarter, rows, cols)), cublas_per_block_strided_us=back_to_back(cublas_per_block),
+    out = dict(wide_g_us=back_to_back(compiled_plan(g, x, rows, cols)), narrow_g_us=back_to_back(compiled_plan(narrow_g, x, narrow_rows, cols)),
+               quarter_tokens_x4_us=4 * back_to_back(compiled_plan(*quarter, rows, cols)), cublas_per_block_strided_us=back_to_back(cublas_per_block),
                cublas_same_flops_contiguous_us=back_to_back(dense_same_flops(T, n)))
     print({k: round(v, 1) for k, v in out.items()}, flush=True)
     if a.json:
@@ -291,7 +299,7 @@ def main():
             g, x, rows, cols = cases[name]
             current[name] = bench(lambda: sddmm_blocks_triton(g, x, rows, cols, B))  # the eager wrapper: splits summed in-kernel
             # the traced path's plan and launch (partial tiles, then torch's sum), as a compiled graph runs it: `launch` gives the kernel
-            compiled[name] = bench(lambda: sddmm_blocks_triton(g, x, rows, cols, B, launch=lambda kernel: kernel))
+            compiled[name] = bench(compiled_plan(g, x, rows, cols))
         rows_out = []
         for c in configs:
             times = {}
