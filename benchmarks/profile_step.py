@@ -127,13 +127,13 @@ def main():
     ap.add_argument("--shape", choices=list(SHAPES), default="1b")
     ap.add_argument("--modes", default="eager,compiled")
     ap.add_argument("--methods", default="floor,smt")
-    ap.add_argument("--rows", type=int, default=25)
+    ap.add_argument("--rows", type=int, default=25, help="rows of each table (with --compare: kernels listed)")
     ap.add_argument("--sort", default="self_cuda_time_total", help="the table's order; self_cpu_time_total: where the host's time goes, op by op")
     ap.add_argument("--timeline", default=None, help="instead of the tables: one step's trace per row into this folder, and its idle report")
     ap.add_argument("--compare", nargs=2, default=None, metavar=("FLOOR", "SMT"), help="instead: compare two --timeline traces (no GPU needed)")
     ap.add_argument("--options", default="", help="inductor options for torch.compile, as key=value,key=value (values read as Python literals)")
     a = ap.parse_args()
-    if a.compare: return compare(*a.compare)
+    if a.compare: return compare(*a.compare, top=a.rows)
     layers = SHAPES[a.shape]["layers"]
     options = {k: ast.literal_eval(v) for k, v in (kv.split("=", 1) for kv in a.options.split(",") if kv)}
     for mode in a.modes.split(","):

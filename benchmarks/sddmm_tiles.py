@@ -7,8 +7,10 @@ over calls in a row replayed from a CUDA graph (inputs stay in L2, as the output
 instead of do_bench's flushed cache.
 With --splits: per problem, tile shapes × explicit token split counts (back to back), beside a cuBLAS product of the same FLOPs;
 --tma: the same over a candidate kernel loading by TMA; --diagnose: the 1B gate problem with a narrow output gradient, in L2 and on
-cuBLAS; --plans: today's eager and compiled plans only.
-Usage: python benchmarks/sddmm_tiles.py [--shapes 1b,8b] [--json out.json] [--rect] [--back-to-back] [--splits] [--tma] [--diagnose] [--plans]
+cuBLAS; --plans: today's eager and compiled plans only; --wide: as --splits over the tiles those sweeps left out (64×256, steps of
+128 tokens), each row checked against the compiled plan; --tma --tma-store: the TMA candidate also storing its partial tiles by TMA.
+Usage: python benchmarks/sddmm_tiles.py [--shapes 1b,8b] [--json out.json] [--rect] [--back-to-back] [--splits] [--tma [--tma-store]]
+       [--diagnose] [--plans] [--wide]
 """
 import argparse
 import functools
@@ -100,6 +102,20 @@ SPLIT_TILES = [dict(tile=64, bn=64, warps=4, stages=4), dict(tile=64, bn=128, wa
                dict(tile=128, bn=128, warps=8, stages=3), dict(tile=128, bn=128, warps=8, stages=4), dict(tile=128, bn=256, warps=8, stages=3),
                dict(tile=256, bn=128, warps=8, stages=3)]
 SPLITS = (1, 2, 3, 4, 5, 6, 8, 11, 16)
+# --wide: the tiles the sweeps above left out — one warpgroup across a whole 256-wide strip (wgmma's widest product, 64×256), and
+# 128-token steps (half the loop's waits) — at the power-of-two split counts `launch_plan` makes
+WIDE_TILES = [dict(tile=64, bn=64, warps=4, stages=4, bk=64), dict(tile=64, bn=256, warps=4, stages=3, bk=64),
+              dict(tile=64, bn=256, warps=4, stages=4, bk=64), dict(tile=64, bn=256, warps=8, stages=4, bk=64),
+              dict(tile=64, bn=256, warps=4, stages=2, bk=128), dict(tile=64, bn=128, warps=4, stages=3, bk=128),
+              dict(tile=64, bn=64, warps=4, stages=3, bk=128), dict(tile=128, bn=256, warps=8, stages=2, bk=128)]
+WIDE_SPLITS = (1, 2, 4, 8)
+# --tma --tma-store: the TMA candidate writing its fp32 partial tiles by bulk copies, asking whether the stores of large partial tiles
+# (128 KB for 128×256) are what makes split launches of large tiles slow; two rows without it, for comparison in the same run
+TMA_STORE_TILES = [dict(tile=64, bn=64, warps=4, stages=4, tma_store=True), dict(tile=64, bn=128, warps=4, stages=4, tma_store=True),
+                   dict(tile=64, bn=256, warps=4, stages=4, tma_store=True), dict(tile=64, bn=256, warps=8, stages=4, tma_store=True),
+                   dict(tile=128, bn=128, warps=8, stages=4, tma_store=True), dict(tile=128, bn=256, warps=8, stages=3, tma_store=True),
+                   dict(tile=128, bn=256, warps=8, stages=2, tma_store=True, bk=128),
+                   dict(tile=128, bn=256, warps=8, stages=3, tma_store=False), dict(tile=64, bn=128, warps=4, stages=4, tma_store=False)]
 SWEEP_TIMING = "calls back to back in one CUDA graph (GPU µs per call, median of 7 replays), kernel + torch.sum over splits"
 
 
@@ -116,12 +132,12 @@ def sweep_meta(**extra) -> dict:
                 block_size=B, **extra)
 
 
-def sweep(case, run, ref=None) -> tuple[list, list]:
-    """Every tile shape of SPLIT_TILES with every split count of SPLITS on one problem: `run(*case, splits=, **tile)` gives a
+def sweep(case, run, ref=None, tiles=SPLIT_TILES, split_counts=SPLITS) -> tuple[list, list]:
+    """Every tile shape of `tiles` with every split count of `split_counts` on one problem: `run(*case, splits=, **tile)` gives a
     function to time and the splits it makes. Returns all rows and the timed ones, fastest first; with `ref`, each row also holds
     its norm-relative error against it."""
     rows = []
-    for tc, splits in itertools.product(SPLIT_TILES, SPLITS):
+    for tc, splits in itertools.product(tiles, split_counts):
         try:
             fn, made = run(*case, splits=splits, **tc)
             row = dict(**tc, splits=made)
@@ -132,15 +148,17 @@ def sweep(case, run, ref=None) -> tuple[list, list]:
     return rows, sorted((r for r in rows if "us" in r), key=lambda r: r["us"])
 
 
-def split_sweep(a):
-    "Per problem, every tile shape of SPLIT_TILES with every token split count of SPLITS (back to back), best first."
+def split_sweep(a, wide: bool = False):
+    """Per problem, every tile shape of SPLIT_TILES with every token split count of SPLITS (back to back), best first; `wide`:
+    WIDE_TILES at WIDE_SPLITS instead, each row checked against today's compiled plan."""
     T = BATCH * SEQ
     out = dict(meta=sweep_meta(sms=torch.cuda.get_device_properties(0).multi_processor_count, timing=SWEEP_TIMING), shapes={})
     for shape in a.shapes.split(","):
         res = {}
         for name, o, i, n in problems(shape):
             case = inputs(T, o, i, n)
-            rows, ok = sweep(case, functools.partial(run_config, bk=64))
+            if wide: rows, ok = sweep(case, run_config, ref=compiled_plan(*case)(), tiles=WIDE_TILES, split_counts=WIDE_SPLITS)
+            else: rows, ok = sweep(case, functools.partial(run_config, bk=64))
             res[name] = dict(blocks=n, out=o, inp=i, compiled_plan_us=back_to_back(compiled_plan(*case)),
                              cublas_same_flops_us=back_to_back(dense_same_flops(T, n)), best=ok[:8], all=rows)
             r = res[name]
@@ -162,7 +180,8 @@ def tma_kernel():
 
     @triton.jit
     def sddmm_tma(G, X, OUT, ROWS, XCOL, T, tokens_per_split, out_features, x_width,
-                  B: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, STAGES: tl.constexpr):
+                  B: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, STAGES: tl.constexpr,
+                  TMA_STORE: tl.constexpr = False):
         k, tile, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         tm, tn = tile // (B // BN), tile % (B // BN)
         row0 = tl.load(ROWS + k).to(tl.int32) * B + tm * BM
@@ -175,22 +194,27 @@ def tma_kernel():
             g = g_desc.load([t0, row0])          # (BK, BM); rows past T read as zeros
             x = x_desc.load([t0, col0])          # (BK, BN)
             acc = tl.dot(g.T, x, acc)
-        offs_m, offs_n = tm * BM + tl.arange(0, BM), tn * BN + tl.arange(0, BN)
-        tl.store(OUT + (split * tl.num_programs(0) + k) * B * B + offs_m[:, None] * B + offs_n[None, :], acc)
+        if TMA_STORE:  # the partial tile leaves through shared memory by the copy engine, rather than from every thread's registers
+            rows_out = tl.num_programs(2) * tl.num_programs(0) * B
+            out_desc = tl.make_tensor_descriptor(OUT, shape=[rows_out, B], strides=[B, 1], block_shape=[BM, BN])
+            out_desc.store([(split * tl.num_programs(0) + k) * B + tm * BM, tn * BN], acc)
+        else:
+            offs_m, offs_n = tm * BM + tl.arange(0, BM), tn * BN + tl.arange(0, BN)
+            tl.store(OUT + (split * tl.num_programs(0) + k) * B * B + offs_m[:, None] * B + offs_n[None, :], acc)
 
     return sddmm_tma
 
 
-def run_tma(g, x, rows, cols, tile, bn, warps, stages, splits):
+def run_tma(g, x, rows, cols, tile, bn, warps, stages, splits, tma_store=False, bk=64):
     "One launch of the TMA candidate (+ torch's sum over splits): a function to time, and the splits it makes."
     T, n = g.shape[0], rows.shape[0]
     tiles = (B // tile) * (B // bn)
-    splits, per_split = token_slices(T, splits, 64)
+    splits, per_split = token_slices(T, splits, bk)
     partial = torch.empty(splits, n, B, B, device="cuda", dtype=torch.float32)
     kernel = tma_kernel()
     def fn():
-        kernel[(n, tiles, splits)](g, x, partial, rows, cols, T, per_split, g.shape[1], x.shape[1], B=B, BM=tile, BN=bn, BK=64,
-                                   STAGES=stages, num_warps=warps)
+        kernel[(n, tiles, splits)](g, x, partial, rows, cols, T, per_split, g.shape[1], x.shape[1], B=B, BM=tile, BN=bn, BK=bk,
+                                   STAGES=stages, TMA_STORE=tma_store, num_warps=warps)
         return partial[0] if splits == 1 else partial.sum(0)
     return fn, splits
 
@@ -205,7 +229,8 @@ def tma_sweep(a):
         for name, o, i, n in problems(shape):
             case = inputs(T, o, i, n)
             plan = compiled_plan(*case)
-            rows, ok = sweep(case, run_tma, ref=plan())
+            if a.tma_store: rows, ok = sweep(case, run_tma, ref=plan(), tiles=TMA_STORE_TILES, split_counts=WIDE_SPLITS)
+            else: rows, ok = sweep(case, run_tma, ref=plan())
             res[name] = dict(blocks=n, compiled_plan_us=back_to_back(plan), best=ok[:8], all=rows)
             r = res[name]
             errs = [x["error"] for x in rows if "error" in x][:1]
@@ -270,11 +295,16 @@ def main():
     p.add_argument("--diagnose", action="store_true", help="the 1B gate problem with a narrow output gradient, in L2, and on cuBLAS")
     p.add_argument("--tma", action="store_true", help="per problem: a TMA-loading candidate kernel over tile shapes and token splits")
     p.add_argument("--plans", action="store_true", help="today's plans only (eager wrapper and compiled launch), back to back")
+    p.add_argument("--tma-store", action="store_true", help="with --tma: partial tiles stored by TMA too (TMA_STORE_TILES)")
+    p.add_argument("--wide", action="store_true", help="as --splits over WIDE_TILES (64×256 tiles, 128-token steps, two reference rows), checked")
     a = p.parse_args()
-    if sum(map(bool, (a.plans, a.tma, a.splits, a.diagnose))) > 1: p.error("--plans, --tma, --splits and --diagnose are separate runs: give one")
+    if sum(map(bool, (a.plans, a.tma, a.splits, a.diagnose, a.wide))) > 1:
+        p.error("--plans, --tma, --splits, --diagnose and --wide are separate runs: give one")
+    if a.tma_store and not a.tma: p.error("--tma-store changes the --tma sweep: give both")
     if a.plans: return plans(a)
     if a.tma: return tma_sweep(a)
     if a.splits: return split_sweep(a)
+    if a.wide: return split_sweep(a, wide=True)
     if a.diagnose: return diagnose(a)
     bench = back_to_back if a.back_to_back else (lambda fn: do_bench(fn, warmup=5, rep=25) * 1e3)
     T, sms = BATCH * SEQ, torch.cuda.get_device_properties(0).multi_processor_count

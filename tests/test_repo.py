@@ -183,3 +183,47 @@ print("ok")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+def test_ceiling_writes_a_package_whose_compiled_block_gradients_are_the_stand_in(tmp_path):
+    """benchmarks/ceiling.py DIR --variant zero|cublas: a copy of this package for model.py --baseline in which the block gradients
+    that a compiled graph traces are a stand-in — zeros, or cuBLAS products of (n·b, T) @ (T, b) from contiguous columns, in slices
+    as wide as the output gradient — with a fake implementation for the compiler, while eager calls keep the real computation.
+    In a subprocess: the copy's imports and its torch.library op stay out of the test process."""
+    import subprocess, sys
+    for variant in ("zero", "cublas"):
+        made = subprocess.run([sys.executable, "benchmarks/ceiling.py", str(tmp_path / variant), "--variant", variant],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert made.returncode == 0 and (tmp_path / variant / "smt_nb" / "layers.py").exists(), made.stderr[-2000:]
+    refused = subprocess.run([sys.executable, "benchmarks/ceiling.py", str(ROOT), "--variant", "zero"], capture_output=True, text=True,
+                             timeout=120, cwd=ROOT)                  # the repository itself: the copy would replace the package
+    assert refused.returncode == 2 and "is this repository" in refused.stderr and (ROOT / "smt_nb" / "layers.py").exists()
+    assert "smt_ceiling" not in (ROOT / "smt_nb" / "layers.py").read_text()
+    code = f"""
+import importlib.util, sys, torch
+from unittest import mock
+from torch._subclasses.fake_tensor import FakeTensorMode
+spec = importlib.util.spec_from_file_location("bench_model", {str(ROOT / "benchmarks" / "model.py")!r})
+bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench)
+variant = sys.argv[1]
+core, _ = bench.load_baseline({str(tmp_path)!r} + "/" + variant)
+layers = sys.modules["smt_nb_baseline.layers"]
+from smt_nb.blocks import BlockGrid, column_strips, sampled_block_grad
+torch.manual_seed(0)
+T, out_f, in_f, b = 32, 48, 64, 16
+g2, x = torch.randn(T, out_f), torch.randn(T, in_f)
+rows, cols = torch.tensor([0, 2, 1, 0]), torch.tensor([1, 3, 0, 2])
+real = sampled_block_grad(g2, column_strips(x, BlockGrid(out_f, in_f, b)), rows, cols, BlockGrid(out_f, in_f, b)).float()
+assert torch.allclose(layers.block_gradients(g2, x, rows, cols, b), real, atol=1e-5)        # eager: the real block gradients
+with mock.patch("torch.compiler.is_compiling", return_value=True):
+    traced = layers.block_gradients(g2, x, rows, cols, b)                                   # what a compiled graph gets
+want = torch.zeros(4, b, b) if variant == "zero" else torch.cat([g2[:, :48].t() @ x[:, :b], g2[:, :16].t() @ x[:, :b]]).view(4, b, b)
+assert traced.shape == (4, b, b) and traced.dtype == torch.float32 and torch.allclose(traced, want, atol=1e-5), variant
+with FakeTensorMode() as fake:                                                              # the compiler's view: shape and dtype only
+    r = torch.ops.smt_ceiling.block_gradients(fake.from_tensor(g2), fake.from_tensor(x), 4, b)
+assert r.shape == (4, b, b) and r.dtype == torch.float32
+print("ok")
+"""
+    for variant in ("zero", "cublas"):
+        r = subprocess.run([sys.executable, "-c", code, variant], capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert r.returncode == 0 and r.stdout.strip().endswith("ok"), (variant, r.stderr[-3000:])
