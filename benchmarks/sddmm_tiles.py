@@ -157,9 +157,10 @@ def split_sweep(a, wide: bool = False):
         res = {}
         for name, o, i, n in problems(shape):
             case = inputs(T, o, i, n)
-            if wide: rows, ok = sweep(case, run_config, ref=compiled_plan(*case)(), tiles=WIDE_TILES, split_counts=WIDE_SPLITS)
+            plan = compiled_plan(*case)
+            if wide: rows, ok = sweep(case, run_config, ref=plan(), tiles=WIDE_TILES, split_counts=WIDE_SPLITS)
             else: rows, ok = sweep(case, functools.partial(run_config, bk=64))
-            res[name] = dict(blocks=n, out=o, inp=i, compiled_plan_us=back_to_back(compiled_plan(*case)),
+            res[name] = dict(blocks=n, out=o, inp=i, compiled_plan_us=back_to_back(plan),
                              cublas_same_flops_us=back_to_back(dense_same_flops(T, n)), best=ok[:8], all=rows)
             r = res[name]
             print(f"{shape} {name} (n={n}): plan {r['compiled_plan_us']:.1f} µs, cuBLAS same FLOPs {r['cublas_same_flops_us']:.1f}, "
